@@ -1,0 +1,58 @@
+"""A service bus on the Django Channels channel layer.
+
+    import bus
+    bus.call("inventory.stock", sku="A-1")
+    await bus.acall("inventory.reserve", order_id="o-1", sku="A-1", quantity=2)
+"""
+
+from .client import Bus, default_bus
+from .contracts import Contract, Event, Schema, rpc
+from .exceptions import (
+    BadMessage,
+    BrokerUnreachable,
+    BusError,
+    ChannelFull,
+    ContractError,
+    DeadlineExceeded,
+    MessageTooLarge,
+    NoWorker,
+    RemoteError,
+    Unavailable,
+    UnknownTarget,
+    ValidationError,
+)
+from .services import Service, subscribe
+
+call = default_bus.call
+acall = default_bus.acall
+send = default_bus.send
+asend = default_bus.asend
+publish = default_bus.publish
+apublish = default_bus.apublish
+
+__all__ = [
+    "BadMessage",
+    "BrokerUnreachable",
+    "Bus",
+    "BusError",
+    "ChannelFull",
+    "Contract",
+    "ContractError",
+    "DeadlineExceeded",
+    "Event",
+    "MessageTooLarge",
+    "NoWorker",
+    "RemoteError",
+    "Schema",
+    "Service",
+    "Unavailable",
+    "UnknownTarget",
+    "ValidationError",
+    "acall",
+    "apublish",
+    "asend",
+    "call",
+    "publish",
+    "send",
+    "subscribe",
+]

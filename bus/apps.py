@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class BusConfig(AppConfig):
+    """The service bus: finds every installed app's `contract` and `service` modules at start-up."""
+
+    name = "bus"
+    verbose_name = "Service bus"
+
+    def ready(self) -> None:
+        # Like admin.autodiscover(): every process knows every contract, so a call by name can be
+        # checked before it is sent and `bus services` can list them all.
+        autodiscover_modules("contract")

@@ -1,0 +1,311 @@
+"""Calling a domain: `call`/`acall` (request and reply), `send`/`asend` (command), `publish`/`apublish` (event).
+
+    bus.call("inventory.stock", sku="A-1")                  # from sync code: a view, the shell
+    await bus.acall("inventory.stock", sku="A-1")           # from async code: a consumer, a worker
+
+Results are plain JSON-compatible data; `Contract.client()` gives typed results on top. Each
+process keeps one reply channel per event loop and matches replies to calls by message id, so a
+call costs one send and one shared receive, not a new channel per call. Sync calls run on the
+caller's ASGI event loop when there is one (a sync view under daphne, a sync handler in a
+worker), and otherwise on one background loop that every thread of the process shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis.exceptions
+from asgiref.sync import SyncToAsync, async_to_sync
+from channels.exceptions import ChannelFull as LayerChannelFull
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
+
+from . import context, messages
+from .conf import bus_setting
+from .contracts import lookup_event, lookup_method
+from .exceptions import BrokerUnreachable, ChannelFull, DeadlineExceeded, NoWorker, error_from_wire
+
+logger = logging.getLogger(__name__)
+
+_BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# How long a positive "a worker is alive" answer is trusted before asking again.
+_PRESENCE_CACHE_SECONDS = 1.0
+
+
+class Bus:
+    """A handle on the service bus through one channel layer alias (settings.BUS['CHANNEL_LAYER'])."""
+
+    def __init__(self, alias: str | None = None) -> None:
+        self.alias = alias
+        self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReplyListener] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._alive_until: dict[str, float] = {}
+        self._portal = _Portal()
+
+    @property
+    def layer(self) -> BaseChannelLayer:
+        alias = self.alias or bus_setting("CHANNEL_LAYER")
+        layer = get_channel_layer(alias)
+        if layer is None:
+            raise ImproperlyConfigured(f"CHANNEL_LAYERS has no {alias!r} layer; the bus needs one.")
+        return layer
+
+    # -- request and reply -------------------------------------------------
+
+    async def acall(self, target: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
+        """Call `service.method` and return its JSON result, or raise the error it answered with."""
+        method = lookup_method(target)
+        body = method.dump_arguments(arguments)
+        await self._require_worker(method.service)
+        listener = self._listener()
+        request = self._envelope(messages.REQUEST, target, body, timeout, reply_to=listener.channel)
+        answer = listener.expect(request["id"])
+        try:
+            await self._send(method.service, request)
+            remaining = (request["deadline"] or 0) - time.time()
+            reply = await asyncio.wait_for(answer, max(remaining, 0))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{target} did not answer within {request['deadline'] - request['sent_at']:.1f} s "  # type: ignore[operator]
+                f"(message {request['id']}); it may or may not have run. Is a {method.service} worker "
+                "keeping up? `manage.py bus status` shows workers and queues.",
+                target=target,
+                message_id=request["id"],
+            ) from None
+        finally:
+            listener.forget(request["id"])
+        if reply.get("ok"):
+            return reply.get("result")
+        raise error_from_wire(reply.get("error") or {})
+
+    def call(self, target: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
+        """The sync twin of `acall`, for views, management commands and the shell."""
+        return self._portal.run(self.acall, target, timeout=timeout, **arguments)
+
+    # -- commands and events -----------------------------------------------
+
+    async def asend(self, target: str, /, **arguments: Any) -> str:
+        """Send `service.method` as a command: no reply, no waiting. Returns the message id."""
+        method = lookup_method(target)
+        body = method.dump_arguments(arguments)
+        await self._require_worker(method.service)
+        command = self._envelope(messages.COMMAND, target, body, None, reply_to=None)
+        await self._send(method.service, command)
+        return command["id"]
+
+    def send(self, target: str, /, **arguments: Any) -> str:
+        """The sync twin of `asend`."""
+        result: str = self._portal.run(self.asend, target, **arguments)
+        return result
+
+    async def apublish(self, target: str, /, **payload: Any) -> str:
+        """Publish `service.event` to every subscriber (domains and WebSocket groups)."""
+        event = lookup_event(target)
+        envelope = self._envelope(messages.EVENT, target, event.validate(payload), None, reply_to=None)
+        messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
+        try:
+            await self.layer.group_send(event.group, envelope)
+        except _BROKER_ERRORS as exc:
+            raise _unreachable(exc) from exc
+        return envelope["id"]
+
+    def publish(self, target: str, /, **payload: Any) -> str:
+        """The sync twin of `apublish`."""
+        result: str = self._portal.run(self.apublish, target, **payload)
+        return result
+
+    # -- plumbing ----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop this event loop's reply listener (tests and clean shutdowns call it)."""
+        listener = self._listeners.pop(asyncio.get_running_loop(), None)
+        if listener is not None:
+            await listener.close()
+
+    def _envelope(
+        self, type: str, target: str, body: dict[str, Any], timeout: float | None, *, reply_to: str | None
+    ) -> messages.Envelope:
+        handling = context.current()
+        deadline = None
+        if type == messages.REQUEST:
+            deadline = time.time() + (timeout if timeout is not None else bus_setting("TIMEOUT"))
+            if handling is not None and handling.deadline is not None:
+                deadline = min(deadline, handling.deadline)
+        return messages.envelope(
+            type,
+            target,
+            body,
+            correlation_id=handling.correlation_id if handling else None,
+            deadline=deadline,
+            reply_to=reply_to,
+        )
+
+    async def _send(self, channel: str, envelope: messages.Envelope) -> None:
+        messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
+        try:
+            await self.layer.send(channel, envelope)
+        except LayerChannelFull:
+            raise ChannelFull(
+                f"The {channel!r} channel is full: its workers are behind. Retry later, or start "
+                f"more `manage.py runworker {channel}` processes.",
+                channel=channel,
+            ) from None
+        except _BROKER_ERRORS as exc:
+            raise _unreachable(exc) from exc
+
+    async def _require_worker(self, service: str) -> None:
+        """Fail at once when no worker serves `service`, instead of waiting out the deadline."""
+        if self._alive_until.get(service, 0.0) > time.monotonic():
+            return
+        presence = getattr(self.layer, "presence", None)
+        if presence is None:
+            return
+        try:
+            members = await presence(service)
+        except _BROKER_ERRORS as exc:
+            raise _unreachable(exc) from exc
+        if members:
+            self._alive_until[service] = time.monotonic() + _PRESENCE_CACHE_SECONDS
+            return
+        if isinstance(self.layer, InMemoryChannelLayer):
+            raise NoWorker(
+                f"No worker serves {service!r} in this process: the in-memory channel layer "
+                "(REDIS_URL is not set) reaches only workers in the same process. Set REDIS_URL and "
+                f"run `manage.py runworker {service}`, or run everything in one process.",
+                service=service,
+            )
+        raise NoWorker(
+            f"No live worker serves {service!r}: start one with `python manage.py runworker "
+            f"{service}`; `manage.py bus status` shows the workers that are alive.",
+            service=service,
+        )
+
+    def _listener(self) -> _ReplyListener:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            listener = self._listeners[loop] = _ReplyListener(self)
+        return listener
+
+
+def _unreachable(exc: BaseException) -> BrokerUnreachable:
+    return BrokerUnreachable(
+        f"The channel layer's server does not answer ({type(exc).__name__}: {exc}). Is Redis "
+        "running at REDIS_URL? The call was not sent.",
+    )
+
+
+class _ReplyListener:
+    """One reply channel per event loop, and the calls waiting on it, by request id."""
+
+    batch = 100
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.channel = f"bus.reply.{messages.new_id()}"
+        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def expect(self, message_id: str) -> asyncio.Future[dict[str, Any]]:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._listen(), name=f"bus reply listener {self.channel}")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[message_id] = future
+        return future
+
+    def forget(self, message_id: str) -> None:
+        self.pending.pop(message_id, None)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def _listen(self) -> None:
+        layer = self.bus.layer
+        backoff = 0.05
+        while True:
+            try:
+                replies = await receive_batch(layer, self.channel, self.batch, timeout=5.0)
+            except _BROKER_ERRORS as exc:
+                # The calls in flight will not get their replies: fail them now, not at their deadline.
+                error = BrokerUnreachable(
+                    f"Lost the channel layer's server while waiting for a reply ({exc}); the call "
+                    "may or may not have run."
+                )
+                for future in self.pending.values():
+                    if not future.done():
+                        future.set_exception(error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            for reply in replies:
+                future = self.pending.pop(str(reply.get("in_reply_to")), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+
+
+async def receive_batch(layer: BaseChannelLayer, channel: str, most: int, *, timeout: float) -> list[dict[str, Any]]:
+    """Up to `most` messages from `channel`, through the bus layer's batch receive when it has one."""
+    batch = getattr(layer, "receive_batch", None)
+    if batch is not None:
+        received: list[dict[str, Any]] = await batch(channel, most, timeout)
+        return received
+    try:
+        return [await asyncio.wait_for(layer.receive(channel), timeout)]
+    except TimeoutError:
+        return []
+
+
+class _Portal:
+    """Runs a coroutine to completion for sync code, on the right event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise SynchronousOnlyOperation(
+                "bus.call(), send() and publish() cannot run inside an event loop; "
+                "use await bus.acall(), asend() or apublish()."
+            )
+        # Inside sync_to_async (a sync view, a sync handler) asgiref knows the caller's loop:
+        # running there keeps one reply listener and, with the in-memory layer, reaches its workers.
+        if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
+            return async_to_sync(function)(*args, **kwargs)
+        future = asyncio.run_coroutine_threadsafe(function(*args, **kwargs), self._background_loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            # A forked child has the parent's loop object but not the thread that runs it.
+            if self._loop is None or self._loop.is_closed() or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="bus-sync-calls", daemon=True)
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
+default_bus = Bus()

@@ -1,0 +1,87 @@
+"""The bus's settings: `settings.BUS`, read lazily so tests can override them.
+
+    BUS = {
+        "TIMEOUT": 5.0,                 # seconds a call waits for its reply, unless it says otherwise
+        "MAX_MESSAGE_BYTES": 1048576,   # encoded size limit, checked before anything is sent
+        "WORKER_CONCURRENCY": 64,       # messages one worker process handles at once
+        "SHUTDOWN_GRACE": 10.0,         # seconds a stopping worker gives its in-flight messages
+        "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
+        "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
+    }
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS: dict[str, Any] = {
+    "TIMEOUT": 5.0,
+    "MAX_MESSAGE_BYTES": 1024 * 1024,
+    "WORKER_CONCURRENCY": 64,
+    "SHUTDOWN_GRACE": 10.0,
+    "HEARTBEAT_INTERVAL": 2.0,
+    "CHANNEL_LAYER": "default",
+}
+
+_POSITIVE_NUMBERS = ("TIMEOUT", "MAX_MESSAGE_BYTES", "WORKER_CONCURRENCY", "HEARTBEAT_INTERVAL")
+
+# Replies of a whole process share one channel; give it room for many calls in flight.
+REPLY_CHANNEL_CAPACITY = 10_000
+
+
+def bus_setting(name: str) -> Any:
+    """One value of settings.BUS, falling back to its default; errors name the fix."""
+    configured = getattr(settings, "BUS", {})
+    unknown = set(configured) - set(DEFAULTS)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"settings.BUS has unknown keys {sorted(unknown)}; the known ones are {sorted(DEFAULTS)}."
+        )
+    value = configured.get(name, DEFAULTS[name])
+    if name in _POSITIVE_NUMBERS and (not isinstance(value, (int, float)) or value <= 0):
+        raise ImproperlyConfigured(
+            f"settings.BUS[{name!r}] must be a positive number, not {value!r} (default {DEFAULTS[name]!r})."
+        )
+    return value
+
+
+def channel_layers(
+    redis_url: str | None,
+    *,
+    encryption_keys: list[str] | None = None,
+    prefix: str = "bus:",
+    capacity: int = 1000,
+    expiry: int = 60,
+) -> dict[str, Any]:
+    """A CHANNEL_LAYERS value: Redis when a URL is given, the in-memory layer otherwise.
+
+    The URL may be redis:// or rediss:// (TLS) with a user and password; `encryption_keys`
+    turns on channels-redis's symmetric message encryption (needs `cryptography`).
+    """
+    capacities = {"bus.reply.*": REPLY_CHANNEL_CAPACITY}
+    if not redis_url:
+        return {
+            "default": {
+                "BACKEND": "bus.layers.InMemoryBusLayer",
+                "CONFIG": {"capacity": capacity, "expiry": expiry, "channel_capacity": capacities},
+            }
+        }
+    scheme = urlsplit(redis_url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ImproperlyConfigured(
+            f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}."
+        )
+    config: dict[str, Any] = {
+        "hosts": [{"address": redis_url}],
+        "prefix": prefix,
+        "capacity": capacity,
+        "expiry": expiry,
+        "channel_capacity": capacities,
+    }
+    if encryption_keys:
+        config["symmetric_encryption_keys"] = encryption_keys
+    return {"default": {"BACKEND": "bus.layers.RedisBusLayer", "CONFIG": config}}

@@ -1,0 +1,189 @@
+"""Serving one message: the Channels consumer that runs a Service for a request, command or event.
+
+The worker makes one consumer instance per message, so a slow handler holds one of the worker's
+slots, never a whole channel. Unlike `AsyncConsumer.dispatch`, it does not hop to a thread before
+every message to close old database connections: sync handlers run in the worker's thread pool
+and close stale connections in that very thread, where Django keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from django.db import close_old_connections
+
+from . import messages
+from .conf import bus_setting
+from .context import MessageContext, handling
+from .contracts import Method, lookup_event, lookup_method
+from .exceptions import BadMessage, BusError, ContractError, MessageTooLarge, RemoteError
+from .services import Service
+
+logger = logging.getLogger(__name__)
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def handler_executor() -> ThreadPoolExecutor:
+    """The thread pool that runs sync handlers: one thread per concurrent message."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(
+            max_workers=bus_setting("WORKER_CONCURRENCY"), thread_name_prefix="bus-handler"
+        )
+    return _executor
+
+
+def _run_sync(function: Any, kwargs: dict[str, Any]) -> Any:
+    close_old_connections()
+    try:
+        return function(**kwargs)
+    finally:
+        close_old_connections()
+
+
+async def run_handler(function: Any, kwargs: dict[str, Any]) -> Any:
+    """Await a coroutine handler, or run a plain one in the handler pool."""
+    if asyncio.iscoroutinefunction(function):
+        return await function(**kwargs)
+    return await sync_to_async(_run_sync, thread_sensitive=False, executor=handler_executor())(
+        function, kwargs
+    )
+
+
+def _context(envelope: messages.Envelope) -> MessageContext:
+    return MessageContext(
+        message_id=envelope["id"],
+        correlation_id=envelope["correlation_id"],
+        target=envelope["target"],
+        deadline=envelope["deadline"],
+        headers=envelope["headers"],
+    )
+
+
+class ServiceConsumer(AsyncConsumer):
+    """Runs the Service of one domain for a single bus message, and replies to requests."""
+
+    def __init__(self, service: type[Service]) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.channel_layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+        try:
+            await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: Any) -> None:
+        try:
+            envelope = messages.parse_envelope(message)
+        except BadMessage as exc:
+            await self.reject(message, exc)
+            return
+        deadline = envelope["deadline"]
+        if deadline is not None and deadline < time.time():
+            logger.warning(
+                "Dropped %s %s: its deadline passed %.3f s ago, so its caller has given up.",
+                envelope["type"],
+                envelope["target"],
+                time.time() - deadline,
+                extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
+            )
+            return
+        with handling(_context(envelope)):
+            handler = getattr(self, envelope["type"].replace(".", "_"))
+            await handler(envelope)
+
+    async def bus_request(self, envelope: messages.Envelope) -> None:
+        try:
+            result = await self.execute(envelope)
+        except BusError as exc:
+            await self.reply(envelope, error=exc)
+        else:
+            await self.reply(envelope, result=result)
+
+    async def bus_command(self, envelope: messages.Envelope) -> None:
+        try:
+            await self.execute(envelope)
+        except BusError as exc:
+            logger.error("Command %s failed: %s", envelope["target"], exc.message)
+
+    async def bus_event(self, envelope: messages.Envelope) -> None:
+        handler_name = self.service.subscriptions.get(envelope["target"])
+        if handler_name is None:
+            logger.warning("%s received event %s it does not subscribe to.", self.service.contract.name, envelope["target"])
+            return
+        try:
+            event = lookup_event(envelope["target"])
+            payload = event.payload.model_validate(event.validate(envelope["body"]))
+            handler = getattr(self.service(_context(envelope)), handler_name)
+            await run_handler(handler, {"event": payload})
+        except Exception:
+            logger.exception("Handler for event %s failed.", envelope["target"])
+
+    async def execute(self, envelope: messages.Envelope) -> Any:
+        """Run the method the envelope names; every failure comes out as a BusError."""
+        method: Method | None = None
+        try:
+            method = lookup_method(envelope["target"])
+            if method.service != self.service.contract.name:
+                raise BadMessage(
+                    f"{envelope['target']} was sent to the {self.service.contract.name!r} channel; "
+                    f"send it to {method.service!r}."
+                )
+            arguments = method.validate_arguments(envelope["body"])
+            handler = getattr(self.service(_context(envelope)), method.name)
+            result = await run_handler(handler, {name: getattr(arguments, name) for name in method.parameters})
+            return method.dump_result(result)
+        except ContractError as exc:
+            if method is not None and isinstance(exc, method.errors):
+                return_error: BusError = exc
+            else:
+                return_error = _remote(exc)
+            raise return_error from exc
+        except BusError:
+            raise
+        except Exception as exc:
+            logger.exception("%s failed.", envelope["target"])
+            raise _remote(exc) from exc
+
+    async def reply(self, envelope: messages.Envelope, *, result: Any = None, error: BusError | None = None) -> None:
+        reply_to = envelope["reply_to"]
+        if reply_to is None:
+            return
+        answer = messages.reply(envelope, result=result, error=error)
+        try:
+            messages.check_size(dict(answer), bus_setting("MAX_MESSAGE_BYTES"))
+        except (BadMessage, MessageTooLarge) as exc:
+            answer = messages.reply(envelope, error=RemoteError(f"The result of {envelope['target']} could not be sent: {exc.message}"))
+        try:
+            await self.channel_layer.send(reply_to, answer)
+        except Exception:
+            logger.exception("Could not reply to %s on %s.", envelope["target"], reply_to)
+
+    async def reject(self, message: Any, error: BusError) -> None:
+        """Log a malformed message and, when it names a reply channel, tell its sender."""
+        logger.warning("Rejected a malformed message: %s", error.message)
+        if isinstance(message, dict) and isinstance(message.get("reply_to"), str) and isinstance(message.get("id"), str):
+            answer = messages.reply(message, error=error)  # type: ignore[arg-type]
+            try:
+                await self.channel_layer.send(message["reply_to"], answer)
+            except Exception:
+                logger.warning("Could not tell the sender of the malformed message on %s.", message["reply_to"])
+
+
+def _remote(exc: BaseException) -> RemoteError:
+    if isinstance(exc, BusError):
+        text = exc.message
+    else:
+        text = str(exc) or "(no message)"
+    return RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)

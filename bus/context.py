@@ -1,0 +1,56 @@
+"""What the current code is handling: the message, its correlation id and its deadline.
+
+Context variables (not thread locals) so the values follow a message through asyncio tasks and
+into the threads `sync_to_async` runs handlers in. Calls made while handling a message inherit
+its correlation id and never outlive its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    """The message being handled, as code that serves it may need to see it."""
+
+    message_id: str
+    correlation_id: str
+    target: str
+    deadline: float | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+_current: ContextVar[MessageContext | None] = ContextVar("bus_message", default=None)
+
+
+def current() -> MessageContext | None:
+    """The message being handled here, or None outside a handler."""
+    return _current.get()
+
+
+@contextmanager
+def handling(context: MessageContext) -> Iterator[MessageContext]:
+    """Mark the block as handling `context`'s message."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+class MessageContextFilter(logging.Filter):
+    """Adds `message_id` and `correlation_id` to every log record ('-' outside a message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _current.get()
+        if not hasattr(record, "message_id"):
+            record.message_id = context.message_id if context else "-"
+        if not hasattr(record, "correlation_id"):
+            record.correlation_id = context.correlation_id if context else "-"
+        return True

@@ -1,0 +1,150 @@
+"""`manage.py bus`: call, send and publish from a shell; list services; see workers and queues.
+
+    manage.py bus call inventory.stock '{"sku": "A-1"}'
+    manage.py bus send inventory.restock '{"sku": "A-1", "quantity": 5}'
+    manage.py bus publish inventory.stock_changed '{...}'
+    manage.py bus services [--json]
+    manage.py bus status [--json]
+
+Exit codes: 0 success; 2 bad usage or JSON; 3 invalid arguments (ValidationError) or malformed
+message; 4 a declared domain error; 5 a remote error; 6 deadline exceeded; 7 unavailable (no
+worker, channel full, Redis unreachable); 8 unknown service, method or event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from bus.client import default_bus
+from bus.conf import bus_setting
+from bus.contracts import contracts
+from bus.exceptions import (
+    BadMessage,
+    BusError,
+    ContractError,
+    DeadlineExceeded,
+    RemoteError,
+    Unavailable,
+    UnknownTarget,
+    ValidationError,
+)
+
+EXIT_CODES: list[tuple[type[BusError], int]] = [
+    (ValidationError, 3),
+    (BadMessage, 3),
+    (ContractError, 4),
+    (RemoteError, 5),
+    (DeadlineExceeded, 6),
+    (Unavailable, 7),
+    (UnknownTarget, 8),
+]
+
+
+def exit_code(error: BusError) -> int:
+    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+
+
+class Command(BaseCommand):
+    help = "Talk to the service bus: call, send, publish, services, status."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for action, text in (
+            ("call", "call a method and print its JSON result"),
+            ("send", "send a method as a command (no reply) and print the message id"),
+            ("publish", "publish an event and print the message id"),
+        ):
+            sub = actions.add_parser(action, help=text)
+            sub.add_argument("target", help="service.method (or service.event for publish)")
+            sub.add_argument("arguments", nargs="?", default="{}", help="a JSON object of arguments")
+            if action == "call":
+                sub.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
+        for action, text in (("services", "list contracts with their schemas"), ("status", "workers and queues per domain")):
+            sub = actions.add_parser(action, help=text)
+            sub.add_argument("--json", action="store_true", help="print JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        if action in ("services", "status"):
+            getattr(self, action)(as_json=options["json"])
+            return
+        arguments = self._arguments(options["arguments"])
+        try:
+            if action == "call":
+                result = default_bus.call(options["target"], timeout=options["timeout"], **arguments)
+            elif action == "send":
+                result = {"message_id": default_bus.send(options["target"], **arguments)}
+            else:
+                result = {"message_id": default_bus.publish(options["target"], **arguments)}
+        except BusError as error:
+            self.stderr.write(f"{type(error).__name__} ({error.code}): {error.message}")
+            if error.details:
+                self.stderr.write(json.dumps(error.details, indent=2, default=str))
+            sys.exit(exit_code(error))
+        self.stdout.write(json.dumps(result, indent=2))
+
+    def _arguments(self, text: str) -> dict[str, Any]:
+        try:
+            arguments = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"The arguments are not valid JSON ({exc}); give a JSON object, e.g. '{{\"sku\": \"A-1\"}}'.", returncode=2) from exc
+        if not isinstance(arguments, dict):
+            raise CommandError(f"The arguments must be a JSON object, not {type(arguments).__name__}.", returncode=2)
+        return arguments
+
+    def services(self, *, as_json: bool) -> None:
+        schemas = [contract.json_schema() for _, contract in sorted(contracts().items())]
+        if as_json:
+            self.stdout.write(json.dumps(schemas, indent=2))
+            return
+        for schema in schemas:
+            self.stdout.write(f"{schema['service']}: {schema['description'].splitlines()[0] if schema['description'] else ''}")
+            for name, method in schema["methods"].items():
+                parameters = ", ".join(
+                    f"{field}: {spec.get('type', 'object')}" for field, spec in method["arguments"]["properties"].items()
+                )
+                kind = "read" if method["read"] else "write"
+                errors = f"  raises {', '.join(method['errors'])}" if method["errors"] else ""
+                self.stdout.write(f"  {schema['service']}.{name}({parameters})  [{kind}]{errors}")
+            for name in schema["events"]:
+                self.stdout.write(f"  event {schema['service']}.{name}")
+
+    def status(self, *, as_json: bool) -> None:
+        try:
+            report = asyncio.run(_status())
+        except BusError as error:
+            self.stderr.write(error.message)
+            sys.exit(exit_code(error))
+        if as_json:
+            self.stdout.write(json.dumps(report, indent=2))
+            return
+        for row in report["domains"]:
+            self.stdout.write(f"{row['domain']}: {len(row['workers'])} worker(s), {row['queued']} queued")
+            for worker_id, info in sorted(row["workers"].items()):
+                self.stdout.write(
+                    f"  {worker_id}  in flight {info.get('in_flight')}/{info.get('concurrency')}, handled {info.get('handled')}"
+                )
+
+
+async def _status() -> dict[str, Any]:
+    from bus.client import _BROKER_ERRORS, _unreachable
+
+    layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+    domains = []
+    try:
+        for name in sorted(contracts()):
+            domains.append({
+                "domain": name,
+                "workers": await layer.presence(name),  # type: ignore[union-attr]
+                "queued": await layer.queue_depth(name),  # type: ignore[union-attr]
+            })
+    except _BROKER_ERRORS as exc:
+        raise _unreachable(exc) from exc
+    return {"layer": type(layer).__name__, "domains": domains}

@@ -1,0 +1,82 @@
+"""Implementing a contract: a Service class whose methods do the work.
+
+    class InventoryService(Service, contract=Inventory):
+        def stock(self, *, sku: str) -> Stock:
+            ...
+
+        @subscribe("payments.refunded")
+        def on_refund(self, event: Refunded) -> None:
+            ...
+
+Methods may be plain functions (run in the worker's thread pool, where the Django ORM belongs)
+or coroutines (run on the worker's event loop). A new instance serves each message, with that
+message's context in `self.context`. The class is checked against its contract when it is
+defined, so a missing method or a renamed argument fails at import, not at the first call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from .context import MessageContext
+from .contracts import Contract, lookup_event
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_services: dict[str, type[Service]] = {}
+
+
+def subscribe(event: str) -> Callable[[F], F]:
+    """Mark a service method as the handler of another (or its own) domain's event."""
+
+    def mark(func: F) -> F:
+        func.__bus_subscribe__ = event  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+class Service:
+    """Base of a contract's implementation; one is made for every message it serves."""
+
+    contract: ClassVar[type[Contract]]
+    subscriptions: ClassVar[dict[str, str]]
+
+    def __init__(self, context: MessageContext) -> None:
+        self.context = context
+
+    def __init_subclass__(cls, *, contract: type[Contract], **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls, type) and issubclass(cls, Contract):
+            raise TypeError(f"{cls.__qualname__} must not inherit from its contract; name it with contract=.")
+        cls.contract = contract
+        for name, method in contract.methods.items():
+            implementation = getattr(cls, name, None)
+            if implementation is None or not callable(implementation):
+                raise TypeError(f"{cls.__qualname__} does not implement {method.target}.")
+            parameters = set(inspect.signature(implementation).parameters) - {"self"}
+            if parameters != set(method.parameters):
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} takes {sorted(parameters)} but the contract "
+                    f"{method.target} declares {sorted(method.parameters)}."
+                )
+        cls.subscriptions = {}
+        for attribute, value in vars(cls).items():
+            event = getattr(value, "__bus_subscribe__", None)
+            if event is not None:
+                cls.subscriptions[lookup_event(event).target] = attribute
+        _services[contract.name] = cls
+
+    @classmethod
+    def as_asgi(cls) -> Any:
+        """The ASGI application that serves this service's channel, for routing.py."""
+        from .consumer import ServiceConsumer
+
+        return ServiceConsumer.as_asgi(service=cls)
+
+
+def implementation(service: str) -> type[Service] | None:
+    """The Service class registered for a service name, if this process imported one."""
+    return _services.get(service)

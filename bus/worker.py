@@ -1,0 +1,203 @@
+"""Serving domain channels: the loop behind `manage.py runworker inventory payments`.
+
+What it promises, unlike Channels' stock `Worker`:
+- it takes messages off a channel only when it has free slots (settings.BUS['WORKER_CONCURRENCY']
+  for the whole process), so a crash loses at most what it was handling, never a backlog;
+- it handles them concurrently, each message in its own consumer instance;
+- a malformed message or a failing handler is answered or logged, and the worker goes on;
+- when Redis goes away it retries with backoff and resumes when Redis is back;
+- on SIGTERM or SIGINT it stops taking messages, lets those in flight finish within
+  settings.BUS['SHUTDOWN_GRACE'] seconds, and returns;
+- it beats a heartbeat per channel, which `bus status` and callers' "no worker" check read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from channels.exceptions import StopConsumer
+from channels.layers import BaseChannelLayer
+
+from . import messages
+from .client import receive_batch
+from .conf import bus_setting
+from .contracts import lookup_event
+from .services import implementation
+
+logger = logging.getLogger(__name__)
+
+_RECEIVE_WAIT = 1.0  # seconds a receive blocks, which bounds how long a stop takes to be noticed
+
+
+class Worker:
+    """Serves the named channels of `application` (the `channel` entry of routing.py)."""
+
+    def __init__(
+        self,
+        application: Any,
+        channels: list[str],
+        layer: BaseChannelLayer,
+        *,
+        concurrency: int | None = None,
+        grace: float | None = None,
+    ) -> None:
+        for channel in channels:
+            messages.check_name(channel)
+        self.application = application
+        self.channels = channels
+        self.layer = layer
+        self.concurrency = concurrency or bus_setting("WORKER_CONCURRENCY")
+        self.grace = grace if grace is not None else bus_setting("SHUTDOWN_GRACE")
+        self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{messages.new_id()[:8]}"
+        self.started = time.time()
+        self.handled = 0
+        self._free = self.concurrency
+        self._slot_freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop taking messages; `run` returns once in-flight messages finish or the grace ends."""
+        if not self._stopping.is_set():
+            logger.info("Worker %s stopping: finishing %d message(s) in flight.", self.worker_id, len(self._tasks))
+            self._stopping.set()
+            self._slot_freed.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+        logger.info("Worker %s serving %s with %d slots.", self.worker_id, ", ".join(self.channels), self.concurrency)
+        background = [asyncio.create_task(self._receive(channel)) for channel in self.channels]
+        background.append(asyncio.create_task(self._beat()))
+        try:
+            await self._stopping.wait()
+        finally:
+            # Receivers notice the stop within one receive wait and keep what they received.
+            await asyncio.gather(*background[:-1], return_exceptions=True)
+            if self._tasks:
+                done, pending = await asyncio.wait(self._tasks, timeout=self.grace)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    logger.warning("Cancelled %d message(s) still running after the %.1f s grace.", len(pending), self.grace)
+            background[-1].cancel()
+            await asyncio.gather(background[-1], return_exceptions=True)
+            await self._leave()
+            if install_signal_handlers:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+        logger.info("Worker %s stopped after handling %d message(s).", self.worker_id, self.handled)
+
+    async def _receive(self, channel: str) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            slots = await self._take_slots()
+            if slots == 0:
+                continue
+            try:
+                batch = await receive_batch(self.layer, channel, slots, timeout=_RECEIVE_WAIT)
+            except Exception as exc:
+                self._give_back(slots)
+                logger.warning("Receiving on %r failed (%s: %s); retrying in %.1f s.", channel, type(exc).__name__, exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self._give_back(slots - len(batch))
+            for message in batch:
+                task = asyncio.create_task(self._handle(channel, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    async def _take_slots(self) -> int:
+        """Wait for at least one free slot (or a stop) and take all that are free."""
+        while self._free == 0 and not self._stopping.is_set():
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        if self._stopping.is_set():
+            return 0
+        slots, self._free = self._free, 0
+        return slots
+
+    def _give_back(self, slots: int) -> None:
+        if slots:
+            self._free += slots
+            self._slot_freed.set()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.handled += 1
+        self._give_back(1)
+
+    async def _handle(self, channel: str, message: Any) -> None:
+        if not isinstance(message, dict) or not message.get("type"):
+            logger.warning("Rejected a message on %r without a 'type': %.200r", channel, message)
+            return
+        delivered = False
+
+        async def receive() -> Any:
+            nonlocal delivered
+            if delivered:
+                # One message per application instance: the next receive ends a Channels consumer.
+                raise StopConsumer()
+            delivered = True
+            return message
+
+        async def send(_: Any) -> None:
+            raise NotImplementedError("A worker's application replies through the channel layer, not send().")
+
+        try:
+            await self.application({"type": "channel", "channel": channel}, receive, send)
+        except Exception:
+            logger.exception("The application for %r failed on a %s message.", channel, message.get("type"))
+
+    async def _beat(self) -> None:
+        interval = bus_setting("HEARTBEAT_INTERVAL")
+        groups = self._subscriptions()
+        while True:
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": self.started,
+                "concurrency": self.concurrency,
+                "in_flight": len(self._tasks),
+                "handled": self.handled,
+            }
+            try:
+                for channel in self.channels:
+                    await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)  # type: ignore[attr-defined]
+                for group, channel in groups:
+                    await self.layer.group_add(group, channel)  # type: ignore[attr-defined]
+            except Exception as exc:
+                logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
+            await asyncio.sleep(interval)
+
+    def _subscriptions(self) -> list[tuple[str, str]]:
+        """(event group, channel) pairs for the events the served services subscribe to."""
+        pairs = []
+        for channel in self.channels:
+            service = implementation(channel)
+            for target in service.subscriptions if service else ():
+                pairs.append((lookup_event(target).group, channel))
+        return pairs
+
+    async def _leave(self) -> None:
+        for channel in self.channels:
+            try:
+                await self.layer.presence_leave(channel, self.worker_id)  # type: ignore[attr-defined]
+            except Exception as exc:
+                logger.warning("Could not withdraw presence on %r: %s", channel, exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass

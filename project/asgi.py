@@ -1,0 +1,12 @@
+"""The ASGI entry point for daphne, and for `runworker` (the `channel` routes)."""
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django.setup()  # before routing imports the domains' models
+
+from routing import application  # noqa: E402
+
+__all__ = ["application"]

@@ -1,0 +1,107 @@
+"""Settings, all from the environment, so one codebase runs as one process or many.
+
+REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db); unset: in-memory
+BUS_ENCRYPTION_KEYS    comma-separated keys that encrypt messages on Redis (needs `cryptography`)
+DATABASE_URL           the default database; INVENTORY_DATABASE_URL etc. per domain (SQLite files by default)
+DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DJANGO_DATA_DIR
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from bus.conf import channel_layers
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("DJANGO_DATA_DIR", BASE_DIR / "var"))
+
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key" if DEBUG else "")
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+
+INSTALLED_APPS = [
+    "daphne",
+    "bus",  # before channels: its runworker replaces Channels' own
+    "channels",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "workers.inventory",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# One database per domain (vertical partitioning); each is a SQLite file unless its URL is set.
+DOMAIN_DATABASES = ["inventory"]
+
+
+def _database(alias: str) -> dict[str, Any]:
+    variable = "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL"
+    url = os.environ.get(variable)
+    if url:
+        return dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    path = DATA_DIR / f"{alias}.sqlite3"
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
+        # (up to the timeout) instead of failing with "database is locked" half-way through.
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        "TEST": {"NAME": DATA_DIR / f"test_{alias}.sqlite3"},
+    }
+
+
+DATABASES = {alias: _database(alias) for alias in ["default", *DOMAIN_DATABASES]}
+DATABASE_ROUTERS = ["bus.routers.DomainRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = channel_layers(
+    os.environ.get("REDIS_URL"),
+    encryption_keys=[key for key in os.environ.get("BUS_ENCRYPTION_KEYS", "").split(",") if key],
+)
+BUS: dict[str, Any] = {}
+
+STATIC_URL = "static/"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"bus": {"()": "bus.context.MessageContextFilter"}},
+    "formatters": {
+        "bus": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s] %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["bus"], "formatter": "bus"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from consumers import views
+
+urlpatterns = [
+    path("healthz", views.healthz),
+]

@@ -1,0 +1,18 @@
+"""The one routing table: HTTP, WebSockets, and the domain channels that `runworker` serves."""
+
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+from django.core.asgi import get_asgi_application
+from workers.inventory.service import InventoryService
+
+# Channel name -> the Service that serves it: `manage.py runworker inventory`.
+domains = {
+    "inventory": InventoryService.as_asgi(),
+}
+
+application = ProtocolTypeRouter(
+    {
+        "http": get_asgi_application(),
+        "channel": ChannelNameRouter(domains),
+    }
+)

@@ -1,0 +1,91 @@
+"""The inventory domain's contract: the only module other domains and the edge import."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from bus import Contract, ContractError, Event, Schema, rpc
+
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+OrderId = Annotated[str, Field(min_length=1, max_length=64)]
+Quantity = Annotated[int, Field(gt=0, le=1_000_000)]
+Cents = Annotated[int, Field(ge=0, le=100_000_000_00)]
+
+
+class UnknownProduct(ContractError):
+    """No product has this SKU; add it with inventory.add_product first."""
+
+
+class OutOfStock(ContractError):
+    """Fewer units are available than were asked for; nothing was reserved."""
+
+
+class ReservationClosed(ContractError):
+    """The order's reservations were already released or committed; a late reserve is refused."""
+
+
+class Product(Schema):
+    sku: str
+    name: str
+    price_cents: int
+
+
+class Stock(Schema):
+    sku: str
+    name: str
+    price_cents: int
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class Reservation(Schema):
+    order_id: str
+    sku: str
+    quantity: int
+    state: Literal["held", "committed", "released"]
+
+
+class StockChanged(Schema):
+    """The stock of one product changed; subscribers get its new figures."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class Inventory(Contract, name="inventory"):
+    """The catalogue and the stock of every product. Every write is idempotent per order_id."""
+
+    stock_changed = Event(StockChanged)
+
+    @rpc()
+    async def add_product(self, *, sku: Sku, name: Annotated[str, Field(min_length=1, max_length=200)], price_cents: Cents) -> Product:
+        """Create a product, or update its name and price; stock is left as it is."""
+
+    @rpc(read=True)
+    async def products(self) -> list[Stock]:
+        """Every product with its stock, by SKU."""
+
+    @rpc(read=True, errors=[UnknownProduct])
+    async def stock(self, *, sku: Sku) -> Stock:
+        """One product's stock: on hand, reserved for open orders, and available to reserve."""
+
+    @rpc(errors=[UnknownProduct])
+    async def restock(self, *, sku: Sku, quantity: Quantity) -> Stock:
+        """Add units to the stock on hand."""
+
+    @rpc(errors=[UnknownProduct, OutOfStock, ReservationClosed])
+    async def reserve(self, *, order_id: OrderId, sku: Sku, quantity: Quantity) -> Reservation:
+        """Hold units for an order; asking again for the same order and SKU returns the first hold."""
+
+    @rpc()
+    async def release(self, *, order_id: OrderId) -> list[Reservation]:
+        """Give an order's held units back; later reserves for the order are refused."""
+
+    @rpc(errors=[ReservationClosed])
+    async def commit(self, *, order_id: OrderId) -> list[Reservation]:
+        """Turn an order's held units into a sale; refused once the order was released."""

@@ -1,0 +1,49 @@
+"""The inventory domain's tables; private to the domain (others use contract.py)."""
+
+from django.db import models
+
+
+class Product(models.Model):
+    sku = models.CharField(primary_key=True, max_length=64)
+    name = models.CharField(max_length=200)
+    price_cents = models.PositiveBigIntegerField()
+    on_hand = models.PositiveIntegerField(default=0)
+    reserved = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(reserved__lte=models.F("on_hand")), name="reserved_within_on_hand")
+        ]
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+class OrderHold(models.Model):
+    """One per order: whether its reservations are still open, released or committed."""
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        RELEASED = "released"
+        COMMITTED = "committed"
+
+    order_id = models.CharField(primary_key=True, max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class Reservation(models.Model):
+    class State(models.TextChoices):
+        HELD = "held"
+        COMMITTED = "committed"
+        RELEASED = "released"
+
+    hold = models.ForeignKey(OrderHold, on_delete=models.CASCADE, related_name="reservations")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="reservations")
+    quantity = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.HELD)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hold", "product"], name="one_reservation_per_order_and_sku")]

@@ -1,0 +1,157 @@
+"""The inventory domain's implementation, served by `manage.py runworker inventory`."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import router, transaction
+
+from bus import BusError, Service, publish
+
+from . import models
+from .contract import (
+    Inventory,
+    OutOfStock,
+    Product,
+    Reservation,
+    ReservationClosed,
+    Stock,
+    UnknownProduct,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _stock(product: models.Product) -> Stock:
+    return Stock(
+        sku=product.sku,
+        name=product.name,
+        price_cents=product.price_cents,
+        on_hand=product.on_hand,
+        reserved=product.reserved,
+        available=product.available,
+    )
+
+
+def _reservation(reservation: models.Reservation) -> Reservation:
+    return Reservation(
+        order_id=reservation.hold_id,
+        sku=reservation.product_id,
+        quantity=reservation.quantity,
+        state=reservation.state,  # type: ignore[arg-type]
+    )
+
+
+def _publish_after_commit(database: str, skus: set[str]) -> None:
+    """Tell subscribers about new stock figures once the change is committed, never before."""
+
+    def publish_all() -> None:
+        for product in models.Product.objects.using(database).filter(sku__in=skus):
+            try:
+                publish("inventory.stock_changed", sku=product.sku, on_hand=product.on_hand,
+                        reserved=product.reserved, available=product.available)
+            except BusError as exc:
+                # Stock figures are also served by inventory.stock; a missed push is not lost data.
+                logger.warning("Could not publish inventory.stock_changed for %s: %s", product.sku, exc.message)
+
+    if skus:
+        transaction.on_commit(publish_all, using=database)
+
+
+class InventoryService(Service, contract=Inventory):
+    @property
+    def database(self) -> str:
+        return router.db_for_write(models.Product)
+
+    def add_product(self, *, sku: str, name: str, price_cents: int) -> Product:
+        models.Product.objects.using(self.database).update_or_create(
+            sku=sku, defaults={"name": name, "price_cents": price_cents}
+        )
+        return Product(sku=sku, name=name, price_cents=price_cents)
+
+    def products(self) -> list[Stock]:
+        return [_stock(product) for product in models.Product.objects.using(self.database).order_by("sku")]
+
+    def stock(self, *, sku: str) -> Stock:
+        return _stock(self._product(sku))
+
+    def restock(self, *, sku: str, quantity: int) -> Stock:
+        with transaction.atomic(using=self.database):
+            product = self._product(sku, lock=True)
+            product.on_hand += quantity
+            product.save(update_fields=["on_hand"])
+            _publish_after_commit(self.database, {sku})
+        return _stock(product)
+
+    def reserve(self, *, order_id: str, sku: str, quantity: int) -> Reservation:
+        with transaction.atomic(using=self.database):
+            hold = self._hold(order_id)
+            if hold.state != models.OrderHold.State.OPEN:
+                raise ReservationClosed(
+                    f"Order {order_id} was already {hold.state}; it cannot reserve more stock.",
+                    order_id=order_id, state=hold.state,
+                )
+            existing = hold.reservations.filter(product_id=sku).first()
+            if existing is not None:
+                return _reservation(existing)
+            product = self._product(sku, lock=True)
+            if product.available < quantity:
+                raise OutOfStock(
+                    f"Only {product.available} of {sku} available, {quantity} asked for.",
+                    sku=sku, available=product.available, requested=quantity,
+                )
+            product.reserved += quantity
+            product.save(update_fields=["reserved"])
+            reservation = hold.reservations.create(product=product, quantity=quantity)
+            _publish_after_commit(self.database, {sku})
+        return _reservation(reservation)
+
+    def release(self, *, order_id: str) -> list[Reservation]:
+        with transaction.atomic(using=self.database):
+            hold = self._hold(order_id)
+            if hold.state == models.OrderHold.State.OPEN:
+                hold.state = models.OrderHold.State.RELEASED
+                hold.save(update_fields=["state", "updated_at"])
+                self._settle(hold, models.Reservation.State.RELEASED)
+            return [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
+
+    def commit(self, *, order_id: str) -> list[Reservation]:
+        with transaction.atomic(using=self.database):
+            hold = self._hold(order_id)
+            if hold.state == models.OrderHold.State.RELEASED:
+                raise ReservationClosed(
+                    f"Order {order_id} was released; its stock cannot be committed.",
+                    order_id=order_id, state=hold.state,
+                )
+            if hold.state == models.OrderHold.State.OPEN:
+                hold.state = models.OrderHold.State.COMMITTED
+                hold.save(update_fields=["state", "updated_at"])
+                self._settle(hold, models.Reservation.State.COMMITTED)
+            return [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
+
+    # -- helpers -------------------------------------------------------------
+
+    def _product(self, sku: str, *, lock: bool = False) -> models.Product:
+        products = models.Product.objects.using(self.database)
+        product = (products.select_for_update() if lock else products).filter(sku=sku).first()
+        if product is None:
+            raise UnknownProduct(f"No product has SKU {sku!r}; add it with inventory.add_product.", sku=sku)
+        return product
+
+    def _hold(self, order_id: str) -> models.OrderHold:
+        hold, _ = models.OrderHold.objects.using(self.database).select_for_update().get_or_create(order_id=order_id)
+        return hold
+
+    def _settle(self, hold: models.OrderHold, state: str) -> None:
+        """Move every held reservation of an order to `state`, adjusting product counters."""
+        touched = set()
+        for reservation in hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD):
+            product = models.Product.objects.using(self.database).select_for_update().get(sku=reservation.product_id)
+            product.reserved -= reservation.quantity
+            if state == models.Reservation.State.COMMITTED:
+                product.on_hand -= reservation.quantity
+            product.save(update_fields=["reserved", "on_hand"])
+            reservation.state = state
+            reservation.save(update_fields=["state"])
+            touched.add(product.sku)
+        _publish_after_commit(self.database, touched)
