@@ -124,7 +124,8 @@ class Bus:
     # -- plumbing ----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop this event loop's reply listener (tests and clean shutdowns call it)."""
+        """Stop this event loop's reply listener and forget cached worker presence."""
+        self._alive_until.clear()
         listener = self._listeners.pop(asyncio.get_running_loop(), None)
         if listener is not None:
             await listener.close()

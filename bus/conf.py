@@ -67,7 +67,7 @@ def channel_layers(
         return {
             "default": {
                 "BACKEND": "bus.layers.InMemoryBusLayer",
-                "CONFIG": {"capacity": capacity, "expiry": expiry, "channel_capacity": capacities},
+                "CONFIG": {"capacity": capacity, "expiry": expiry},
             }
         }
     scheme = urlsplit(redis_url).scheme

@@ -24,7 +24,7 @@ from . import messages
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Method, lookup_event, lookup_method
-from .exceptions import BadMessage, BusError, ContractError, MessageTooLarge, RemoteError
+from .exceptions import BadMessage, BusError, ContractError, MessageTooLarge, RemoteError, ValidationError
 from .services import Service
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,6 @@ class ServiceConsumer(AsyncConsumer):
             arguments = method.validate_arguments(envelope["body"])
             handler = getattr(self.service(_context(envelope)), method.name)
             result = await run_handler(handler, {name: getattr(arguments, name) for name in method.parameters})
-            return method.dump_result(result)
         except ContractError as exc:
             if method is not None and isinstance(exc, method.errors):
                 return_error: BusError = exc
@@ -154,6 +153,12 @@ class ServiceConsumer(AsyncConsumer):
             raise
         except Exception as exc:
             logger.exception("%s failed.", envelope["target"])
+            raise _remote(exc) from exc
+        try:
+            return method.dump_result(result)
+        except ValidationError as exc:
+            # The handler broke its own contract: the caller's input was fine, so it is a remote fault.
+            logger.error("%s returned a result its contract does not allow: %s", envelope["target"], exc.message)
             raise _remote(exc) from exc
 
     async def reply(self, envelope: messages.Envelope, *, result: Any = None, error: BusError | None = None) -> None:

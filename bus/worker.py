@@ -32,7 +32,6 @@ from .services import implementation
 
 logger = logging.getLogger(__name__)
 
-_RECEIVE_WAIT = 1.0  # seconds a receive blocks, which bounds how long a stop takes to be noticed
 
 
 class Worker:
@@ -46,6 +45,7 @@ class Worker:
         *,
         concurrency: int | None = None,
         grace: float | None = None,
+        receive_wait: float = 1.0,
     ) -> None:
         for channel in channels:
             messages.check_name(channel)
@@ -54,6 +54,9 @@ class Worker:
         self.layer = layer
         self.concurrency = concurrency or bus_setting("WORKER_CONCURRENCY")
         self.grace = grace if grace is not None else bus_setting("SHUTDOWN_GRACE")
+        # How long one receive blocks: the longest a stop waits to be noticed. Receives are not
+        # cancelled, because a cancelled Redis pop can lose the message it was handed.
+        self.receive_wait = receive_wait
         self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{messages.new_id()[:8]}"
         self.started = time.time()
         self.handled = 0
@@ -103,7 +106,7 @@ class Worker:
             if slots == 0:
                 continue
             try:
-                batch = await receive_batch(self.layer, channel, slots, timeout=_RECEIVE_WAIT)
+                batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
             except Exception as exc:
                 self._give_back(slots)
                 logger.warning("Receiving on %r failed (%s: %s); retrying in %.1f s.", channel, type(exc).__name__, exc, backoff)

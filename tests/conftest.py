@@ -1,0 +1,181 @@
+"""Shared fixtures: private Redis servers, worker processes, and a fresh channel layer per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from channels.layers import channel_layers
+
+from bus.conf import channel_layers as layers_for
+from bus.layers import RedisBusLayer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, which it may stop and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server).")
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        pytest.fail(f"redis-server on port {self.port} did not start.")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def flush(self) -> None:
+        redis.Redis(port=self.port).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_layers() -> Iterator[None]:
+    """Each test gets new channel layer objects (in-memory state and pools do not leak)."""
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
+@pytest.fixture
+def redis_layer(redis_server: RedisServer, settings: object) -> str:
+    """Point this test process's bus at the private Redis, emptied first."""
+    redis_server.flush()
+    settings.CHANNEL_LAYERS = layers_for(redis_server.url)  # type: ignore[attr-defined]
+    return redis_server.url
+
+
+@pytest.fixture
+def record_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "records"
+    directory.mkdir()
+    return directory
+
+
+def read_records(directory: Path, kind: str) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(directory.glob(f"{kind}-*.txt")):
+        lines.extend(path.read_text().split())
+    return lines
+
+
+class WorkerProcess:
+    """`manage.py runworker` as a real OS process, with its output kept for the test to read."""
+
+    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def terminate(self, timeout: float = 20) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `runworker CHANNELS` processes on the given Redis URL; each is stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(redis_url: str, *channels: str, concurrency: int | None = None, wait: bool = True) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        command = [sys.executable, str(ROOT / "manage.py"), "runworker", *channels, "--settings", "tests.settings"]
+        if concurrency is not None:
+            command += ["--concurrency", str(concurrency)]
+        env = {**os.environ, "BUS_TEST_REDIS_URL": redis_url, "BUS_TEST_RECORD_DIR": str(record_dir),
+               "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+        worker = WorkerProcess(process, log)
+        started.append(worker)
+        if wait:
+            wait_for_worker(worker, redis_url, channels)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.kill()
+
+
+def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
+    """The live workers of a channel, as `bus status` sees them."""
+
+    async def look() -> dict[str, dict[str, object]]:
+        layer = RedisBusLayer(hosts=[redis_url], prefix="bus:")
+        try:
+            return await layer.presence(channel)
+        finally:
+            await layer.close_pools()
+
+    return asyncio.run(look())
+
+
+def wait_for_worker(worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30) -> None:
+    """Block until the worker's heartbeat is visible on every channel it serves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            pytest.fail(f"Worker exited with {worker.process.returncode}:\n{worker.output()}")
+        if all(any(f".{worker.pid}." in member for member in presence(redis_url, channel)) for channel in channels):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"Worker did not beat within {timeout} s:\n{worker.output()}")
