@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -111,9 +113,10 @@ def read_records(directory: Path, kind: str) -> list[str]:
 class WorkerProcess:
     """`manage.py runworker` as a real OS process, with its output kept for the test to read."""
 
-    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[str], log: Path, log_file: IO[str]) -> None:
         self.process = process
         self.log = log
+        self.log_file = log_file
 
     @property
     def pid(self) -> int:
@@ -143,8 +146,9 @@ def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., Wor
             command += ["--concurrency", str(concurrency)]
         env = {**os.environ, "BUS_TEST_REDIS_URL": redis_url, "BUS_TEST_RECORD_DIR": str(record_dir),
                "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-        worker = WorkerProcess(process, log)
+        log_file = log.open("w")
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        worker = WorkerProcess(process, log, log_file)
         started.append(worker)
         if wait:
             wait_for_worker(worker, redis_url, channels)
@@ -154,6 +158,7 @@ def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., Wor
     for worker in started:
         if worker.process.poll() is None:
             worker.kill()
+        worker.log_file.close()
 
 
 def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
@@ -166,7 +171,9 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
         finally:
             await layer.close_pools()
 
-    return asyncio.run(look())
+    # Tests that are themselves coroutines call this too: run it on a thread's own loop.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, look()).result()
 
 
 def wait_for_worker(worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30) -> None:

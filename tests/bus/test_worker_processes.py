@@ -1,0 +1,195 @@
+"""runworker as real OS processes on a real Redis: duplicates, bad input, drain, restarts, load."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from channels.layers import get_channel_layer
+
+import bus
+from bus.client import default_bus
+from tests.conftest import ROOT, RedisServer, WorkerProcess, presence, read_records, wait_for_worker
+
+pytestmark = [pytest.mark.redis]
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+async def wait_for_records(record_dir: Path, kind: str, count: int, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = read_records(record_dir, kind)
+        if len(records) >= count:
+            return records
+        await asyncio.sleep(0.1)
+    return read_records(record_dir, kind)
+
+
+async def test_call_from_this_process_to_a_worker_process(redis_layer: str, start_worker: StartWorker) -> None:
+    worker = start_worker(redis_layer, "echo")
+    who = await bus.acall("echo.whoami")
+    assert who["pid"] == worker.pid
+    assert who["thread"].startswith("bus-handler")
+    await default_bus.aclose()
+
+
+async def test_three_workers_share_one_channel_without_duplicates_or_losses(
+    redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    workers = [start_worker(redis_layer, "echo") for _ in range(3)]
+    total = 3000
+    await asyncio.gather(*(bus.asend("echo.record", n=n) for n in range(total)))
+    records = await wait_for_records(record_dir, "record", total)
+    await asyncio.sleep(1.0)  # anything executed twice would show up by now
+    records = read_records(record_dir, "record")
+    counts = Counter(records)
+    duplicates = {n: c for n, c in counts.items() if c > 1}
+    assert not duplicates, f"{len(duplicates)} messages ran more than once"
+    assert len(counts) == total, f"{total - len(counts)} messages lost"
+    per_worker = [len(list(record_dir.glob(f"record-{w.pid}.txt"))) for w in workers]
+    assert sum(per_worker) >= 2, "the load should be shared by the competing workers"
+
+
+async def test_bad_input_gets_clear_answers_and_the_worker_keeps_serving(
+    redis_layer: str, start_worker: StartWorker
+) -> None:
+    worker = start_worker(redis_layer, "echo")
+    layer = get_channel_layer()
+    await layer.send("echo", {"no": "type"})
+    await layer.send("echo", {"type": "bus.request", "id": "x1", "reply_to": "bus.reply.raw", "body": []})
+    assert (await layer.receive("bus.reply.raw"))["error"]["kind"] == "bad_message"
+    await layer.send("echo", {"type": "bus.command", "id": "x2"})
+    with pytest.raises(bus.UnknownTarget):
+        await bus.acall("echo.nope")
+    with pytest.raises(bus.ValidationError, match="a: Input should be a valid integer"):
+        await bus.acall("echo.add", a="1")
+    with pytest.raises(bus.RemoteError, match="RuntimeError: kaboom"):
+        await bus.acall("echo.fail", message="kaboom")
+    assert await bus.acall("echo.echo", text="still here") == "still here"
+    assert worker.process.poll() is None
+    assert "Traceback" in worker.output() and "kaboom" in worker.output()
+    assert "Rejected a message on 'echo' without a 'type'" in worker.output()
+    await default_bus.aclose()
+
+
+async def test_sigterm_finishes_in_flight_work_and_leaves_the_rest_queued(
+    redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    worker = start_worker(redis_layer, "echo", concurrency=2)
+    for n in range(6):
+        await bus.asend("echo.sleep_sync", seconds=1.0, tag=f"job{n}")
+    await asyncio.sleep(0.5)  # the worker has taken two; four wait in Redis
+    assert await asyncio.to_thread(worker.terminate) == 0
+    assert sorted(read_records(record_dir, "slept")) == ["job0", "job1"]
+    assert await get_channel_layer().queue_depth("echo") == 4
+    assert "stopped after handling 2 message(s)" in worker.output()
+    assert presence(redis_layer, "echo") == {}, "a stopped worker withdraws its heartbeat"
+
+
+async def test_worker_survives_a_redis_restart(tmp_path: Path, settings: object, start_worker: StartWorker) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        settings.CHANNEL_LAYERS = bus.conf.channel_layers(server.url)  # type: ignore[attr-defined]
+        worker = start_worker(server.url, "echo")
+        assert await bus.acall("echo.echo", text="before") == "before"
+        server.stop()
+        with pytest.raises(bus.BrokerUnreachable, match="Is Redis running at REDIS_URL"):
+            await bus.acall("echo.echo", text="during", timeout=1)
+        server.start()
+        wait_for_worker(worker, server.url, ("echo",))  # it beats again without a restart
+        assert await bus.acall("echo.echo", text="after") == "after"
+        assert worker.process.poll() is None
+        assert "retrying" in worker.output()
+    finally:
+        await default_bus.aclose()
+        server.stop()
+
+
+@pytest.mark.slow
+async def test_idle_for_longer_than_redis_py_socket_timeout(redis_layer: str, start_worker: StartWorker) -> None:
+    start_worker(redis_layer, "echo")
+    assert await bus.acall("echo.echo", text="first") == "first"
+    await asyncio.sleep(6)  # redis-py 8's default socket_timeout is 5 s
+    assert await bus.acall("echo.echo", text="second") == "second"
+    await default_bus.aclose()
+
+
+async def test_hundreds_of_concurrent_calls_from_one_process(redis_layer: str, start_worker: StartWorker) -> None:
+    start_worker(redis_layer, "echo")
+    results = await asyncio.gather(*(bus.acall("echo.add", a=n, timeout=30) for n in range(500)))
+    assert results == [n + 1 for n in range(500)]
+    await default_bus.aclose()
+
+
+def test_sync_calls_from_several_plain_threads_share_one_background_loop(
+    redis_layer: str, start_worker: StartWorker
+) -> None:
+    start_worker(redis_layer, "echo")
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def caller(offset: int) -> None:
+        for n in range(20):
+            value = bus.call("echo.add", a=offset + n)
+            with lock:
+                results.append(value)
+
+    threads = [threading.Thread(target=caller, args=(100 * t,)) for t in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == sorted(100 * t + n + 1 for t in range(5) for n in range(20))
+
+
+def test_sync_call_inside_an_event_loop_is_refused_with_the_async_twin_named() -> None:
+    async def inside() -> None:
+        bus.call("echo.echo", text="x")
+
+    with pytest.raises(Exception, match=r"use await bus.acall\(\)"):
+        asyncio.run(inside())
+
+
+def run_bus(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "bus", *args],
+        cwd=ROOT,
+        env={"BUS_TEST_REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_bus_command_line(redis_layer: str, start_worker: StartWorker) -> None:
+    worker = start_worker(redis_layer, "echo")
+    ok = run_bus(redis_layer, "call", "echo.add", '{"a": 1, "b": 2}')
+    assert (ok.returncode, ok.stdout.strip()) == (0, "3")
+    invalid = run_bus(redis_layer, "call", "echo.add", '{"a": "x"}')
+    assert invalid.returncode == 3 and "a: Input should be a valid integer" in invalid.stderr
+    declared = run_bus(redis_layer, "call", "echo.refuse", '{"reason": "because"}')
+    assert declared.returncode == 4 and "Refused: because" in declared.stderr
+    remote = run_bus(redis_layer, "call", "echo.fail", '{"message": "oops"}')
+    assert remote.returncode == 5 and "RuntimeError: oops" in remote.stderr
+    late = run_bus(redis_layer, "call", "echo.sleep", '{"seconds": 2}', "--timeout", "0.2")
+    assert late.returncode == 6 and "did not answer within 0.2 s" in late.stderr
+    unknown = run_bus(redis_layer, "call", "echo.nope")
+    assert unknown.returncode == 8 and "has no method 'nope'" in unknown.stderr
+    not_json = run_bus(redis_layer, "call", "echo.add", "{a: 1}")
+    assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
+    sent = run_bus(redis_layer, "send", "echo.record", '{"n": 1}')
+    assert sent.returncode == 0 and "message_id" in sent.stdout
+    status = run_bus(redis_layer, "status", "--json")
+    assert status.returncode == 0 and f".{worker.pid}." in status.stdout
+    services = run_bus(redis_layer, "services")
+    assert "echo.add(a: integer, b: integer)  [read]" in services.stdout
+    worker.terminate()
+    nobody = run_bus(redis_layer, "call", "echo.add", '{"a": 1}')
+    assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr
