@@ -1,8 +1,8 @@
 """The one routing table: HTTP, WebSockets, and the domain channels that `runworker` serves."""
 
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter
-
 from django.core.asgi import get_asgi_application
+
 from workers.inventory.service import InventoryService
 
 # Channel name -> the Service that serves it: `manage.py runworker inventory`.

@@ -1,8 +1,8 @@
 """A service bus on the Django Channels channel layer.
 
-    import bus
-    bus.call("inventory.stock", sku="A-1")
-    await bus.acall("inventory.reserve", order_id="o-1", sku="A-1", quantity=2)
+import bus
+bus.call("inventory.stock", sku="A-1")
+await bus.acall("inventory.reserve", order_id="o-1", sku="A-1", quantity=2)
 """
 
 from .client import Bus, default_bus
@@ -53,6 +53,7 @@ __all__ = [
     "asend",
     "call",
     "publish",
+    "rpc",
     "send",
     "subscribe",
 ]

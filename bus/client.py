@@ -1,4 +1,4 @@
-"""Calling a domain: `call`/`acall` (request and reply), `send`/`asend` (command), `publish`/`apublish` (event).
+"""Calling a domain: `call`/`acall` (request, reply), `send`/`asend` (command), `publish`/`apublish` (event).
 
     bus.call("inventory.stock", sku="A-1")                  # from sync code: a view, the shell
     await bus.acall("inventory.stock", sku="A-1")           # from async code: a consumer, a worker
@@ -13,6 +13,7 @@ worker), and otherwise on one background loop that every thread of the process s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -227,10 +228,8 @@ class _ReplyListener:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-            except asyncio.CancelledError:
-                pass
 
     async def _listen(self) -> None:
         layer = self.bus.layer
@@ -252,12 +251,14 @@ class _ReplyListener:
                 continue
             backoff = 0.05
             for reply in replies:
-                future = self.pending.pop(str(reply.get("in_reply_to")), None)
+                future = self.pending.pop(str(reply.get("in_reply_to")), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():
                     future.set_result(reply)
 
 
-async def receive_batch(layer: BaseChannelLayer, channel: str, most: int, *, timeout: float) -> list[dict[str, Any]]:
+async def receive_batch(
+    layer: BaseChannelLayer, channel: str, most: int, *, timeout: float
+) -> list[dict[str, Any]]:
     """Up to `most` messages from `channel`, through the bus layer's batch receive when it has one."""
     batch = getattr(layer, "receive_batch", None)
     if batch is not None:

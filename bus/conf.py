@@ -1,13 +1,13 @@
 """The bus's settings: `settings.BUS`, read lazily so tests can override them.
 
-    BUS = {
-        "TIMEOUT": 5.0,                 # seconds a call waits for its reply, unless it says otherwise
-        "MAX_MESSAGE_BYTES": 1048576,   # encoded size limit, checked before anything is sent
-        "WORKER_CONCURRENCY": 64,       # messages one worker process handles at once
-        "SHUTDOWN_GRACE": 10.0,         # seconds a stopping worker gives its in-flight messages
-        "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
-        "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
-    }
+BUS = {
+    "TIMEOUT": 5.0,                 # seconds a call waits for its reply, unless it says otherwise
+    "MAX_MESSAGE_BYTES": 1048576,   # encoded size limit, checked before anything is sent
+    "WORKER_CONCURRENCY": 64,       # messages one worker process handles at once
+    "SHUTDOWN_GRACE": 10.0,         # seconds a stopping worker gives its in-flight messages
+    "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
+    "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
+}
 """
 
 from __future__ import annotations

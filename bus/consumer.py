@@ -9,6 +9,7 @@ and close stale connections in that very thread, where Django keeps them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,7 @@ def _context(envelope: messages.Envelope) -> MessageContext:
     )
 
 
-class ServiceConsumer(AsyncConsumer):
+class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no type hints
     """Runs the Service of one domain for a single bus message, and replies to requests."""
 
     def __init__(self, service: type[Service]) -> None:
@@ -78,10 +79,8 @@ class ServiceConsumer(AsyncConsumer):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
-        try:
+        with contextlib.suppress(StopConsumer):
             await self.dispatch(await receive())
-        except StopConsumer:
-            pass
 
     async def dispatch(self, message: Any) -> None:
         try:
@@ -120,7 +119,11 @@ class ServiceConsumer(AsyncConsumer):
     async def bus_event(self, envelope: messages.Envelope) -> None:
         handler_name = self.service.subscriptions.get(envelope["target"])
         if handler_name is None:
-            logger.warning("%s received event %s it does not subscribe to.", self.service.contract.name, envelope["target"])
+            logger.warning(
+                "%s received event %s it does not subscribe to.",
+                self.service.contract.name,
+                envelope["target"],
+            )
             return
         try:
             event = lookup_event(envelope["target"])
@@ -142,7 +145,9 @@ class ServiceConsumer(AsyncConsumer):
                 )
             arguments = method.validate_arguments(envelope["body"])
             handler = getattr(self.service(_context(envelope)), method.name)
-            result = await run_handler(handler, {name: getattr(arguments, name) for name in method.parameters})
+            result = await run_handler(
+                handler, {name: getattr(arguments, name) for name in method.parameters}
+            )
         except ContractError as exc:
             if method is not None and isinstance(exc, method.errors):
                 return_error: BusError = exc
@@ -158,10 +163,14 @@ class ServiceConsumer(AsyncConsumer):
             return method.dump_result(result)
         except ValidationError as exc:
             # The handler broke its own contract: the caller's input was fine, so it is a remote fault.
-            logger.error("%s returned a result its contract does not allow: %s", envelope["target"], exc.message)
+            logger.error(
+                "%s returned a result its contract does not allow: %s", envelope["target"], exc.message
+            )
             raise _remote(exc) from exc
 
-    async def reply(self, envelope: messages.Envelope, *, result: Any = None, error: BusError | None = None) -> None:
+    async def reply(
+        self, envelope: messages.Envelope, *, result: Any = None, error: BusError | None = None
+    ) -> None:
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return
@@ -169,7 +178,10 @@ class ServiceConsumer(AsyncConsumer):
         try:
             messages.check_size(dict(answer), bus_setting("MAX_MESSAGE_BYTES"))
         except (BadMessage, MessageTooLarge) as exc:
-            answer = messages.reply(envelope, error=RemoteError(f"The result of {envelope['target']} could not be sent: {exc.message}"))
+            answer = messages.reply(
+                envelope,
+                error=RemoteError(f"The result of {envelope['target']} could not be sent: {exc.message}"),
+            )
         try:
             await self.channel_layer.send(reply_to, answer)
         except Exception:
@@ -178,17 +190,20 @@ class ServiceConsumer(AsyncConsumer):
     async def reject(self, message: Any, error: BusError) -> None:
         """Log a malformed message and, when it names a reply channel, tell its sender."""
         logger.warning("Rejected a malformed message: %s", error.message)
-        if isinstance(message, dict) and isinstance(message.get("reply_to"), str) and isinstance(message.get("id"), str):
+        if (
+            isinstance(message, dict)
+            and isinstance(message.get("reply_to"), str)
+            and isinstance(message.get("id"), str)
+        ):
             answer = messages.reply(message, error=error)  # type: ignore[arg-type]
             try:
                 await self.channel_layer.send(message["reply_to"], answer)
             except Exception:
-                logger.warning("Could not tell the sender of the malformed message on %s.", message["reply_to"])
+                logger.warning(
+                    "Could not tell the sender of the malformed message on %s.", message["reply_to"]
+                )
 
 
 def _remote(exc: BaseException) -> RemoteError:
-    if isinstance(exc, BusError):
-        text = exc.message
-    else:
-        text = str(exc) or "(no message)"
+    text = exc.message if isinstance(exc, BusError) else str(exc) or "(no message)"
     return RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)

@@ -99,7 +99,7 @@ class Method:
             name: (hints.get(name, Any), ... if default is inspect.Parameter.empty else default)
             for name, default in self.parameters.items()
         }
-        self.arguments: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self.arguments: type[BaseModel] = create_model(
             f"{self.target}.arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         self.result_type: Any = hints.get("return", Any)
@@ -150,8 +150,7 @@ def _parameters(target: str, func: Callable[..., Any]) -> dict[str, Any]:
             raise TypeError(f"{target}: parameter {parameter.name!r} must be a plain keyword argument.")
         if parameter.name in RESERVED_ARGUMENTS:
             raise TypeError(
-                f"{target}: argument name {parameter.name!r} clashes with bus.call's own keyword; "
-                "rename it."
+                f"{target}: argument name {parameter.name!r} clashes with bus.call's own keyword; rename it."
             )
         result[parameter.name] = parameter.default
     return result
@@ -210,7 +209,9 @@ class Contract:
                 cls.events[attribute] = value
         existing = _contracts.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise TypeError(f"Service name {name!r} is already used by {existing.__module__}.{existing.__qualname__}.")
+            raise TypeError(
+                f"Service name {name!r} is already used by {existing.__module__}.{existing.__qualname__}."
+            )
         _contracts[name] = cls
 
     @classmethod
@@ -271,7 +272,8 @@ def lookup_method(target: str) -> Method:
     method = contract.methods.get(member)
     if method is None:
         raise UnknownTarget(
-            f"Service {contract.name!r} has no method {member!r}; it has: {', '.join(sorted(contract.methods))}.",
+            f"Service {contract.name!r} has no method {member!r}; "
+            f"it has: {', '.join(sorted(contract.methods))}.",
             target=target,
         )
     return method

@@ -32,8 +32,8 @@ __all__ = [
     "MessageTooLarge",
     "NoWorker",
     "RemoteError",
-    "UnknownTarget",
     "Unavailable",
+    "UnknownTarget",
     "ValidationError",
     "error_from_wire",
 ]

@@ -103,7 +103,7 @@ def envelope(
 def reply(request: Envelope, *, result: Any = None, error: BusError | None = None) -> Reply:
     """The answer to `request`; also used for malformed requests, so it reads only `id`."""
     return {
-        "type": REPLY,
+        "type": "bus.reply",
         "id": new_id(),
         "in_reply_to": request["id"],
         "correlation_id": str(request.get("correlation_id") or request["id"]),

@@ -23,17 +23,23 @@ from .worker import Worker
 
 
 @asynccontextmanager
-async def serving(*channels: str, application: Any = None, concurrency: int | None = None) -> AsyncIterator[Worker]:
+async def serving(
+    *channels: str, application: Any = None, concurrency: int | None = None
+) -> AsyncIterator[Worker]:
     """Run a Worker for `channels` in this event loop until the block ends, then drain it."""
     layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
     worker = Worker(
-        application or get_default_application(), list(channels), layer, concurrency=concurrency, receive_wait=0.1
+        application or get_default_application(),
+        list(channels),
+        layer,
+        concurrency=concurrency,
+        receive_wait=0.1,
     )
     task = asyncio.create_task(worker.run(install_signal_handlers=False))
     try:
         # Callers check presence before sending: wait for the first heartbeat.
         for channel in channels:
-            while worker.worker_id not in await layer.presence(channel):  # type: ignore[union-attr]
+            while worker.worker_id not in await layer.presence(channel):
                 if task.done():
                     await task
                 await asyncio.sleep(0.01)

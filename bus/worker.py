@@ -14,6 +14,7 @@ What it promises, unlike Channels' stock `Worker`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,7 +32,6 @@ from .contracts import lookup_event
 from .services import implementation
 
 logger = logging.getLogger(__name__)
-
 
 
 class Worker:
@@ -68,7 +68,9 @@ class Worker:
     def stop(self) -> None:
         """Stop taking messages; `run` returns once in-flight messages finish or the grace ends."""
         if not self._stopping.is_set():
-            logger.info("Worker %s stopping: finishing %d message(s) in flight.", self.worker_id, len(self._tasks))
+            logger.info(
+                "Worker %s stopping: finishing %d message(s) in flight.", self.worker_id, len(self._tasks)
+            )
             self._stopping.set()
             self._slot_freed.set()
 
@@ -77,7 +79,9 @@ class Worker:
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
-        logger.info("Worker %s serving %s with %d slots.", self.worker_id, ", ".join(self.channels), self.concurrency)
+        logger.info(
+            "Worker %s serving %s with %d slots.", self.worker_id, ", ".join(self.channels), self.concurrency
+        )
         background = [asyncio.create_task(self._receive(channel)) for channel in self.channels]
         background.append(asyncio.create_task(self._beat()))
         try:
@@ -86,11 +90,15 @@ class Worker:
             # Receivers notice the stop within one receive wait and keep what they received.
             await asyncio.gather(*background[:-1], return_exceptions=True)
             if self._tasks:
-                done, pending = await asyncio.wait(self._tasks, timeout=self.grace)
+                _, pending = await asyncio.wait(self._tasks, timeout=self.grace)
                 for task in pending:
                     task.cancel()
                 if pending:
-                    logger.warning("Cancelled %d message(s) still running after the %.1f s grace.", len(pending), self.grace)
+                    logger.warning(
+                        "Cancelled %d message(s) still running after the %.1f s grace.",
+                        len(pending),
+                        self.grace,
+                    )
             background[-1].cancel()
             await asyncio.gather(background[-1], return_exceptions=True)
             await self._leave()
@@ -109,7 +117,13 @@ class Worker:
                 batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
             except Exception as exc:
                 self._give_back(slots)
-                logger.warning("Receiving on %r failed (%s: %s); retrying in %.1f s.", channel, type(exc).__name__, exc, backoff)
+                logger.warning(
+                    "Receiving on %r failed (%s: %s); retrying in %.1f s.",
+                    channel,
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -176,9 +190,9 @@ class Worker:
             }
             try:
                 for channel in self.channels:
-                    await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)  # type: ignore[attr-defined]
+                    await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)
                 for group, channel in groups:
-                    await self.layer.group_add(group, channel)  # type: ignore[attr-defined]
+                    await self.layer.group_add(group, channel)
             except Exception as exc:
                 logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
             await asyncio.sleep(interval)
@@ -195,12 +209,10 @@ class Worker:
     async def _leave(self) -> None:
         for channel in self.channels:
             try:
-                await self.layer.presence_leave(channel, self.worker_id)  # type: ignore[attr-defined]
+                await self.layer.presence_leave(channel, self.worker_id)
             except Exception as exc:
                 logger.warning("Could not withdraw presence on %r: %s", channel, exc)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass

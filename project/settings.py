@@ -69,7 +69,7 @@ def _database(alias: str) -> dict[str, Any]:
     variable = "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL"
     url = os.environ.get(variable)
     if url:
-        return dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+        return dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     path = DATA_DIR / f"{alias}.sqlite3"
     return {
         "ENGINE": "django.db.backends.sqlite3",
@@ -100,7 +100,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"bus": {"()": "bus.context.MessageContextFilter"}},
     "formatters": {
-        "bus": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s] %(message)s"}
+        "bus": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s] %(message)s"
+        }
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["bus"], "formatter": "bus"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},

@@ -48,8 +48,19 @@ class RedisServer:
         if executable is None:
             pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server).")
         self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+            [
+                executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -139,15 +150,30 @@ def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., Wor
     """Start `runworker CHANNELS` processes on the given Redis URL; each is stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(redis_url: str, *channels: str, concurrency: int | None = None, wait: bool = True) -> WorkerProcess:
+    def start(
+        redis_url: str, *channels: str, concurrency: int | None = None, wait: bool = True
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        command = [sys.executable, str(ROOT / "manage.py"), "runworker", *channels, "--settings", "tests.settings"]
+        command = [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "runworker",
+            *channels,
+            "--settings",
+            "tests.settings",
+        ]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
-        env = {**os.environ, "BUS_TEST_REDIS_URL": redis_url, "BUS_TEST_RECORD_DIR": str(record_dir),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "BUS_TEST_REDIS_URL": redis_url,
+            "BUS_TEST_RECORD_DIR": str(record_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
         log_file = log.open("w")
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+        )
         worker = WorkerProcess(process, log, log_file)
         started.append(worker)
         if wait:
@@ -176,13 +202,18 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
         return pool.submit(asyncio.run, look()).result()
 
 
-def wait_for_worker(worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30) -> None:
+def wait_for_worker(
+    worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30
+) -> None:
     """Block until the worker's heartbeat is visible on every channel it serves."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.process.poll() is not None:
             pytest.fail(f"Worker exited with {worker.process.returncode}:\n{worker.output()}")
-        if all(any(f".{worker.pid}." in member for member in presence(redis_url, channel)) for channel in channels):
+        if all(
+            any(f".{worker.pid}." in member for member in presence(redis_url, channel))
+            for channel in channels
+        ):
             return
         time.sleep(0.05)
     pytest.fail(f"Worker did not beat within {timeout} s:\n{worker.output()}")

@@ -1,4 +1,4 @@
-"""Test settings: the project's, plus the `echo` test domain; the in-memory layer unless a test says otherwise."""
+"""Test settings: the project's plus the `echo` test domain; in-memory layer unless a test says otherwise."""
 
 import os
 
@@ -12,3 +12,8 @@ ASGI_APPLICATION = "tests.routing.application"
 # in-memory, whatever REDIS_URL the developer's shell has, and switches per test.
 CHANNEL_LAYERS = channel_layers(os.environ.get("BUS_TEST_REDIS_URL"))
 BUS = {"HEARTBEAT_INTERVAL": 0.5, "SHUTDOWN_GRACE": 5.0}
+
+# Handler threads close their connections after each message, as Django does after a request,
+# so no test leaves a PostgreSQL session open on a test database it must drop.
+for database in DATABASES.values():  # noqa: F405
+    database["CONN_MAX_AGE"] = 0

@@ -73,7 +73,7 @@ async def test_unknown_service_and_method_list_what_exists() -> None:
 
 async def test_no_worker_fails_at_once_and_says_why() -> None:
     with pytest.raises(
-        bus.NoWorker, match="in-memory channel layer .* reaches only workers in the same process"
+        bus.NoWorker, match=r"in-memory channel layer .* reaches only workers in the same process"
     ):
         await bus.acall("echo.echo", text="hello")
 
@@ -86,7 +86,7 @@ async def test_deadline_raises_timeout_and_the_late_request_never_runs(
         first = asyncio.create_task(bus.acall("echo.sleep_sync", seconds=0.5, tag="first"))
         await asyncio.sleep(0.05)
         with pytest.raises(
-            bus.DeadlineExceeded, match="echo.sleep_sync did not answer within 0.1 s"
+            bus.DeadlineExceeded, match=r"echo\.sleep_sync did not answer within 0\.1 s"
         ) as caught:
             await bus.acall("echo.sleep_sync", seconds=0, tag="late", timeout=0.1)
         assert isinstance(caught.value, TimeoutError)
@@ -104,7 +104,7 @@ async def test_oversized_request_is_refused_before_sending() -> None:
 async def test_oversized_result_becomes_a_clear_remote_error() -> None:
     async with serving("echo"):
         with pytest.raises(
-            bus.RemoteError, match="The result of echo.blob could not be sent: The message is"
+            bus.RemoteError, match=r"The result of echo\.blob could not be sent: The message is"
         ):
             await bus.acall("echo.blob", size=2_000_000)
         assert await bus.acall("echo.echo", text="still serving") == "still serving"
@@ -112,7 +112,7 @@ async def test_oversized_result_becomes_a_clear_remote_error() -> None:
 
 async def test_result_that_breaks_the_contract_is_a_remote_error() -> None:
     async with serving("echo"):
-        with pytest.raises(bus.RemoteError, match="Invalid result from echo.bad_result"):
+        with pytest.raises(bus.RemoteError, match=r"Invalid result from echo\.bad_result"):
             await bus.acall("echo.bad_result")
 
 

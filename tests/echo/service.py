@@ -64,7 +64,11 @@ class EchoService(Service, contract=Echo):
     def relay(self, *, text: str) -> dict[str, Any]:
         # A sync handler calling another domain: the call inherits this message's correlation id.
         inner = bus.call("echo.whoami")
-        return {"text": bus.call("echo.echo", text=text), "inner": inner, "outer": self.context.correlation_id}
+        return {
+            "text": bus.call("echo.echo", text=text),
+            "inner": inner,
+            "outer": self.context.correlation_id,
+        }
 
     def bad_result(self) -> int:
         return "not a number"  # type: ignore[return-value]

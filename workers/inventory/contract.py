@@ -63,7 +63,9 @@ class Inventory(Contract, name="inventory"):
     stock_changed = Event(StockChanged)
 
     @rpc()
-    async def add_product(self, *, sku: Sku, name: Annotated[str, Field(min_length=1, max_length=200)], price_cents: Cents) -> Product:
+    async def add_product(
+        self, *, sku: Sku, name: Annotated[str, Field(min_length=1, max_length=200)], price_cents: Cents
+    ) -> Product:
         """Create a product, or update its name and price; stock is left as it is."""
 
     @rpc(read=True)

@@ -12,8 +12,13 @@ class Product(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=models.Q(reserved__lte=models.F("on_hand")), name="reserved_within_on_hand")
+            models.CheckConstraint(
+                condition=models.Q(reserved__lte=models.F("on_hand")), name="reserved_within_on_hand"
+            )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.sku} ({self.name})"
 
     @property
     def available(self) -> int:
@@ -32,6 +37,9 @@ class OrderHold(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
     updated_at = models.DateTimeField(auto_now=True)
 
+    def __str__(self) -> str:
+        return f"order {self.order_id}: {self.state}"
+
 
 class Reservation(models.Model):
     class State(models.TextChoices):
@@ -46,4 +54,9 @@ class Reservation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["hold", "product"], name="one_reservation_per_order_and_sku")]
+        constraints = [
+            models.UniqueConstraint(fields=["hold", "product"], name="one_reservation_per_order_and_sku")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.product_id} for order {self.hold_id}: {self.state}"

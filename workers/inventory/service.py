@@ -48,11 +48,18 @@ def _publish_after_commit(database: str, skus: set[str]) -> None:
     def publish_all() -> None:
         for product in models.Product.objects.using(database).filter(sku__in=skus):
             try:
-                publish("inventory.stock_changed", sku=product.sku, on_hand=product.on_hand,
-                        reserved=product.reserved, available=product.available)
+                publish(
+                    "inventory.stock_changed",
+                    sku=product.sku,
+                    on_hand=product.on_hand,
+                    reserved=product.reserved,
+                    available=product.available,
+                )
             except BusError as exc:
                 # Stock figures are also served by inventory.stock; a missed push is not lost data.
-                logger.warning("Could not publish inventory.stock_changed for %s: %s", product.sku, exc.message)
+                logger.warning(
+                    "Could not publish inventory.stock_changed for %s: %s", product.sku, exc.message
+                )
 
     if skus:
         transaction.on_commit(publish_all, using=database)
@@ -89,7 +96,8 @@ class InventoryService(Service, contract=Inventory):
             if hold.state != models.OrderHold.State.OPEN:
                 raise ReservationClosed(
                     f"Order {order_id} was already {hold.state}; it cannot reserve more stock.",
-                    order_id=order_id, state=hold.state,
+                    order_id=order_id,
+                    state=hold.state,
                 )
             existing = hold.reservations.filter(product_id=sku).first()
             if existing is not None:
@@ -98,7 +106,9 @@ class InventoryService(Service, contract=Inventory):
             if product.available < quantity:
                 raise OutOfStock(
                     f"Only {product.available} of {sku} available, {quantity} asked for.",
-                    sku=sku, available=product.available, requested=quantity,
+                    sku=sku,
+                    available=product.available,
+                    requested=quantity,
                 )
             product.reserved += quantity
             product.save(update_fields=["reserved"])
@@ -121,7 +131,8 @@ class InventoryService(Service, contract=Inventory):
             if hold.state == models.OrderHold.State.RELEASED:
                 raise ReservationClosed(
                     f"Order {order_id} was released; its stock cannot be committed.",
-                    order_id=order_id, state=hold.state,
+                    order_id=order_id,
+                    state=hold.state,
                 )
             if hold.state == models.OrderHold.State.OPEN:
                 hold.state = models.OrderHold.State.COMMITTED
@@ -139,14 +150,20 @@ class InventoryService(Service, contract=Inventory):
         return product
 
     def _hold(self, order_id: str) -> models.OrderHold:
-        hold, _ = models.OrderHold.objects.using(self.database).select_for_update().get_or_create(order_id=order_id)
+        hold, _ = (
+            models.OrderHold.objects.using(self.database).select_for_update().get_or_create(order_id=order_id)
+        )
         return hold
 
     def _settle(self, hold: models.OrderHold, state: str) -> None:
         """Move every held reservation of an order to `state`, adjusting product counters."""
         touched = set()
         for reservation in hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD):
-            product = models.Product.objects.using(self.database).select_for_update().get(sku=reservation.product_id)
+            product = (
+                models.Product.objects.using(self.database)
+                .select_for_update()
+                .get(sku=reservation.product_id)
+            )
             product.reserved -= reservation.quantity
             if state == models.Reservation.State.COMMITTED:
                 product.on_hand -= reservation.quantity

@@ -66,7 +66,10 @@ class Command(BaseCommand):
             sub.add_argument("arguments", nargs="?", default="{}", help="a JSON object of arguments")
             if action == "call":
                 sub.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
-        for action, text in (("services", "list contracts with their schemas"), ("status", "workers and queues per domain")):
+        for action, text in (
+            ("services", "list contracts with their schemas"),
+            ("status", "workers and queues per domain"),
+        ):
             sub = actions.add_parser(action, help=text)
             sub.add_argument("--json", action="store_true", help="print JSON")
 
@@ -94,9 +97,14 @@ class Command(BaseCommand):
         try:
             arguments = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CommandError(f"The arguments are not valid JSON ({exc}); give a JSON object, e.g. '{{\"sku\": \"A-1\"}}'.", returncode=2) from exc
+            raise CommandError(
+                f'The arguments are not valid JSON ({exc}); give a JSON object, e.g. \'{{"sku": "A-1"}}\'.',
+                returncode=2,
+            ) from exc
         if not isinstance(arguments, dict):
-            raise CommandError(f"The arguments must be a JSON object, not {type(arguments).__name__}.", returncode=2)
+            raise CommandError(
+                f"The arguments must be a JSON object, not {type(arguments).__name__}.", returncode=2
+            )
         return arguments
 
     def services(self, *, as_json: bool) -> None:
@@ -105,10 +113,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(schemas, indent=2))
             return
         for schema in schemas:
-            self.stdout.write(f"{schema['service']}: {schema['description'].splitlines()[0] if schema['description'] else ''}")
+            summary = schema["description"].splitlines()[0] if schema["description"] else ""
+            self.stdout.write(f"{schema['service']}: {summary}")
             for name, method in schema["methods"].items():
                 parameters = ", ".join(
-                    f"{field}: {spec.get('type', 'object')}" for field, spec in method["arguments"]["properties"].items()
+                    f"{field}: {spec.get('type', 'object')}"
+                    for field, spec in method["arguments"]["properties"].items()
                 )
                 kind = "read" if method["read"] else "write"
                 errors = f"  raises {', '.join(method['errors'])}" if method["errors"] else ""
@@ -128,9 +138,8 @@ class Command(BaseCommand):
         for row in report["domains"]:
             self.stdout.write(f"{row['domain']}: {len(row['workers'])} worker(s), {row['queued']} queued")
             for worker_id, info in sorted(row["workers"].items()):
-                self.stdout.write(
-                    f"  {worker_id}  in flight {info.get('in_flight')}/{info.get('concurrency')}, handled {info.get('handled')}"
-                )
+                load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
+                self.stdout.write(f"  {worker_id}  {load}, handled {info.get('handled')}")
 
 
 async def _status() -> dict[str, Any]:
@@ -140,11 +149,13 @@ async def _status() -> dict[str, Any]:
     domains = []
     try:
         for name in sorted(contracts()):
-            domains.append({
-                "domain": name,
-                "workers": await layer.presence(name),  # type: ignore[union-attr]
-                "queued": await layer.queue_depth(name),  # type: ignore[union-attr]
-            })
+            domains.append(
+                {
+                    "domain": name,
+                    "workers": await layer.presence(name),
+                    "queued": await layer.queue_depth(name),
+                }
+            )
     except _BROKER_ERRORS as exc:
         raise _unreachable(exc) from exc
     return {"layer": type(layer).__name__, "domains": domains}

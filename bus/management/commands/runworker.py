@@ -1,4 +1,4 @@
-"""`manage.py runworker inventory [payments ...]`: Channels' command, with a worker that keeps its promises."""
+"""`manage.py runworker inventory [payments ...]`: Channels' command, with a worker that keeps promises."""
 
 from __future__ import annotations
 
@@ -22,16 +22,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("channels", nargs="+", help="Channels (domains) to serve, e.g. inventory.")
-        parser.add_argument("--layer", default=None, help="Channel layer alias, if not settings.BUS['CHANNEL_LAYER'].")
         parser.add_argument(
-            "--concurrency", type=int, default=None, help="Messages handled at once (settings.BUS['WORKER_CONCURRENCY'])."
+            "--layer", default=None, help="Channel layer alias, if not settings.BUS['CHANNEL_LAYER']."
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="Messages handled at once (settings.BUS['WORKER_CONCURRENCY']).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["layer"] or bus_setting("CHANNEL_LAYER")
         layer = get_channel_layer(alias)
         if layer is None:
-            raise CommandError(f"CHANNEL_LAYERS has no {alias!r} layer; configure one (see bus.conf.channel_layers).")
+            raise CommandError(
+                f"CHANNEL_LAYERS has no {alias!r} layer; configure one (see bus.conf.channel_layers)."
+            )
         if isinstance(layer, InMemoryChannelLayer):
             logger.warning(
                 "The in-memory channel layer serves only callers in this process: set REDIS_URL so "
@@ -39,5 +46,7 @@ class Command(BaseCommand):
             )
         if options["concurrency"] is not None and options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1.")
-        worker = Worker(get_default_application(), options["channels"], layer, concurrency=options["concurrency"])
+        worker = Worker(
+            get_default_application(), options["channels"], layer, concurrency=options["concurrency"]
+        )
         asyncio.run(worker.run())

@@ -1,0 +1,122 @@
+"""The inventory domain over the bus: catalogue, stock, and reservations idempotent per order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from channels.layers import get_channel_layer
+
+import bus
+from bus.testing import serving
+from workers.inventory.contract import Inventory, OutOfStock, ReservationClosed, UnknownProduct
+
+pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases=["default", "inventory"])]
+
+
+@pytest.fixture
+async def inventory() -> AsyncIterator[Inventory]:
+    async with serving("inventory"):
+        client = Inventory.client()
+        await client.add_product(sku="A-1", name="Anvil", price_cents=1999)
+        await client.restock(sku="A-1", quantity=10)
+        yield client
+
+
+async def test_stock_reports_on_hand_reserved_and_available(inventory: Inventory) -> None:
+    stock = await bus.acall("inventory.stock", sku="A-1")
+    assert stock == {
+        "sku": "A-1",
+        "name": "Anvil",
+        "price_cents": 1999,
+        "on_hand": 10,
+        "reserved": 0,
+        "available": 10,
+    }
+    await inventory.add_product(sku="A-1", name="Better anvil", price_cents=2499)
+    updated = await inventory.stock(sku="A-1")
+    assert (updated.name, updated.price_cents, updated.on_hand) == ("Better anvil", 2499, 10)
+    assert [product.sku for product in await inventory.products()] == ["A-1"]
+
+
+async def test_unknown_sku_is_a_declared_error(inventory: Inventory) -> None:
+    with pytest.raises(UnknownProduct, match="No product has SKU 'B-2'"):
+        await inventory.restock(sku="B-2", quantity=1)
+    with pytest.raises(UnknownProduct):
+        await inventory.reserve(order_id="o-1", sku="B-2", quantity=1)
+
+
+async def test_invalid_quantities_are_refused_naming_the_field(inventory: Inventory) -> None:
+    with pytest.raises(bus.ValidationError, match="quantity: Input should be greater than 0"):
+        await inventory.restock(sku="A-1", quantity=0)
+    with pytest.raises(bus.ValidationError, match="sku: String should match pattern"):
+        await inventory.stock(sku="no spaces please")
+
+
+async def test_reserve_is_idempotent_per_order_and_sku(inventory: Inventory) -> None:
+    first = await inventory.reserve(order_id="o-1", sku="A-1", quantity=3)
+    again = await inventory.reserve(order_id="o-1", sku="A-1", quantity=3)
+    assert first == again
+    assert first.state == "held"
+    stock = await inventory.stock(sku="A-1")
+    assert (stock.on_hand, stock.reserved, stock.available) == (10, 3, 7)
+
+
+async def test_out_of_stock_reserves_nothing(inventory: Inventory) -> None:
+    with pytest.raises(OutOfStock, match="Only 10 of A-1 available, 11 asked for") as caught:
+        await inventory.reserve(order_id="o-1", sku="A-1", quantity=11)
+    assert caught.value.details == {"sku": "A-1", "available": 10, "requested": 11}
+    assert (await inventory.stock(sku="A-1")).reserved == 0
+
+
+async def test_commit_turns_a_hold_into_a_sale_once(inventory: Inventory) -> None:
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=4)
+    committed = await inventory.commit(order_id="o-1")
+    assert [r.state for r in committed] == ["committed"]
+    assert await inventory.commit(order_id="o-1") == committed
+    stock = await inventory.stock(sku="A-1")
+    assert (stock.on_hand, stock.reserved) == (6, 0)
+    assert [r.state for r in await inventory.release(order_id="o-1")] == ["committed"], "a sale is not undone"
+
+
+async def test_release_gives_stock_back_and_refuses_late_reserves(inventory: Inventory) -> None:
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=4)
+    released = await inventory.release(order_id="o-1")
+    assert [r.state for r in released] == ["released"]
+    assert await inventory.release(order_id="o-1") == released
+    assert (await inventory.stock(sku="A-1")).reserved == 0
+    with pytest.raises(ReservationClosed, match="Order o-1 was already released"):
+        await inventory.reserve(order_id="o-1", sku="A-1", quantity=1)
+    with pytest.raises(ReservationClosed, match="was released; its stock cannot be committed"):
+        await inventory.commit(order_id="o-1")
+
+
+async def test_release_before_reserve_blocks_the_late_reserve(inventory: Inventory) -> None:
+    """A saga that gave up on a slow reserve releases first; the late reserve must not hold stock."""
+    assert await inventory.release(order_id="o-9") == []
+    with pytest.raises(ReservationClosed):
+        await inventory.reserve(order_id="o-9", sku="A-1", quantity=1)
+    assert (await inventory.stock(sku="A-1")).reserved == 0
+
+
+async def test_concurrent_reserves_never_oversell(inventory: Inventory) -> None:
+    results = await asyncio.gather(
+        *(inventory.reserve(order_id=f"o-{n}", sku="A-1", quantity=3) for n in range(8)),
+        return_exceptions=True,
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, OutOfStock)]
+    assert len(held) == 3 and len(refused) == 5, results
+    stock = await inventory.stock(sku="A-1")
+    assert (stock.on_hand, stock.reserved, stock.available) == (10, 9, 1)
+
+
+async def test_stock_changes_are_published_after_commit(inventory: Inventory) -> None:
+    layer = get_channel_layer()
+    await layer.group_add(Inventory.events["stock_changed"].group, "test.listener")
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=2)
+    event = await asyncio.wait_for(layer.receive("test.listener"), 5)
+    assert event["type"] == "bus.event"
+    assert event["target"] == "inventory.stock_changed"
+    assert event["body"] == {"sku": "A-1", "on_hand": 10, "reserved": 2, "available": 8}
