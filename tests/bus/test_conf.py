@@ -1,0 +1,52 @@
+"""Settings: the layer follows REDIS_URL, mistakes name the setting and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
+
+from bus.conf import bus_setting, channel_layers
+from bus.layers import InMemoryBusLayer, RedisBusLayer
+from tests.conftest import RedisServer
+
+
+def test_no_redis_url_means_the_in_memory_layer(settings: object) -> None:
+    settings.CHANNEL_LAYERS = channel_layers(None)  # type: ignore[attr-defined]
+    assert isinstance(get_channel_layer(), InMemoryBusLayer)
+
+
+def test_a_tls_url_with_a_password_is_passed_through(settings: object) -> None:
+    settings.CHANNEL_LAYERS = channel_layers("rediss://app:s3cret@redis.example:6380/2")  # type: ignore[attr-defined]
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisBusLayer)
+    assert layer.hosts[0]["address"] == "rediss://app:s3cret@redis.example:6380/2"
+    assert layer.hosts[0]["socket_timeout"] is None
+
+
+def test_a_url_of_another_kind_is_refused() -> None:
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL must start with redis://, rediss:// or unix://"):
+        channel_layers("http://localhost:6379")
+
+
+def test_bus_settings_are_checked(settings: object) -> None:
+    settings.BUS = {"TIMEOUT": -1}  # type: ignore[attr-defined]
+    with pytest.raises(ImproperlyConfigured, match=r"settings.BUS\['TIMEOUT'\] must be a positive number, not -1"):
+        bus_setting("TIMEOUT")
+    settings.BUS = {"TIMOUT": 1}  # type: ignore[attr-defined]
+    with pytest.raises(ImproperlyConfigured, match=r"unknown keys \['TIMOUT'\]"):
+        bus_setting("TIMEOUT")
+
+
+@pytest.mark.redis
+async def test_encryption_keys_keep_messages_unreadable_on_redis(redis_server: RedisServer, settings: object) -> None:
+    redis_server.flush()
+    settings.CHANNEL_LAYERS = channel_layers(redis_server.url, encryption_keys=["k1"])  # type: ignore[attr-defined]
+    layer = get_channel_layer()
+    await layer.send("secret", {"type": "x", "text": "plain words"})
+    raw = redis.Redis.from_url(redis_server.url)
+    stored = b"".join(member for key in raw.keys("*secret*") for member in raw.zrange(key, 0, -1))
+    assert stored and b"plain words" not in stored
+    assert (await layer.receive("secret"))["text"] == "plain words"
+    await layer.close_pools()
