@@ -27,7 +27,7 @@ from channels.exceptions import ChannelFull as LayerChannelFull
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
-from . import context, messages
+from . import context, databases, messages
 from .conf import bus_setting
 from .contracts import lookup_event, lookup_method
 from .exceptions import BrokerUnreachable, ChannelFull, DeadlineExceeded, NoWorker, error_from_wire
@@ -48,7 +48,6 @@ class Bus:
             weakref.WeakKeyDictionary()
         )
         self._alive_until: dict[str, float] = {}
-        self._portal = _Portal()
 
     @property
     def layer(self) -> BaseChannelLayer:
@@ -82,13 +81,14 @@ class Bus:
             ) from None
         finally:
             listener.forget(request["id"])
+        databases.absorb((reply.get("headers") or {}).get("pins"))
         if reply.get("ok"):
             return reply.get("result")
         raise error_from_wire(reply.get("error") or {})
 
     def call(self, target: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
         """The sync twin of `acall`, for views, management commands and the shell."""
-        return self._portal.run(self.acall, target, timeout=timeout, **arguments)
+        return run_sync(self.acall, target, timeout=timeout, **arguments)
 
     # -- commands and events -----------------------------------------------
 
@@ -103,7 +103,7 @@ class Bus:
 
     def send(self, target: str, /, **arguments: Any) -> str:
         """The sync twin of `asend`."""
-        result: str = self._portal.run(self.asend, target, **arguments)
+        result: str = run_sync(self.asend, target, **arguments)
         return result
 
     async def apublish(self, target: str, /, **payload: Any) -> str:
@@ -119,7 +119,7 @@ class Bus:
 
     def publish(self, target: str, /, **payload: Any) -> str:
         """The sync twin of `apublish`."""
-        result: str = self._portal.run(self.apublish, target, **payload)
+        result: str = run_sync(self.apublish, target, **payload)
         return result
 
     # -- plumbing ----------------------------------------------------------
@@ -140,6 +140,7 @@ class Bus:
             deadline = time.time() + (timeout if timeout is not None else bus_setting("TIMEOUT"))
             if handling is not None and handling.deadline is not None:
                 deadline = min(deadline, handling.deadline)
+        pins = databases.current_pins()
         return messages.envelope(
             type,
             target,
@@ -147,6 +148,7 @@ class Bus:
             correlation_id=handling.correlation_id if handling else None,
             deadline=deadline,
             reply_to=reply_to,
+            headers={"pins": pins} if pins else None,
         )
 
     async def _send(self, channel: str, envelope: messages.Envelope) -> None:
@@ -233,12 +235,17 @@ class _ReplyListener:
 
     async def _listen(self) -> None:
         layer = self.bus.layer
-        backoff = 0.05
+        backoff = 0.0
         while True:
             try:
                 replies = await receive_batch(layer, self.channel, self.batch, timeout=5.0)
             except _BROKER_ERRORS as exc:
-                # The calls in flight will not get their replies: fail them now, not at their deadline.
+                if backoff == 0.0:
+                    # Often a pooled connection that went stale while Redis restarted: try afresh once.
+                    backoff = 0.05
+                    continue
+                # Redis is really gone: the calls in flight will not get their replies, so fail
+                # them now rather than at their deadline.
                 error = BrokerUnreachable(
                     f"Lost the channel layer's server while waiting for a reply ({exc}); the call "
                     "may or may not have run."
@@ -249,7 +256,7 @@ class _ReplyListener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = 0.05
+            backoff = 0.0
             for reply in replies:
                 future = self.pending.pop(str(reply.get("in_reply_to")), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():
@@ -308,6 +315,14 @@ class _Portal:
                 thread.start()
                 self._loop, self._pid = loop, os.getpid()
             return self._loop
+
+
+_portal = _Portal()
+
+
+def run_sync(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run an async bus function from sync code, on the caller's ASGI loop or the shared background one."""
+    return _portal.run(function, *args, **kwargs)
 
 
 default_bus = Bus()

@@ -7,6 +7,10 @@ BUS = {
     "SHUTDOWN_GRACE": 10.0,         # seconds a stopping worker gives its in-flight messages
     "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
     "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
+    "READ_YOUR_WRITES_SECONDS": 5.0,  # how long a writer keeps reading its primary
+    "MODE_CACHE_SECONDS": 1.0,      # how stale a worker's view of read-only mode may be
+    "CACHE": "default",             # alias in CACHES for acall_cached
+    "STALE_FOR_SECONDS": 86400,     # how long acall_cached keeps a value to serve when stale
 }
 """
 
@@ -25,9 +29,19 @@ DEFAULTS: dict[str, Any] = {
     "SHUTDOWN_GRACE": 10.0,
     "HEARTBEAT_INTERVAL": 2.0,
     "CHANNEL_LAYER": "default",
+    "READ_YOUR_WRITES_SECONDS": 5.0,
+    "MODE_CACHE_SECONDS": 1.0,
+    "CACHE": "default",
+    "STALE_FOR_SECONDS": 86400,
 }
 
-_POSITIVE_NUMBERS = ("TIMEOUT", "MAX_MESSAGE_BYTES", "WORKER_CONCURRENCY", "HEARTBEAT_INTERVAL")
+_POSITIVE_NUMBERS = (
+    "TIMEOUT",
+    "MAX_MESSAGE_BYTES",
+    "WORKER_CONCURRENCY",
+    "HEARTBEAT_INTERVAL",
+    "READ_YOUR_WRITES_SECONDS",
+)
 
 # Replies of a whole process share one channel; give it room for many calls in flight.
 REPLY_CHANNEL_CAPACITY = 10_000
@@ -67,7 +81,7 @@ def channel_layers(
         return {
             "default": {
                 "BACKEND": "bus.layers.InMemoryBusLayer",
-                "CONFIG": {"capacity": capacity, "expiry": expiry},
+                "CONFIG": {"capacity": capacity, "expiry": expiry, "channel_capacity": capacities},
             }
         }
     scheme = urlsplit(redis_url).scheme

@@ -21,11 +21,19 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
-from . import messages
+from . import databases, messages, modes
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Method, lookup_event, lookup_method
-from .exceptions import BadMessage, BusError, ContractError, MessageTooLarge, RemoteError, ValidationError
+from .exceptions import (
+    BadMessage,
+    BusError,
+    ContractError,
+    MessageTooLarge,
+    ReadOnly,
+    RemoteError,
+    ValidationError,
+)
 from .services import Service
 
 logger = logging.getLogger(__name__)
@@ -98,7 +106,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
             )
             return
-        with handling(_context(envelope)):
+        with handling(_context(envelope)), databases.consistency_scope(envelope["headers"].get("pins")):
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
 
@@ -144,6 +152,15 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                     f"send it to {method.service!r}."
                 )
             arguments = method.validate_arguments(envelope["body"])
+            if not method.read:
+                reason = await modes.aread_only_reason(method.service)
+                if reason is not None:
+                    raise ReadOnly(
+                        f"{method.service} is in read-only mode ({reason or 'no reason given'}): "
+                        f"{method.target} changes data and is refused; reads go on. Retry later.",
+                        service=method.service,
+                        reason=reason,
+                    )
             handler = getattr(self.service(_context(envelope)), method.name)
             result = await run_handler(
                 handler, {name: getattr(arguments, name) for name in method.parameters}
@@ -174,7 +191,10 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return
-        answer = messages.reply(envelope, result=result, error=error)
+        pins = databases.current_pins()
+        answer = messages.reply(
+            envelope, result=result, error=error, headers={"pins": pins} if pins else None
+        )
         try:
             messages.check_size(dict(answer), bus_setting("MAX_MESSAGE_BYTES"))
         except (BadMessage, MessageTooLarge) as exc:

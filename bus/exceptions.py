@@ -8,7 +8,8 @@
     ├── Unavailable                the message cannot be delivered now; retry later
     │   ├── BrokerUnreachable      Redis (or the configured layer) does not answer
     │   ├── ChannelFull            the domain's queue is at capacity
-    │   └── NoWorker               no live worker serves the domain
+    │   ├── NoWorker               no live worker serves the domain
+    │   └── ReadOnly               the domain is in read-only mode: writes refused, reads served
     ├── DeadlineExceeded           no reply before the call's deadline (also a TimeoutError)
     ├── RemoteError                the handler failed with an error its contract does not declare
     └── ContractError              base of the errors a contract declares (inventory.OutOfStock)
@@ -31,6 +32,7 @@ __all__ = [
     "DeadlineExceeded",
     "MessageTooLarge",
     "NoWorker",
+    "ReadOnly",
     "RemoteError",
     "Unavailable",
     "UnknownTarget",
@@ -106,6 +108,10 @@ class NoWorker(Unavailable):
     """No live worker serves the domain, so a call would only wait for its deadline."""
 
 
+class ReadOnly(Unavailable):
+    """The domain is in read-only mode: its write methods are refused, its reads go on."""
+
+
 class DeadlineExceeded(BusError, TimeoutError):
     """No reply arrived before the deadline; the request may or may not have run."""
 
@@ -153,7 +159,7 @@ _by_kind: dict[str, type[BusError]] = {
 }
 _by_code: dict[str, type[BusError]] = {
     error.__name__: error
-    for error in (MessageTooLarge, BrokerUnreachable, ChannelFull, NoWorker, Unavailable)
+    for error in (MessageTooLarge, BrokerUnreachable, ChannelFull, NoWorker, ReadOnly, Unavailable)
 }
 
 

@@ -58,6 +58,7 @@ class Reply(TypedDict):
     ok: bool
     result: Any
     error: ErrorBody | None
+    headers: dict[str, Any]
 
 
 def new_id() -> str:
@@ -100,7 +101,13 @@ def envelope(
     }
 
 
-def reply(request: Envelope, *, result: Any = None, error: BusError | None = None) -> Reply:
+def reply(
+    request: Envelope,
+    *,
+    result: Any = None,
+    error: BusError | None = None,
+    headers: dict[str, Any] | None = None,
+) -> Reply:
     """The answer to `request`; also used for malformed requests, so it reads only `id`."""
     return {
         "type": "bus.reply",
@@ -110,6 +117,7 @@ def reply(request: Envelope, *, result: Any = None, error: BusError | None = Non
         "ok": error is None,
         "result": result,
         "error": error.to_wire() if error is not None else None,  # type: ignore[typeddict-item]
+        "headers": headers or {},
     }
 
 

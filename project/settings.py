@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "workers.inventory",
+    "workers.payments",
 ]
 
 MIDDLEWARE = [
@@ -62,27 +63,45 @@ TEMPLATES = [
 ]
 
 # One database per domain (vertical partitioning); each is a SQLite file unless its URL is set.
-DOMAIN_DATABASES = ["inventory"]
+DOMAIN_DATABASES = ["inventory", "orders", "payments"]
 
 
 def _database(alias: str) -> dict[str, Any]:
+    """DATABASE_URL for "default", <ALIAS>_DATABASE_URL for the others; a SQLite file otherwise."""
     variable = "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL"
-    url = os.environ.get(variable)
-    if url:
-        return dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
-    path = DATA_DIR / f"{alias}.sqlite3"
-    return {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": path,
+    url = os.environ.get(variable, f"sqlite:///{DATA_DIR / alias}.sqlite3")
+    config = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["CONN_MAX_AGE"] = 0
         # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
         # (up to the timeout) instead of failing with "database is locked" half-way through.
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-        "TEST": {"NAME": DATA_DIR / f"test_{alias}.sqlite3"},
-    }
+        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name(f"test_{Path(config['NAME']).name}"))}
+    return config
 
 
-DATABASES = {alias: _database(alias) for alias in ["default", *DOMAIN_DATABASES]}
-DATABASE_ROUTERS = ["bus.routers.DomainRouter"]
+# Payments accounts spread over PAYMENTS_SHARDS databases by a stable hash of the customer id.
+PAYMENTS_SHARDS = int(os.environ.get("PAYMENTS_SHARDS", "1"))
+DATABASE_SHARDS = (
+    {"payments": [f"payments_{n}" for n in range(PAYMENTS_SHARDS)]} if PAYMENTS_SHARDS > 1 else {}
+)
+_aliases = [
+    "default",
+    *(domain for domain in DOMAIN_DATABASES if domain not in DATABASE_SHARDS),
+    *(alias for aliases in DATABASE_SHARDS.values() for alias in aliases),
+]
+DATABASES = {alias: _database(alias) for alias in _aliases}
+
+# A read replica per alias, when <ALIAS>_REPLICA_DATABASE_URL is set: reads go there, except
+# the reads of whoever just wrote (read-your-writes, see bus.databases).
+DATABASE_REPLICAS: dict[str, list[str]] = {}
+for _alias in list(DATABASES):
+    if os.environ.get(f"{_alias.upper()}_REPLICA_DATABASE_URL"):
+        DATABASES[f"{_alias}_replica"] = _database(f"{_alias}_replica")
+        DATABASE_REPLICAS[_alias] = [f"{_alias}_replica"]
+# Replicas get their tables from streaming replication; set this where a replica is a plain database.
+MIGRATE_REPLICAS = os.environ.get("MIGRATE_REPLICAS") == "1"
+DATABASE_ROUTERS = ["bus.databases.DomainRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = channel_layers(

@@ -145,13 +145,36 @@ class WorkerProcess:
         self.process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def worker_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SQLite databases, migrated once, for worker processes that tests start (DJANGO_DATA_DIR)."""
+    directory = tmp_path_factory.mktemp("worker-data")
+    env = {**os.environ, "DJANGO_DATA_DIR": str(directory), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    for variable in [name for name in env if name.endswith("DATABASE_URL")]:
+        del env[variable]
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "migrate_all", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    return directory
+
+
 @pytest.fixture
-def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(
+    tmp_path: Path, record_dir: Path, worker_data_dir: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `runworker CHANNELS` processes on the given Redis URL; each is stopped after the test."""
     started: list[WorkerProcess] = []
 
     def start(
-        redis_url: str, *channels: str, concurrency: int | None = None, wait: bool = True
+        redis_url: str,
+        *channels: str,
+        concurrency: int | None = None,
+        wait: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         command = [
@@ -165,10 +188,12 @@ def start_worker(tmp_path: Path, record_dir: Path) -> Iterator[Callable[..., Wor
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if not name.endswith("DATABASE_URL")},
             "BUS_TEST_REDIS_URL": redis_url,
             "BUS_TEST_RECORD_DIR": str(record_dir),
+            "DJANGO_DATA_DIR": str(worker_data_dir),
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         log_file = log.open("w")
         process = subprocess.Popen(

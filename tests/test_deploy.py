@@ -17,7 +17,9 @@ def test_compose_file_is_valid() -> None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose package.")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    result = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 

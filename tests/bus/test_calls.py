@@ -14,6 +14,9 @@ from bus.testing import serving
 from tests.conftest import read_records
 from tests.echo.contract import Echo, Refused
 
+# Write methods read the domain's mode (read-only or not) from the database, in handler threads.
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
 
 async def test_acall_returns_the_json_result() -> None:
     async with serving("echo"):

@@ -26,13 +26,17 @@ def test_a_tls_url_with_a_password_is_passed_through(settings: object) -> None:
 
 
 def test_a_url_of_another_kind_is_refused() -> None:
-    with pytest.raises(ImproperlyConfigured, match="REDIS_URL must start with redis://, rediss:// or unix://"):
+    with pytest.raises(
+        ImproperlyConfigured, match="REDIS_URL must start with redis://, rediss:// or unix://"
+    ):
         channel_layers("http://localhost:6379")
 
 
 def test_bus_settings_are_checked(settings: object) -> None:
     settings.BUS = {"TIMEOUT": -1}  # type: ignore[attr-defined]
-    with pytest.raises(ImproperlyConfigured, match=r"settings.BUS\['TIMEOUT'\] must be a positive number, not -1"):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"settings.BUS\['TIMEOUT'\] must be a positive number, not -1"
+    ):
         bus_setting("TIMEOUT")
     settings.BUS = {"TIMOUT": 1}  # type: ignore[attr-defined]
     with pytest.raises(ImproperlyConfigured, match=r"unknown keys \['TIMOUT'\]"):
@@ -40,7 +44,9 @@ def test_bus_settings_are_checked(settings: object) -> None:
 
 
 @pytest.mark.redis
-async def test_encryption_keys_keep_messages_unreadable_on_redis(redis_server: RedisServer, settings: object) -> None:
+async def test_encryption_keys_keep_messages_unreadable_on_redis(
+    redis_server: RedisServer, settings: object
+) -> None:
     redis_server.flush()
     settings.CHANNEL_LAYERS = channel_layers(redis_server.url, encryption_keys=["k1"])  # type: ignore[attr-defined]
     layer = get_channel_layer()

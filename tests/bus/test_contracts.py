@@ -11,7 +11,7 @@ from tests.echo.contract import Echo, Refused
 
 
 def test_argument_names_may_not_clash_with_the_calls_own_keywords() -> None:
-    with pytest.raises(TypeError, match="argument name 'timeout' clashes with bus.call's own keyword"):
+    with pytest.raises(TypeError, match=r"argument name 'timeout' clashes with bus\.call's own keyword"):
 
         class Clock(Contract, name="clock_a"):
             @rpc()
@@ -27,7 +27,7 @@ def test_variadic_arguments_are_refused() -> None:
 
 
 def test_service_names_are_checked() -> None:
-    with pytest.raises(TypeError, match="may not contain '.'"):
+    with pytest.raises(TypeError, match=r"may not contain '\.'"):
 
         class Dotted(Contract, name="a.b"):
             pass
@@ -44,7 +44,9 @@ def test_a_service_must_implement_every_method_with_the_same_arguments() -> None
         @rpc()
         async def greet(self, *, name: str) -> str: ...
 
-    with pytest.raises(TypeError, match=r"takes \['who'\] but the contract renamed\.greet declares \['name'\]"):
+    with pytest.raises(
+        TypeError, match=r"takes \['who'\] but the contract renamed\.greet declares \['name'\]"
+    ):
 
         class Wrong(Service, contract=Renamed):
             def greet(self, *, who: str) -> str:

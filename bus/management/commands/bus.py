@@ -5,6 +5,7 @@
     manage.py bus publish inventory.stock_changed '{...}'
     manage.py bus services [--json]
     manage.py bus status [--json]
+    manage.py bus readonly payments on [--reason "moving to new hardware"] | off
 
 Exit codes: 0 success; 2 bad usage or JSON; 3 invalid arguments (ValidationError) or malformed
 message; 4 a declared domain error; 5 a remote error; 6 deadline exceeded; 7 unavailable (no
@@ -18,6 +19,7 @@ import json
 import sys
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -34,6 +36,7 @@ from bus.exceptions import (
     UnknownTarget,
     ValidationError,
 )
+from bus.modes import read_only_modes, set_read_only
 
 EXIT_CODES: list[tuple[type[BusError], int]] = [
     (ValidationError, 3),
@@ -66,6 +69,10 @@ class Command(BaseCommand):
             sub.add_argument("arguments", nargs="?", default="{}", help="a JSON object of arguments")
             if action == "call":
                 sub.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
+        readonly = actions.add_parser("readonly", help="switch a domain's read-only mode")
+        readonly.add_argument("domain")
+        readonly.add_argument("mode", choices=["on", "off"])
+        readonly.add_argument("--reason", default="", help="shown to callers whose writes are refused")
         for action, text in (
             ("services", "list contracts with their schemas"),
             ("status", "workers and queues per domain"),
@@ -77,6 +84,9 @@ class Command(BaseCommand):
         action = options["action"]
         if action in ("services", "status"):
             getattr(self, action)(as_json=options["json"])
+            return
+        if action == "readonly":
+            self.readonly(options["domain"], options["mode"] == "on", options["reason"])
             return
         arguments = self._arguments(options["arguments"])
         try:
@@ -126,6 +136,15 @@ class Command(BaseCommand):
             for name in schema["events"]:
                 self.stdout.write(f"  event {schema['service']}.{name}")
 
+    def readonly(self, domain: str, on: bool, reason: str) -> None:
+        if domain not in contracts():
+            raise CommandError(f"No contract is named {domain!r}; the domains are {sorted(contracts())}.")
+        set_read_only(domain, on, reason)
+        state = "read-only" if on else "read-write"
+        self.stdout.write(
+            f"{domain} is {state}; workers follow within {bus_setting('MODE_CACHE_SECONDS')} s."
+        )
+
     def status(self, *, as_json: bool) -> None:
         try:
             report = asyncio.run(_status())
@@ -136,7 +155,10 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report, indent=2))
             return
         for row in report["domains"]:
-            self.stdout.write(f"{row['domain']}: {len(row['workers'])} worker(s), {row['queued']} queued")
+            mode = f", READ-ONLY ({row['read_only']})" if row["read_only"] is not None else ""
+            self.stdout.write(
+                f"{row['domain']}: {len(row['workers'])} worker(s), {row['queued']} queued{mode}"
+            )
             for worker_id, info in sorted(row["workers"].items()):
                 load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
                 self.stdout.write(f"  {worker_id}  {load}, handled {info.get('handled')}")
@@ -146,6 +168,7 @@ async def _status() -> dict[str, Any]:
     from bus.client import _BROKER_ERRORS, _unreachable
 
     layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+    read_only = await sync_to_async(read_only_modes)()
     domains = []
     try:
         for name in sorted(contracts()):
@@ -154,6 +177,7 @@ async def _status() -> dict[str, Any]:
                     "domain": name,
                     "workers": await layer.presence(name),
                     "queued": await layer.queue_depth(name),
+                    "read_only": read_only.get(name),
                 }
             )
     except _BROKER_ERRORS as exc:

@@ -1,0 +1,896 @@
+"""RPC round trip between two OS processes on a real Redis: the bus against its two baselines.
+
+    .venv/bin/python bench/rpc.py [--requests N] [--quick] [--output PATH] [--profile]
+
+Run from the repository root. It starts its own redis-server on a free loopback port and, in
+one run, measures three request/reply stacks, each sequentially (1 in flight) and with 10 and
+100 calls in flight, and prints a Markdown table:
+
+1. bus: ``await bus.acall("echo.add", a=1, b=2)`` to one ``manage.py runworker echo`` process;
+2. raw channels-redis: the stock ``RedisChannelLayer`` with one ``new_channel()`` reply channel
+   per process and replies matched by id (the stock layer's best case), served by
+   ``bench/rpc.py --serve-raw URL`` (receive, then send back);
+3. hand-rolled redis-py: LPUSH a msgpack request, the server (``--serve-redis URL``) BRPOPs it
+   and LPUSHes the reply onto the caller's list, which one BRPOP task reads: the floor.
+
+Both baselines use redis-py's asyncio client on both sides, as the bus does, so the comparison
+is about the protocol, not sync versus async. ``--requests N`` sets the calls of a sequential
+row (default 2,000); an in-flight row makes 2.5 times as many (default 5,000).
+
+``--profile`` runs only the bus sequential and 100-in-flight rows, under pyinstrument in this
+(client) process and, when py-spy is installed, ``py-spy record`` on the worker process, and
+prints where the time goes on each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SETTINGS = "tests.settings"
+RAW_PREFIX = "benchraw:"  # channels-redis key prefix of the raw baseline, apart from the bus's "bus:"
+RAW_CHANNEL = "bench.raw.requests"
+HAND_PREFIX = "benchhand:"
+HAND_QUEUE = f"{HAND_PREFIX}requests"
+READY_KEY = "benchready:{}"
+IN_FLIGHT = (1, 10, 100)
+CALL_TIMEOUT = 10.0  # seconds a baseline call waits for its reply before it counts as failed
+MAX_ERRORS = 10  # failed calls after which a row is abandoned
+READY_TIMEOUT = 60.0
+GOAL_P50_RATIO = 1.25
+GOAL_CALLS_PER_SECOND = 6000
+
+Call = Callable[[], Awaitable[Any]]
+
+
+class BenchmarkError(Exception):
+    """The benchmark could not measure: a process did not start, or calls kept failing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many calls each row makes."""
+
+    sequential: int
+    concurrent: int
+    warmup: int
+
+    def calls(self, in_flight: int) -> int:
+        """Calls of the row with `in_flight` calls at once."""
+        return self.sequential if in_flight == 1 else self.concurrent
+
+
+@dataclass
+class Row:
+    """One measured row: a system at one number of calls in flight."""
+
+    system: str
+    in_flight: int
+    seconds: float
+    latencies: list[float] = field(repr=False)  # seconds, sorted
+    errors: int = 0
+    cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds per process
+
+    @property
+    def calls(self) -> int:
+        """Calls that got their reply."""
+        return len(self.latencies)
+
+    def cpu_us(self) -> str:
+        """CPU microseconds per call of the client, the server and redis-server."""
+        values = [self.cpu.get(name) for name in ("client", "server", "redis")]
+        if self.calls == 0 or any(value is None for value in values):
+            return "-"
+        return " / ".join(f"{value * 1e6 / self.calls:,.0f}" for value in values if value is not None)
+
+    @property
+    def rate(self) -> float:
+        """Successful calls per second of wall time."""
+        return self.calls / self.seconds if self.seconds > 0 else math.nan
+
+    def ms(self, percent: float) -> float:
+        """The latency percentile `percent`, in milliseconds."""
+        return percentile(self.latencies, percent) * 1000
+
+
+def percentile(ordered: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc; None elsewhere."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
+    """CPU seconds used so far by each named process (None: this one)."""
+    return {name: process_cpu(pid) for name, pid in pids.items()}
+
+
+async def measure(
+    system: str, call: Call, total: int, in_flight: int, pids: Mapping[str, int | None] | None = None
+) -> Row:
+    """Make `total` calls, `in_flight` at a time, timing each one and the CPU each process used.
+
+    `pids` names the processes to account for besides this one ("server", "redis").
+    """
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    left = total
+
+    async def runner() -> None:
+        nonlocal left
+        while left > 0 and len(errors) < MAX_ERRORS:
+            left -= 1
+            start = time.perf_counter()
+            try:
+                await call()
+            except Exception as exc:
+                errors.append(exc)
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    processes = {"client": None, **(pids or {})}
+    gc.collect()
+    before = cpu_snapshot(processes)
+    start = time.perf_counter()
+    await asyncio.gather(*(runner() for _ in range(in_flight)))
+    seconds = time.perf_counter() - start
+    after = cpu_snapshot(processes)
+    if len(errors) >= MAX_ERRORS:
+        raise BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
+    latencies.sort()
+    cpu = {name: _minus(after[name], before[name]) for name in processes}
+    return Row(system, in_flight, seconds, latencies, len(errors), cpu)
+
+
+def _minus(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+async def run_system(
+    system: str, call: Call, plan: Plan, pids: Mapping[str, int | None], levels: Sequence[int] = IN_FLIGHT
+) -> list[Row]:
+    """Warm up, then measure one row per number of calls in flight."""
+    await measure(system, call, plan.warmup, 1)
+    await measure(system, call, plan.warmup, max(levels))  # opens the pool's connections too
+    rows = []
+    for in_flight in levels:
+        row = await measure(system, call, plan.calls(in_flight), in_flight, pids)
+        progress(
+            f"{system:<20} {in_flight:>3} in flight: p50 {row.ms(50):.3f} ms, {row.rate:,.0f} calls/s"
+            + (f", {row.errors} errors" if row.errors else "")
+        )
+        rows.append(row)
+    return rows
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr, so that stdout carries only the report."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The three clients and the two baseline servers
+# --------------------------------------------------------------------------------------------
+
+
+def raw_layer(url: str) -> Any:
+    """The stock channels-redis layer, configured to work with redis-py 8."""
+    from channels_redis.core import RedisChannelLayer
+
+    # socket_timeout None: redis-py 8 would time out the 5 s blocking receive (channels_redis#422);
+    # max_connections: 100 calls in flight plus the receiver exceed redis-py 8's default of 100.
+    host = {"address": url, "socket_timeout": None, "max_connections": 400}
+    return RedisChannelLayer(hosts=[host], prefix=RAW_PREFIX, capacity=1000)
+
+
+def hand_client(url: str) -> Any:
+    """A redis-py asyncio client for the hand-rolled baseline."""
+    from redis import asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, socket_timeout=None, max_connections=400)
+
+
+class _Replies:
+    """Calls waiting for their replies, by id, filled by one receiver task."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.next_id = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def expect(self) -> tuple[int, asyncio.Future[Any]]:
+        """A fresh id and the future its reply will complete."""
+        self.next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        return self.next_id, future
+
+    def deliver(self, call_id: int, reply: Any) -> None:
+        """Complete the call `call_id` with `reply`, unless it gave up already."""
+        future = self.pending.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def wait(self, call_id: int, future: asyncio.Future[Any]) -> Any:
+        """The reply to `call_id`, or TimeoutError after CALL_TIMEOUT."""
+        try:
+            return await asyncio.wait_for(future, CALL_TIMEOUT)
+        finally:
+            self.pending.pop(call_id, None)
+
+    async def stop(self) -> None:
+        """Cancel the receiver task."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class RawClient(_Replies):
+    """Request/reply over the stock channels-redis layer: one reply channel for the process."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.layer = raw_layer(url)
+        self.reply_channel = ""
+
+    async def start(self) -> None:
+        """Make the reply channel and start its receiver."""
+        self.reply_channel = await self.layer.new_channel()
+        self.task = asyncio.create_task(self._receive())
+
+    async def _receive(self) -> None:
+        while True:
+            reply = await self.layer.receive(self.reply_channel)
+            self.deliver(reply["n"], reply)
+
+    async def call(self) -> Any:
+        """One round trip."""
+        call_id, future = self.expect()
+        await self.layer.send(RAW_CHANNEL, {"type": "x", "reply_to": self.reply_channel, "n": call_id})
+        return await self.wait(call_id, future)
+
+    async def close(self) -> None:
+        """Stop receiving and close the layer's connections."""
+        await self.stop()
+        await self.layer.close_pools()
+
+
+class HandClient(_Replies):
+    """Request/reply over plain Redis lists: LPUSH a request, BRPOP replies from our own list."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.redis = hand_client(url)
+        self.reply_key = f"{HAND_PREFIX}reply:{uuid.uuid4().hex}"
+
+    async def start(self) -> None:
+        """Start the reply reader."""
+        self.task = asyncio.create_task(self._receive())
+
+    async def _receive(self) -> None:
+        import msgpack
+
+        while True:
+            popped = await self.redis.brpop([self.reply_key], timeout=5)
+            if popped is not None:
+                reply = msgpack.unpackb(popped[1])
+                self.deliver(reply["id"], reply)
+
+    async def call(self) -> Any:
+        """One round trip."""
+        import msgpack
+
+        call_id, future = self.expect()
+        request = {"id": call_id, "reply_to": self.reply_key, "n": call_id}
+        await self.redis.lpush(HAND_QUEUE, msgpack.packb(request))
+        return await self.wait(call_id, future)
+
+    async def close(self) -> None:
+        """Stop reading and close the connections."""
+        await self.stop()
+        await self.redis.aclose()
+
+
+async def serve_raw(url: str) -> None:
+    """The raw baseline's server: receive a request, send the reply back, forever."""
+    import redis
+
+    layer = raw_layer(url)
+    redis.Redis.from_url(url).set(READY_KEY.format("raw"), os.getpid())
+    while True:
+        request = await layer.receive(RAW_CHANNEL)
+        await layer.send(request["reply_to"], {"type": "y", "n": request["n"]})
+
+
+async def serve_redis(url: str) -> None:
+    """The hand-rolled baseline's server: BRPOP a request, LPUSH the reply, forever."""
+    import msgpack
+
+    client = hand_client(url)
+    await client.set(READY_KEY.format("hand"), os.getpid())
+    while True:
+        popped = await client.brpop([HAND_QUEUE], timeout=5)
+        if popped is None:
+            continue
+        request = msgpack.unpackb(popped[1])
+        await client.lpush(request["reply_to"], msgpack.packb({"id": request["id"], "n": request["n"]}))
+
+
+def setup_django(url: str) -> None:
+    """Configure Django with the test settings and the bus on our Redis."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
+    os.environ["BUS_TEST_REDIS_URL"] = url
+    import django
+
+    django.setup()
+
+
+async def bus_call() -> Any:
+    """One bus round trip."""
+    import bus
+
+    return await bus.acall("echo.add", a=1, b=2)
+
+
+async def wait_for_bus(worker: subprocess.Popen[bytes], processes: Processes) -> None:
+    """Call until the worker answers (it is up once NoWorker stops), within READY_TIMEOUT."""
+    import bus
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if worker.poll() is not None:
+            output = processes.output("worker")
+            raise BenchmarkError(f"the bus worker exited with {worker.returncode}:\n{output}")
+        try:
+            result = await bus.acall("echo.add", a=1, b=2, timeout=2)
+        except (bus.NoWorker, bus.DeadlineExceeded):
+            if time.monotonic() > deadline:
+                output = processes.output("worker")
+                raise BenchmarkError(
+                    f"the bus worker did not answer within {READY_TIMEOUT:.0f} s:\n{output}"
+                ) from None
+            await asyncio.sleep(0.1)
+            continue
+        if result != 3:
+            raise BenchmarkError(f"echo.add(a=1, b=2) answered {result!r}, not 3")
+        return
+
+
+async def close_bus() -> None:
+    """Stop the bus client's reply listener and close its layer's connections."""
+    from channels.layers import get_channel_layer
+
+    from bus.client import default_bus
+
+    await default_bus.aclose()
+    await get_channel_layer().close_pools()
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """The child processes of one run; `stop_all` ends every one of them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `argv` from the repository root with its output in a log file."""
+        with open(self.directory / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.started.append((name, process))
+        return process
+
+    def pid(self, name: str) -> int:
+        """The process id of the child called `name`."""
+        return next(process.pid for started, process in self.started if started == name)
+
+    def output(self, name: str, lines: int = 40) -> str:
+        """The last lines a child printed."""
+        path = self.directory / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_all(self) -> None:
+        """Terminate every child, newest first (redis-server last); kill those that linger."""
+        for _, process in reversed(self.started):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(processes: Processes) -> str:
+    """Start a private redis-server and return its URL once it answers PING."""
+    import redis
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise BenchmarkError("redis-server is not installed (apt-get install redis-server).")
+    port = free_port()
+    argv = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = processes.start("redis-server", [*argv, "--dir", str(processes.directory)])
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        try:
+            client.ping()
+            return f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    raise BenchmarkError(f"redis-server on port {port} did not start:\n{processes.output('redis-server')}")
+
+
+def wait_for_server(url: str, name: str, process: subprocess.Popen[bytes], processes: Processes) -> None:
+    """Wait until a baseline server has set its ready key."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not client.exists(READY_KEY.format(name)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise BenchmarkError(f"the {name} server did not start:\n{processes.output(name)}")
+        time.sleep(0.02)
+
+
+def start_worker(url: str, processes: Processes) -> subprocess.Popen[bytes]:
+    """Start `manage.py runworker echo` on the test settings and our Redis."""
+    env = {**os.environ, "BUS_TEST_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS}
+    argv = [sys.executable, "manage.py", "runworker", "echo", "--settings", SETTINGS]
+    return processes.start("worker", argv, env)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark run and its report
+# --------------------------------------------------------------------------------------------
+
+
+async def run_benchmark(
+    url: str, worker: subprocess.Popen[bytes], processes: Processes, plan: Plan
+) -> list[Row]:
+    """Measure the three systems; rows in table order (bus, raw channels-redis, hand-rolled)."""
+    redis_pid = processes.pid("redis-server")
+    hand = HandClient(url)
+    await hand.start()
+    try:
+        pids = {"server": processes.pid("hand"), "redis": redis_pid}
+        hand_rows = await run_system("hand-rolled redis-py", hand.call, plan, pids)
+    finally:
+        await hand.close()
+    raw = RawClient(url)
+    await raw.start()
+    try:
+        pids = {"server": processes.pid("raw"), "redis": redis_pid}
+        raw_rows = await run_system("raw channels-redis", raw.call, plan, pids)
+    finally:
+        await raw.close()
+    try:
+        await wait_for_bus(worker, processes)
+        bus_rows = await run_system("bus", bus_call, plan, {"server": worker.pid, "redis": redis_pid})
+    finally:
+        await close_bus()
+    return [*bus_rows, *raw_rows, *hand_rows]
+
+
+def versions(url: str) -> list[str]:
+    """Versions of everything measured, for the report's header."""
+    import redis
+    import redis.utils
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    server = redis.Redis.from_url(url).info("server")["redis_version"]
+    parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python"
+    return [
+        f"python {platform.python_version()}",
+        f"django {version('django')}",
+        f"channels {version('channels')}",
+        f"channels-redis {version('channels-redis')}",
+        f"redis-py {version('redis')} ({parser} parser)",
+        f"msgpack {version('msgpack')}",
+        f"redis-server {server}",
+    ]
+
+
+def header(url: str, plan: Plan) -> list[str]:
+    """The report's title and setup lines."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        "# RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py",
+        "",
+        f"- date: {now}",
+        f"- versions: {', '.join(versions(url))}",
+        f"- host: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs",
+        f"- client and server in two OS processes on a private redis-server ({url}); "
+        f"{plan.sequential:,} calls per sequential row, {plan.concurrent:,} per in-flight row, "
+        f"after {plan.warmup} warm-up calls sequentially and {plan.warmup} with 100 in flight",
+        "- CPU us/call: CPU time (user + system) each process used during the row, divided by its "
+        "calls; server is the runworker process or the baseline's server script",
+        "",
+    ]
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """The Markdown table, each row compared with the hand-rolled row of the same concurrency."""
+    baseline = {row.in_flight: row for row in rows if row.system == "hand-rolled redis-py"}
+    lines = [
+        "| system | in flight | calls | errors | p50 ms | p90 ms | p99 ms | calls/s | vs hand-rolled "
+        "| CPU us/call: client / server / redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        base = baseline.get(row.in_flight)
+        if row.system == "hand-rolled redis-py":
+            versus = "baseline"
+        elif base is None:
+            versus = "-"
+        elif row.in_flight == 1:
+            versus = f"{row.system} p50 / hand-rolled p50 = {row.ms(50) / base.ms(50):.2f}x"
+        else:
+            versus = f"{row.system} calls/s / hand-rolled calls/s = {row.rate / base.rate:.2f}x"
+        lines.append(
+            f"| {row.system} | {row.in_flight} | {row.calls:,} | {row.errors} | {row.ms(50):.3f} | "
+            f"{row.ms(90):.3f} | {row.ms(99):.3f} | {row.rate:,.0f} | {versus} | {row.cpu_us()} |"
+        )
+    return lines
+
+
+def goals(rows: Sequence[Row]) -> list[str]:
+    """The project's goals, each marked met or not met."""
+    found = {(row.system, row.in_flight): row for row in rows}
+    lines = ["", "## Goals", ""]
+    bus, hand = found.get(("bus", 1)), found.get(("hand-rolled redis-py", 1))
+    if bus and hand:
+        ratio = bus.ms(50) / hand.ms(50)
+        verdict = "met" if ratio <= GOAL_P50_RATIO else "not met"
+        lines.append(
+            f"- bus sequential p50 within {GOAL_P50_RATIO}x of hand-rolled: **{verdict}** "
+            f"({bus.ms(50):.3f} ms vs {hand.ms(50):.3f} ms = {ratio:.2f}x)"
+        )
+    busy = found.get(("bus", 100))
+    if busy:
+        verdict = "met" if busy.rate >= GOAL_CALLS_PER_SECOND else "not met"
+        lines.append(
+            f"- bus >= {GOAL_CALLS_PER_SECOND:,} calls/s with 100 in flight on one worker process: "
+            f"**{verdict}** ({busy.rate:,.0f} calls/s)"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Profiling
+# --------------------------------------------------------------------------------------------
+
+Frame = tuple[str, str]  # (function, short file path)
+Stack = tuple[list[Frame], float]  # frames root first, and the time (or samples) they stand for
+
+
+def short_path(path: str) -> str:
+    """A file path relative to the repository, site-packages or the standard library."""
+    paths = sysconfig.get_paths()
+    for prefix in (paths["purelib"], paths["platlib"], paths["stdlib"], str(ROOT)):
+        if path.startswith(prefix + os.sep):
+            return path[len(prefix) + 1 :]
+    return path
+
+
+def area(path: str) -> str:
+    """The part of the stack a file belongs to; bus files are named one by one."""
+    for start, name in (
+        ("bus/", ""),
+        ("bench/", "bench (this script)"),
+        ("tests/", "tests (echo service)"),
+        ("channels_redis/", "channels-redis"),
+        ("channels/", "channels"),
+        ("redis/", "redis-py"),
+        ("asyncio/", "asyncio"),
+        ("selectors.py", "asyncio"),
+        ("asgiref/", "asgiref"),
+        ("pydantic", "pydantic"),
+        ("msgpack/", "msgpack"),
+        ("django/", "django"),
+    ):
+        if path.startswith(start):
+            return name or path
+    return f"other: {path.split('/')[0]}"
+
+
+def pyinstrument_stacks(session: Any) -> Iterable[Stack]:
+    """The samples of a pyinstrument session as (frames, seconds)."""
+    for records, seconds in session.frame_records:
+        frames = []
+        for record in records:
+            parts = record.split("\x01")[0].split("\x00")
+            if len(parts) >= 2 and parts[1] != "<thread>":
+                frames.append((parts[0], short_path(parts[1])))
+        yield frames, seconds
+
+
+_PY_SPY_FRAME = re.compile(r"^(.*) \((.*):\d+\)$")
+
+
+def py_spy_stacks(path: Path) -> Iterable[Stack]:
+    """The samples of py-spy's raw (collapsed) output as (frames, sample count)."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = []
+        for text in stack.split(";"):
+            match = _PY_SPY_FRAME.match(text)
+            if match:
+                frames.append((match.group(1), short_path(match.group(2))))
+        yield frames, float(count)
+
+
+def is_idle(frames: Sequence[Frame]) -> bool:
+    """Whether a sample is the event loop waiting in epoll (nothing to do)."""
+    return any(function.endswith("select") and path == "selectors.py" for function, path in frames[-2:])
+
+
+def summarize(title: str, stacks: Iterable[Stack], unit: str, top: int = 25) -> list[str]:
+    """Self time by area and function, and inclusive time of the bus's own functions."""
+    total = idle = 0.0
+    by_area: dict[str, float] = defaultdict(float)
+    by_function: dict[str, float] = defaultdict(float)
+    inclusive: dict[str, float] = defaultdict(float)
+    for frames, weight in stacks:
+        if not frames:
+            continue
+        total += weight
+        if is_idle(frames):
+            idle += weight
+            continue
+        function, path = frames[-1]
+        if path == "<built-in>" and len(frames) > 1:
+            caller, path = frames[-2]
+            function = f"{function} [built-in, from {caller}]"
+        by_area[area(path)] += weight
+        by_function[f"{function} ({path})"] += weight
+        for name in {f"{f} ({p})" for f, p in frames if p.startswith("bus/")}:
+            inclusive[name] += weight
+    busy = total - idle
+    if busy <= 0:
+        return [f"### {title}", "", "No samples.", ""]
+
+    def share(value: float) -> str:
+        return f"{100 * value / busy:.1f}%"
+
+    lines = [
+        f"### {title}",
+        "",
+        f"{total:,.{3 if unit == 's' else 0}f} {unit} sampled; idle in the event loop's epoll wait: "
+        f"{100 * idle / total:.1f}%. Shares below are of the busy rest.",
+        "",
+        "| self time by area | share |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {share(value)} |" for name, value in ranked(by_area)]
+    lines += ["", "| top functions by self time | share |", "|---|---:|"]
+    lines += [f"| {name} | {share(value)} |" for name, value in ranked(by_function)[:top]]
+    lines += ["", "| bus functions by inclusive time (with callees) | share |", "|---|---:|"]
+    lines += [f"| {name} | {share(value)} |" for name, value in ranked(inclusive)[:top]]
+    return [*lines, ""]
+
+
+def ranked(values: dict[str, float]) -> list[tuple[str, float]]:
+    """Items by decreasing value."""
+    return sorted(values.items(), key=lambda item: -item[1])
+
+
+def py_spy_executable() -> str | None:
+    """py-spy next to this interpreter, or on PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+async def run_profile(
+    url: str, worker: subprocess.Popen[bytes], processes: Processes, plan: Plan
+) -> tuple[list[Row], Any, Path | None]:
+    """The bus's sequential and 100-in-flight rows under pyinstrument (client) and py-spy (worker)."""
+    from pyinstrument import Profiler
+
+    await wait_for_bus(worker, processes)
+    await measure("bus", bus_call, plan.warmup, 1)
+    await measure("bus", bus_call, plan.warmup, 100)
+    spy = None
+    spy_output = processes.directory / "worker-py-spy.txt"
+    executable = py_spy_executable()
+    if executable:
+        argv = ["record", "--pid", str(worker.pid), "--rate", "500", "--format", "raw", "--full-filenames"]
+        spy = await asyncio.create_subprocess_exec(
+            executable,
+            *argv,
+            "--nonblocking",
+            "--output",
+            str(spy_output),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)  # py-spy attaches
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    try:
+        pids = {"server": worker.pid, "redis": processes.pid("redis-server")}
+        rows = [await measure("bus", bus_call, plan.calls(n), n, pids) for n in (1, 100)]
+    finally:
+        session = profiler.stop()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(spy.wait(), 30)
+            except TimeoutError:
+                spy.kill()
+                await spy.wait()
+        await close_bus()
+    return rows, (profiler, session), spy_output if spy_output.exists() else None
+
+
+def profile_report(rows: Sequence[Row], profiled: Any, worker_profile: Path | None) -> list[str]:
+    """The profiled rows, both sides' summaries and the top of pyinstrument's call tree."""
+    profiler, session = profiled
+    lines = [
+        "# Where a bus call's time goes",
+        "",
+        "Rows measured under the profilers, so slower than an unprofiled run:",
+        "",
+        *table(rows),
+        "",
+        "## Client (this process, pyinstrument, wall clock of the event loop thread)",
+        "",
+        *summarize("Client", pyinstrument_stacks(session), "s"),
+    ]
+    if worker_profile is not None:
+        lines += [
+            "## Worker (`manage.py runworker echo`, py-spy, CPU samples of all threads, idle excluded)",
+            "",
+            *summarize("Worker", py_spy_stacks(worker_profile), "samples"),
+        ]
+    else:
+        lines += ["Worker not profiled: install py-spy (`.venv/bin/pip install py-spy`).", ""]
+    tree = profiler.output_text(unicode=False, color=False, show_all=False)
+    lines += ["## Client call tree (pyinstrument, top)", "", "```", *tree.splitlines()[:80], "```"]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=None, help="calls per sequential row (default 2000)")
+    parser.add_argument("--quick", action="store_true", help="a few hundred calls per row")
+    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
+    parser.add_argument("--profile", action="store_true", help="profile the bus rows (needs pyinstrument)")
+    parser.add_argument("--serve-raw", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-redis", metavar="URL", help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.requests is not None and arguments.requests < 1:
+        parser.error("--requests must be at least 1")
+    return arguments
+
+
+def plan_for(arguments: argparse.Namespace) -> Plan:
+    """Row sizes from --requests and --quick."""
+    sequential = arguments.requests or (300 if arguments.quick else 2000)
+    return Plan(sequential, math.ceil(sequential * 2.5), 100 if arguments.quick else 200)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark (or, with --serve-*, one of the baseline servers)."""
+    arguments = parse_arguments(argv)
+    if arguments.serve_raw:
+        asyncio.run(serve_raw(arguments.serve_raw))
+        return 0
+    if arguments.serve_redis:
+        asyncio.run(serve_redis(arguments.serve_redis))
+        return 0
+    if arguments.profile:
+        try:
+            import pyinstrument  # noqa: F401
+        except ImportError:
+            print("--profile needs pyinstrument: .venv/bin/pip install pyinstrument", file=sys.stderr)
+            return 2
+    plan = plan_for(arguments)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-rpc-") as directory:
+        processes = Processes(Path(directory))
+        try:
+            url = start_redis(processes)
+            worker = start_worker(url, processes)
+            if arguments.profile:
+                setup_django(url)
+                rows, profiled, worker_profile = asyncio.run(run_profile(url, worker, processes, plan))
+                lines = [*header(url, plan), *profile_report(rows, profiled, worker_profile)]
+            else:
+                servers = {
+                    "raw": processes.start("raw", [sys.executable, __file__, "--serve-raw", url]),
+                    "hand": processes.start("hand", [sys.executable, __file__, "--serve-redis", url]),
+                }
+                for name, process in servers.items():
+                    wait_for_server(url, name, process, processes)
+                setup_django(url)
+                rows = asyncio.run(run_benchmark(url, worker, processes, plan))
+                lines = [*header(url, plan), *table(rows), *goals(rows)]
+            lines.append(f"\n_Whole run: {time.monotonic() - started:.1f} s._")
+        except BenchmarkError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            processes.stop_all()
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if arguments.output:
+        arguments.output.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

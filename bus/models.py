@@ -1,0 +1,15 @@
+"""The bus's own durable state, in the "default" database: the control plane, not a domain's data."""
+
+from django.db import models
+
+
+class DomainMode(models.Model):
+    """A domain's operating mode; read-only refuses its write methods while reads go on."""
+
+    domain = models.CharField(primary_key=True, max_length=64)
+    read_only = models.BooleanField(default=False)
+    reason = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.domain}: {'read-only' if self.read_only else 'read-write'}"

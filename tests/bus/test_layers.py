@@ -1,0 +1,464 @@
+"""Tests for bus.layers: RedisBusLayer against a real Redis, InMemoryBusLayer in process."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from channels.exceptions import ChannelFull
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+from bus.layers import DEFAULT_MAX_CONNECTIONS, InMemoryBusLayer, RedisBusLayer
+
+REPO = Path(__file__).resolve().parents[2]
+
+MakeLayer = Callable[..., RedisBusLayer]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration (no network)
+# --------------------------------------------------------------------------------------------
+
+
+def test_url_hosts_get_blocking_pool_without_socket_timeout() -> None:
+    layer = RedisBusLayer(hosts=["rediss://user:secret@redis.example:6380/0"])
+    pool = layer.create_pool(0)
+    assert isinstance(pool, BlockingConnectionPool)
+    assert pool.max_connections == DEFAULT_MAX_CONNECTIONS
+    assert pool.timeout is None
+    assert pool.connection_class is SSLConnection
+    kwargs = pool.connection_kwargs
+    assert kwargs["socket_timeout"] is None
+    assert (kwargs["username"], kwargs["password"], kwargs["port"]) == ("user", "secret", 6380)
+
+
+def test_user_settings_win() -> None:
+    layer = RedisBusLayer(
+        hosts=[
+            {"address": "redis://h1:6379", "socket_timeout": 30, "max_connections": 20},
+            "redis://h2:6379/3?socket_timeout=40",
+            {"host": "h3", "port": 6379, "pool_timeout": 2.5},
+            ("h4", 6379),
+        ]
+    )
+    first, second, third, fourth = (layer.create_pool(i) for i in range(4))
+    assert first.connection_kwargs["socket_timeout"] == 30
+    assert first.max_connections == 20
+    assert second.connection_kwargs["socket_timeout"] == 40
+    assert second.connection_kwargs["db"] == 3
+    assert isinstance(third, BlockingConnectionPool) and third.timeout == 2.5
+    assert third.connection_kwargs["socket_timeout"] is None
+    assert fourth.connection_kwargs["host"] == "h4"
+
+
+def test_sentinel_hosts_use_parent_pool_with_bus_defaults() -> None:
+    layer = RedisBusLayer(hosts=[{"sentinels": [("127.0.0.1", 26379)], "master_name": "mymaster", "db": 1}])
+    pool = layer.create_pool(0)
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert pool.max_connections == DEFAULT_MAX_CONNECTIONS
+    assert pool.connection_kwargs["socket_timeout"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# RedisBusLayer against the shared Redis
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_send_receive_normal_and_process_local(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    await layer.send("work", {"type": "job", "n": 1})
+    assert await layer.receive("work") == {"type": "job", "n": 1}
+    reply = await layer.new_channel("reply")
+    await layer.send(reply, {"type": "reply", "n": 2})
+    assert await layer.receive(reply) == {"type": "reply", "n": 2}
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_send_is_one_round_trip_and_keeps_order(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    for n in range(5):
+        await layer.send("ordered", {"type": "job", "n": n})
+    got = [(await layer.receive("ordered"))["n"] for _ in range(5)]
+    assert got == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_capacity_raises_channel_full(make_layer: MakeLayer) -> None:
+    layer = make_layer(capacity=3, channel_capacity={"tiny": 1})
+    for _ in range(3):
+        await layer.send("work", {"type": "job"})
+    with pytest.raises(ChannelFull):
+        await layer.send("work", {"type": "job"})
+    await layer.send("tiny", {"type": "job"})
+    with pytest.raises(ChannelFull):
+        await layer.send("tiny", {"type": "job"})
+    assert await layer.queue_depth("work") == 3
+    assert await layer.queue_depth("tiny") == 1
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(15)
+async def test_expired_messages_are_skipped_not_delivered(make_layer: MakeLayer) -> None:
+    sender = make_layer(expiry=60)
+    receiver = make_layer(expiry=1)  # same keys, shorter view of what is still alive
+    await sender.send("work", {"type": "job", "n": "old"})
+    await sender.send("work", {"type": "job", "n": "old2"})
+    await asyncio.sleep(1.2)
+    assert await receiver.queue_depth("work") == 0
+    assert await sender.queue_depth("work") == 2
+    await sender.send("work", {"type": "job", "n": "fresh"})
+    assert await receiver.receive_batch("work", 10, 1.0) == [{"type": "job", "n": "fresh"}]
+    await sender.send("work", {"type": "job", "n": "fresh2"})
+    assert await sender.queue_depth("work") == 1  # the expired ones were consumed and dropped
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_receive_batch_never_takes_more_than_asked(make_layer: MakeLayer) -> None:
+    layer = make_layer(capacity=100)
+    for n in range(25):
+        await layer.send("work", {"type": "job", "n": n})
+    first = await layer.receive_batch("work", 10, 1.0)
+    assert [m["n"] for m in first] == list(range(10))
+    assert await layer.queue_depth("work") == 15
+    assert len(await layer.receive_batch("work", 1, 1.0)) == 1
+    assert await layer.queue_depth("work") == 14
+    rest = await layer.receive_batch("work", 100, 1.0)
+    assert [m["n"] for m in rest] == list(range(11, 25))
+    started = time.monotonic()
+    assert await layer.receive_batch("work", 10, 0.3) == []
+    assert 0.25 <= time.monotonic() - started < 2
+    assert await layer.receive_batch("work", 10, 0) == []
+    with pytest.raises(ValueError):
+        await layer.receive_batch("work", 0, 1.0)
+    with pytest.raises(ValueError):
+        await layer.receive_batch(await layer.new_channel(), 1, 1.0)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_receive_batch_wakes_on_first_message(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    waiter = asyncio.ensure_future(layer.receive_batch("work", 5, 5.0))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await layer.send("work", {"type": "job"})
+    assert await waiter == [{"type": "job"}]
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_cancelled_receive_leaves_the_layer_usable(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    for call in (layer.receive("work"), layer.receive_batch("work", 5, 3.0)):
+        waiting = asyncio.ensure_future(call)
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    await layer.send("work", {"type": "job"})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job"}]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_concurrent_sends_are_pipelined_and_each_caller_gets_its_outcome(
+    make_layer: MakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = make_layer(capacity=1000, channel_capacity={"small": 50})
+    trips: list[int] = []
+    original = RedisBusLayer._run_sends
+
+    async def counting(self: RedisBusLayer, index: int, items: Any) -> list[Any]:
+        trips.append(len(items))
+        return await original(self, index, items)
+
+    monkeypatch.setattr(RedisBusLayer, "_run_sends", counting)
+    sends = [layer.send("big", {"type": "job", "n": n}) for n in range(200)]
+    sends += [layer.send("small", {"type": "job", "n": n}) for n in range(100)]
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert outcomes[:200] == [None] * 200
+    assert outcomes[200:250] == [None] * 50
+    assert all(isinstance(o, ChannelFull) and o.args == ("small",) for o in outcomes[250:])
+    assert sum(trips) == 300 and len(trips) <= 5, trips
+
+    got: collections.Counter[int] = collections.Counter()
+    while batch := await layer.receive_batch("big", 64, 0.2):
+        got.update(m["n"] for m in batch)
+    assert got == collections.Counter(range(200))  # every message exactly once
+    assert len(await layer.receive_batch("small", 100, 0.2)) == 50
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_one_mib_messages(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    blob = os.urandom(1024 * 1024)
+    await asyncio.gather(*(layer.send("big", {"type": "blob", "n": n, "data": blob}) for n in range(12)))
+    got = []
+    while batch := await layer.receive_batch("big", 5, 0.2):
+        got += batch
+    assert sorted(m["n"] for m in got) == list(range(12))
+    assert all(m["data"] == blob for m in got)
+
+
+RECEIVER = """
+import asyncio, json, sys
+from bus.layers import RedisBusLayer
+
+async def main(url, prefix):
+    layer = RedisBusLayer(hosts=[url], prefix=prefix, capacity=10000)
+    got = []
+    print("ready", flush=True)
+    while batch := await layer.receive_batch("shared", 10, 2.0 if got else 30.0):
+        got.extend(m["n"] for m in batch)
+    print(json.dumps(got), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_three_processes_share_a_channel_without_duplicates(
+    make_layer: MakeLayer, redis_url: str, prefix: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECEIVER, redis_url, prefix, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        for _ in range(3)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert (await proc.stdout.readline()).strip() == b"ready"
+        layer = make_layer(capacity=10000)
+        for start in range(0, 3000, 100):
+            await asyncio.gather(
+                *(layer.send("shared", {"type": "job", "n": n}) for n in range(start, start + 100))
+            )
+        outputs = [await asyncio.wait_for(proc.communicate(), 60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    per_process = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    counts = collections.Counter(n for got in per_process for n in got)
+    duplicates = sum(c - 1 for c in counts.values())
+    lost = 3000 - len(counts)
+    shares = [len(got) for got in per_process]
+    assert (duplicates, lost) == (0, 0), shares
+    assert sum(1 for share in shares if share) >= 2, shares  # they really competed
+    assert all(proc.returncode == 0 for proc in procs)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_idle_receive_longer_than_redis_py_socket_timeout(make_layer: MakeLayer) -> None:
+    """redis-py 8's default socket_timeout is 5 s; an idle receive must outlive it."""
+    layer = make_layer()
+    receive = asyncio.ensure_future(layer.receive("idle"))
+    batch = asyncio.ensure_future(layer.receive_batch("idle-batch", 3, 7.0))
+    await asyncio.sleep(6.0)
+    assert not receive.done() and not batch.done()
+    await layer.send("idle", {"type": "late"})
+    await layer.send("idle-batch", {"type": "late"})
+    assert await asyncio.wait_for(receive, 2) == {"type": "late"}
+    assert await asyncio.wait_for(batch, 2) == [{"type": "late"}]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_same_layer_works_after_redis_restart(private_redis: Any, prefix: str) -> None:
+    layer = RedisBusLayer(hosts=[private_redis.url], prefix=prefix)
+    reply = await layer.new_channel()
+    await layer.send("work", {"type": "job", "n": 1})
+    await layer.send(reply, {"type": "reply", "n": 1})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 1}]
+    assert await layer.receive(reply) == {"type": "reply", "n": 1}
+
+    private_redis.stop()
+    with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        await layer.send("work", {"type": "job", "n": 2})
+    with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        await layer.receive_batch("work", 5, 0.5)
+    # Pipelined sends: every caller gets the error, none hangs.
+    outcomes = await asyncio.gather(
+        *(layer.send("work", {"type": "job"}) for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(o, redis.exceptions.ConnectionError) for o in outcomes), outcomes
+    private_redis.start()  # same port, empty, script cache gone
+
+    await layer.send("work", {"type": "job", "n": 3})
+    await asyncio.gather(*(layer.send("work", {"type": "job", "n": n}) for n in range(4, 10)))
+    await layer.send(reply, {"type": "reply", "n": 3})
+    got = await layer.receive_batch("work", 10, 1.0)
+    assert [m["n"] for m in got] == list(range(3, 10))
+    assert await layer.receive(reply) == {"type": "reply", "n": 3}
+    await layer.close_pools()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_groups_still_work(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    one = await layer.new_channel("one")
+    two = await layer.new_channel("two")
+    await layer.group_add("room", one)
+    await layer.group_add("room", two)
+    await layer.group_add("room", "plain")
+    await layer.group_discard("room", two)
+    await layer.group_send("room", {"type": "hello"})
+    assert await asyncio.wait_for(layer.receive(one), 2) == {"type": "hello"}
+    assert await layer.receive_batch("plain", 5, 1.0) == [{"type": "hello"}]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(two), 0.5)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_presence_beat_list_expire_leave(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    other = make_layer()  # another process's view
+    assert await layer.presence("work") == {}
+    await layer.presence_beat("work", "w1", {"pid": 1, "slots": 8}, ttl=0.5)
+    await layer.presence_beat("work", "w2", {"pid": 2}, ttl=10)
+    await layer.presence_beat("other", "w3", {"pid": 3}, ttl=10)
+    assert await other.presence("work") == {"w1": {"pid": 1, "slots": 8}, "w2": {"pid": 2}}
+    await asyncio.sleep(0.7)
+    assert await other.presence("work") == {"w2": {"pid": 2}}
+    assert await layer.presence("work") == {"w2": {"pid": 2}}
+    await layer.presence_beat("work", "w1", {"pid": 1, "slots": 4}, ttl=10)  # came back
+    assert (await other.presence("work"))["w1"] == {"pid": 1, "slots": 4}
+    await layer.presence_leave("work", "w2")
+    assert await other.presence("work") == {"w1": {"pid": 1, "slots": 4}}
+    assert await other.presence("other") == {"w3": {"pid": 3}}
+    with pytest.raises(TypeError):
+        await layer.presence_beat("work", "w9", {"bad": object()}, ttl=1)
+
+
+# --------------------------------------------------------------------------------------------
+# InMemoryBusLayer
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_in_memory_extension_api() -> None:
+    layer = InMemoryBusLayer(capacity=50)
+    for n in range(25):
+        await layer.send("work", {"type": "job", "n": n})
+    assert await layer.queue_depth("work") == 25
+    assert [m["n"] for m in await layer.receive_batch("work", 10, 1.0)] == list(range(10))
+    assert await layer.queue_depth("work") == 15
+    assert len(await layer.receive_batch("work", 100, 1.0)) == 15
+    started = time.monotonic()
+    assert await layer.receive_batch("work", 10, 0.2) == []
+    assert time.monotonic() - started >= 0.15
+    assert await layer.queue_depth("work") == 0
+    with pytest.raises(ValueError):
+        await layer.receive_batch("work!x", 1, 1.0)
+
+    await layer.presence_beat("work", "w1", {"pid": 1}, ttl=0.2)
+    await layer.presence_beat("work", "w2", {"pid": 2}, ttl=10)
+    assert await layer.presence("work") == {"w1": {"pid": 1}, "w2": {"pid": 2}}
+    await asyncio.sleep(0.3)
+    assert await layer.presence("work") == {"w2": {"pid": 2}}
+    await layer.presence_leave("work", "w2")
+    assert await layer.presence("work") == {}
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_in_memory_skips_expired() -> None:
+    layer = InMemoryBusLayer(expiry=0.2)
+    await layer.send("work", {"type": "old"})
+    await asyncio.sleep(0.3)
+    await layer.send("work", {"type": "new"})
+    assert await layer.queue_depth("work") == 1
+    assert await layer.receive_batch("work", 5, 0.5) == [{"type": "new"}]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_in_memory_send_while_receivers_wait_loses_nothing() -> None:
+    layer = InMemoryBusLayer()
+    # Two plain receivers: the stock layer drops the queue after the first one is served,
+    # so the second waits on an orphaned queue forever.
+    first = asyncio.ensure_future(layer.receive("work"))
+    second = asyncio.ensure_future(layer.receive("work"))
+    await asyncio.sleep(0.05)
+    await layer.send("work", {"type": "a"})
+    await asyncio.sleep(0.05)
+    await layer.send("work", {"type": "b"})
+    got = await asyncio.wait_for(asyncio.gather(first, second), 2)
+    assert sorted(m["type"] for m in got) == ["a", "b"]
+
+    # receive_batch waiting, then a send arrives; and a timed-out batch loses nothing.
+    batch = asyncio.ensure_future(layer.receive_batch("work", 5, 2.0))
+    await asyncio.sleep(0.05)
+    await layer.send("work", {"type": "c"})
+    assert await batch == [{"type": "c"}]
+    assert await layer.receive_batch("work", 5, 0.05) == []
+    await layer.send("work", {"type": "d"})
+    assert await layer.receive_batch("work", 5, 0.05) == [{"type": "d"}]
+
+    # A cancelled receive_batch does not take the message that wakes it.
+    batch = asyncio.ensure_future(layer.receive_batch("work", 5, 2.0))
+    await asyncio.sleep(0.05)
+    await layer.send("work", {"type": "e"})
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert await layer.receive("work") == {"type": "e"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_in_memory_groups_and_flush() -> None:
+    layer = InMemoryBusLayer()
+    reply = await layer.new_channel()
+    await layer.group_add("room", reply)
+    await layer.group_send("room", {"type": "hello"})
+    assert await layer.receive(reply) == {"type": "hello"}
+    waiting = asyncio.ensure_future(layer.receive("work"))
+    await asyncio.sleep(0.01)
+    await layer.flush()
+    await layer.send("work", {"type": "after-flush"})
+    assert await asyncio.wait_for(waiting, 1) == {"type": "after-flush"}

@@ -1,0 +1,83 @@
+"""The payments domain's contract: accounts in integer cents, charges idempotent per order."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from bus import Contract, ContractError, Schema, rpc
+
+CustomerId = Annotated[str, Field(min_length=1, max_length=64)]
+OrderId = Annotated[str, Field(min_length=1, max_length=64)]
+PositiveCents = Annotated[int, Field(gt=0, le=100_000_000_00)]
+
+
+class UnknownAccount(ContractError):
+    """The customer has no account yet; credit it first."""
+
+
+class InsufficientFunds(ContractError):
+    """The balance is lower than the charge; nothing was charged."""
+
+
+class ChargeRefused(ContractError):
+    """The order was already refunded, so a late or retried charge for it is refused."""
+
+
+class Balance(Schema):
+    customer_id: str
+    balance_cents: int
+
+
+class Charge(Schema):
+    order_id: str
+    customer_id: str
+    amount_cents: int
+    state: Literal["charged", "refunded"]
+    balance_cents: int
+
+
+class LedgerLine(Schema):
+    kind: Literal["credit", "charge", "refund"]
+    amount_cents: int
+    order_id: str
+    reference: str
+
+
+class Statement(Schema):
+    customer_id: str
+    balance_cents: int
+    lines: list[LedgerLine]
+
+
+class Payments(Contract, name="payments"):
+    """Customer accounts. Every charge and refund is idempotent per order_id."""
+
+    @rpc(errors=[UnknownAccount, InsufficientFunds, ChargeRefused])
+    async def charge(
+        self, *, order_id: OrderId, customer_id: CustomerId, amount_cents: PositiveCents
+    ) -> Charge:
+        """Take money for an order once: a repeat returns the first result; after a refund, refused."""
+
+    @rpc()
+    async def refund(self, *, order_id: OrderId, customer_id: CustomerId) -> Charge:
+        """Give an order's money back once; a refund before any charge blocks that charge for good."""
+
+    @rpc(read=True, errors=[UnknownAccount])
+    async def balance(self, *, customer_id: CustomerId) -> Balance:
+        """The account's balance."""
+
+    @rpc()
+    async def credit(
+        self,
+        *,
+        customer_id: CustomerId,
+        amount_cents: PositiveCents,
+        reference: Annotated[str, Field(max_length=100)] = "",
+    ) -> Balance:
+        """Add money, opening the account if needed; a repeated non-empty reference credits once."""
+
+    @rpc(read=True, errors=[UnknownAccount])
+    async def statement(self, *, customer_id: CustomerId) -> Statement:
+        """The account's ledger, oldest first, with its balance."""
