@@ -70,13 +70,14 @@ def _database(alias: str) -> dict[str, Any]:
     """DATABASE_URL for "default", <ALIAS>_DATABASE_URL for the others; a SQLite file otherwise."""
     variable = "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL"
     url = os.environ.get(variable, f"sqlite:///{DATA_DIR / alias}.sqlite3")
-    config = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["CONN_MAX_AGE"] = 0
         # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
         # (up to the timeout) instead of failing with "database is locked" half-way through.
         config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-        config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name(f"test_{Path(config['NAME']).name}"))}
+        path = Path(config["NAME"])
+        config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
     return config
 
 
