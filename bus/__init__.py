@@ -22,7 +22,7 @@ from .exceptions import (
     UnknownTarget,
     ValidationError,
 )
-from .services import Service, subscribe
+from .services import Service, every, subscribe
 
 call = default_bus.call
 acall = default_bus.acall
@@ -54,6 +54,7 @@ __all__ = [
     "apublish",
     "asend",
     "call",
+    "every",
     "publish",
     "rpc",
     "send",

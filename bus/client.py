@@ -63,18 +63,49 @@ class Bus:
         """Call `service.method` and return its JSON result, or raise the error it answered with."""
         method = lookup_method(target)
         body = method.dump_arguments(arguments)
-        await self._require_worker(method.service)
+        return await self._request(method.service, messages.REQUEST, target, body, timeout)
+
+    async def adeliver(
+        self,
+        channel: str,
+        target: str,
+        body: dict[str, Any],
+        *,
+        message_id: str,
+        timeout: float | None = None,
+    ) -> None:
+        """Deliver event `target` to one subscriber domain and wait until it has processed it.
+
+        The outbox relay's acknowledged delivery: the same `message_id` on every retry lets the
+        subscriber deduplicate. Raises what the subscriber's handler raised.
+        """
+        await self._request(channel, messages.EVENT, target, body, timeout, message_id=message_id)
+
+    async def _request(
+        self,
+        channel: str,
+        type: str,
+        target: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        *,
+        message_id: str | None = None,
+    ) -> Any:
+        """Send an envelope that asks for a reply, and wait for the reply until the deadline."""
+        await self._require_worker(channel)
         listener = self._listener()
-        request = self._envelope(messages.REQUEST, target, body, timeout, reply_to=listener.channel)
+        request = self._envelope(
+            type, target, body, timeout, reply_to=listener.channel, message_id=message_id
+        )
         answer = listener.expect(request["id"])
         try:
-            await self._send(method.service, request)
+            await self._send(channel, request)
             remaining = (request["deadline"] or 0) - time.time()
             reply = await asyncio.wait_for(answer, max(remaining, 0))
         except TimeoutError:
             raise DeadlineExceeded(
                 f"{target} did not answer within {request['deadline'] - request['sent_at']:.1f} s "  # type: ignore[operator]
-                f"(message {request['id']}); it may or may not have run. Is a {method.service} worker "
+                f"(message {request['id']}); it may or may not have run. Is a {channel} worker "
                 "keeping up? `manage.py bus status` shows workers and queues.",
                 target=target,
                 message_id=request["id"],
@@ -132,11 +163,18 @@ class Bus:
             await listener.close()
 
     def _envelope(
-        self, type: str, target: str, body: dict[str, Any], timeout: float | None, *, reply_to: str | None
+        self,
+        type: str,
+        target: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        *,
+        reply_to: str | None,
+        message_id: str | None = None,
     ) -> messages.Envelope:
         handling = context.current()
         deadline = None
-        if type == messages.REQUEST:
+        if reply_to is not None:
             deadline = time.time() + (timeout if timeout is not None else bus_setting("TIMEOUT"))
             if handling is not None and handling.deadline is not None:
                 deadline = min(deadline, handling.deadline)
@@ -149,6 +187,7 @@ class Bus:
             deadline=deadline,
             reply_to=reply_to,
             headers={"pins": pins} if pins else None,
+            message_id=message_id,
         )
 
     async def _send(self, channel: str, envelope: messages.Envelope) -> None:

@@ -11,6 +11,7 @@ BUS = {
     "MODE_CACHE_SECONDS": 1.0,      # how stale a worker's view of read-only mode may be
     "CACHE": "default",             # alias in CACHES for acall_cached
     "STALE_FOR_SECONDS": 86400,     # how long acall_cached keeps a value to serve when stale
+    "RETENTION_SECONDS": 604800,    # what `bus cleanup` keeps: delivered outbox, dedup, finished sagas
 }
 """
 
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "MODE_CACHE_SECONDS": 1.0,
     "CACHE": "default",
     "STALE_FOR_SECONDS": 86400,
+    "RETENTION_SECONDS": 7 * 86400,
 }
 
 _POSITIVE_NUMBERS = (

@@ -8,18 +8,14 @@ and close stale connections in that very thread, where Django keeps them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
-from django.db import close_old_connections
 
 from . import databases, messages, modes
 from .conf import bus_setting
@@ -32,40 +28,13 @@ from .exceptions import (
     MessageTooLarge,
     ReadOnly,
     RemoteError,
+    UnknownTarget,
     ValidationError,
 )
 from .services import Service
+from .threads import in_pool
 
 logger = logging.getLogger(__name__)
-
-_executor: ThreadPoolExecutor | None = None
-
-
-def handler_executor() -> ThreadPoolExecutor:
-    """The thread pool that runs sync handlers: one thread per concurrent message."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(
-            max_workers=bus_setting("WORKER_CONCURRENCY"), thread_name_prefix="bus-handler"
-        )
-    return _executor
-
-
-def _run_sync(function: Any, kwargs: dict[str, Any]) -> Any:
-    close_old_connections()
-    try:
-        return function(**kwargs)
-    finally:
-        close_old_connections()
-
-
-async def run_handler(function: Any, kwargs: dict[str, Any]) -> Any:
-    """Await a coroutine handler, or run a plain one in the handler pool."""
-    if asyncio.iscoroutinefunction(function):
-        return await function(**kwargs)
-    return await sync_to_async(_run_sync, thread_sensitive=False, executor=handler_executor())(
-        function, kwargs
-    )
 
 
 def _context(envelope: messages.Envelope) -> MessageContext:
@@ -125,21 +94,25 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             logger.error("Command %s failed: %s", envelope["target"], exc.message)
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
+        """Run the subscription's handler; acknowledge it when the sender asked (an outbox relay)."""
         handler_name = self.service.subscriptions.get(envelope["target"])
-        if handler_name is None:
-            logger.warning(
-                "%s received event %s it does not subscribe to.",
-                self.service.contract.name,
-                envelope["target"],
-            )
-            return
         try:
-            event = lookup_event(envelope["target"])
-            payload = event.payload.model_validate(event.validate(envelope["body"]))
+            if handler_name is None:
+                raise UnknownTarget(
+                    f"{self.service.contract.name} does not subscribe to {envelope['target']}.",
+                    target=envelope["target"],
+                )
+            payload = lookup_event(envelope["target"]).load(envelope["body"])
             handler = getattr(self.service(_context(envelope)), handler_name)
-            await run_handler(handler, {"event": payload})
-        except Exception:
+            await in_pool(handler, event=payload)
+        except BusError as exc:
+            logger.error("Event %s refused: %s", envelope["target"], exc.message)
+            await self.reply(envelope, error=exc)
+        except Exception as exc:
             logger.exception("Handler for event %s failed.", envelope["target"])
+            await self.reply(envelope, error=_remote(exc))
+        else:
+            await self.reply(envelope)
 
     async def execute(self, envelope: messages.Envelope) -> Any:
         """Run the method the envelope names; every failure comes out as a BusError."""
@@ -162,9 +135,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                         reason=reason,
                     )
             handler = getattr(self.service(_context(envelope)), method.name)
-            result = await run_handler(
-                handler, {name: getattr(arguments, name) for name in method.parameters}
-            )
+            result = await in_pool(handler, **{name: getattr(arguments, name) for name in method.parameters})
         except ContractError as exc:
             if method is not None and isinstance(exc, method.errors):
                 return_error: BusError = exc

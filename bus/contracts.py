@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import pydantic
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
 from .exceptions import ContractError, UnknownTarget, ValidationError
@@ -35,6 +36,7 @@ RESERVED_ARGUMENTS = frozenset({"timeout"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound="Contract")
+M = TypeVar("M", bound=BaseModel)
 
 _contracts: dict[str, type[Contract]] = {}
 
@@ -52,6 +54,22 @@ def _validation_error(what: str, exc: pydantic.ValidationError) -> ValidationErr
     ]
     listed = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     return ValidationError(f"Invalid {what}: {listed}.", errors=errors)
+
+
+def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
+    """Validate as JSON, strictly: "2" is not an int, but an ISO string is a datetime.
+
+    The same rule on both sides of the bus: a caller may pass Python values (datetimes, models)
+    or their JSON forms (from the shell, from the wire), and a worker sees the wire's JSON.
+    """
+    try:
+        encoded = pydantic_core.to_json(data)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise ValidationError(f"Invalid {what}: a value cannot be encoded as JSON ({exc}).") from None
+    try:
+        return model.model_validate_json(encoded, strict=True)
+    except pydantic.ValidationError as exc:
+        raise _validation_error(what, exc) from None
 
 
 @dataclass(frozen=True)
@@ -107,10 +125,7 @@ class Method:
 
     def validate_arguments(self, arguments: dict[str, Any]) -> BaseModel:
         """The arguments as the contract's model, or a ValidationError naming each bad field."""
-        try:
-            return self.arguments.model_validate(arguments, strict=True)
-        except pydantic.ValidationError as exc:
-            raise _validation_error(f"arguments for {self.target}", exc) from None
+        return _strict_json(self.arguments, arguments, f"arguments for {self.target}")
 
     def dump_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validated arguments in their JSON form, ready for the wire."""
@@ -168,13 +183,13 @@ class Event:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
+    def load(self, payload: dict[str, Any]) -> BaseModel:
+        """The payload as its model, or a ValidationError naming each bad field."""
+        return _strict_json(self.payload, payload, f"payload for event {self.target}")
+
     def validate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The payload in JSON form, or a ValidationError naming each bad field."""
-        try:
-            model = self.payload.model_validate(payload, strict=True)
-        except pydantic.ValidationError as exc:
-            raise _validation_error(f"payload for event {self.target}", exc) from None
-        dumped: dict[str, Any] = model.model_dump(mode="json")
+        """The payload in JSON form, ready for the wire."""
+        dumped: dict[str, Any] = self.load(payload).model_dump(mode="json")
         return dumped
 
     @property

@@ -85,9 +85,11 @@ def envelope(
     deadline: float | None = None,
     reply_to: str | None = None,
     headers: dict[str, Any] | None = None,
+    message_id: str | None = None,
 ) -> Envelope:
-    """A new envelope with a fresh id; the correlation id is inherited when given."""
-    message_id = new_id()
+    """A new envelope, with a fresh id unless a resent message keeps its own; the correlation id is
+    inherited when given."""
+    message_id = message_id or new_id()
     return {
         "type": type,
         "id": message_id,

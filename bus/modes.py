@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
-from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
 from .conf import bus_setting
 from .databases import alias_for
+from .threads import in_pool
 
 logger = logging.getLogger(__name__)
 
@@ -61,4 +61,5 @@ async def aread_only_reason(domain: str) -> str | None:
     cached = _cache.get(domain)
     if cached is not None and cached[0] > time.monotonic():
         return cached[2] if cached[1] else None
-    return await sync_to_async(read_only_reason, thread_sensitive=False)(domain)
+    reason: str | None = await in_pool(read_only_reason, domain)
+    return reason

@@ -8,6 +8,10 @@
         def on_refund(self, event: Refunded) -> None:
             ...
 
+        @every(5.0)
+        def sweep(self) -> None:
+            ...
+
 Methods may be plain functions (run in the worker's thread pool, where the Django ORM belongs)
 or coroutines (run on the worker's event loop). A new instance serves each message, with that
 message's context in `self.context`. The class is checked against its contract when it is
@@ -28,6 +32,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 _services: dict[str, type[Service]] = {}
 
 
+def every(seconds: float) -> Callable[[F], F]:
+    """Mark a service method to run every `seconds` in each worker that serves the service.
+
+    For sweeps and relays that must go on when no message arrives: resuming stuck work,
+    re-sending an outbox. Every worker of the domain runs it, so it must be safe to run
+    concurrently (claim rows before working on them).
+    """
+    if seconds <= 0:
+        raise ValueError(f"every() takes a positive number of seconds, not {seconds!r}.")
+
+    def mark(func: F) -> F:
+        func.__bus_every__ = seconds  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
 def subscribe(event: str) -> Callable[[F], F]:
     """Mark a service method as the handler of another (or its own) domain's event."""
 
@@ -43,6 +64,7 @@ class Service:
 
     contract: ClassVar[type[Contract]]
     subscriptions: ClassVar[dict[str, str]]
+    periodic: ClassVar[dict[str, float]]
 
     def __init__(self, context: MessageContext) -> None:
         self.context = context
@@ -63,10 +85,14 @@ class Service:
                     f"{method.target} declares {sorted(method.parameters)}."
                 )
         cls.subscriptions = {}
+        cls.periodic = {}
         for attribute, value in vars(cls).items():
             event = getattr(value, "__bus_subscribe__", None)
             if event is not None:
                 cls.subscriptions[lookup_event(event).target] = attribute
+            seconds = getattr(value, "__bus_every__", None)
+            if seconds is not None:
+                cls.periodic[attribute] = seconds
         _services[contract.name] = cls
 
     @classmethod
@@ -75,6 +101,11 @@ class Service:
         from .consumer import ServiceConsumer
 
         return ServiceConsumer.as_asgi(service=cls)
+
+
+def subscribers(event: str) -> list[str]:
+    """The services (domains) whose implementation subscribes to `event`, by name."""
+    return sorted(name for name, service in _services.items() if event in service.subscriptions)
 
 
 def implementation(service: str) -> type[Service] | None:

@@ -25,11 +25,13 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.layers import BaseChannelLayer
 
-from . import messages
+from . import databases, messages
 from .client import receive_batch
 from .conf import bus_setting
+from .context import MessageContext, handling
 from .contracts import lookup_event
-from .services import implementation
+from .services import Service, implementation
+from .threads import in_pool
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class Worker:
             "Worker %s serving %s with %d slots.", self.worker_id, ", ".join(self.channels), self.concurrency
         )
         background = [asyncio.create_task(self._receive(channel)) for channel in self.channels]
+        background += [asyncio.create_task(self._repeat(*task)) for task in self._periodic()]
         background.append(asyncio.create_task(self._beat()))
         try:
             await self._stopping.wait()
@@ -175,6 +178,28 @@ class Worker:
             await self.application({"type": "channel", "channel": channel}, receive, send)
         except Exception:
             logger.exception("The application for %r failed on a %s message.", channel, message.get("type"))
+
+    def _periodic(self) -> list[tuple[type[Service], str, float]]:
+        """(service, method name, interval) of every `@every` method of the served services."""
+        services = [service for service in map(implementation, self.channels) if service is not None]
+        return [
+            (service, name, seconds) for service in services for name, seconds in service.periodic.items()
+        ]
+
+    async def _repeat(self, service: type[Service], name: str, seconds: float) -> None:
+        """Run one periodic method until the worker stops; a failure is logged, never fatal."""
+        target = f"{service.contract.name}.{name}"
+        while not self._stopping.is_set():
+            await self._sleep(seconds)
+            if self._stopping.is_set():
+                return
+            message_id = messages.new_id()
+            context = MessageContext(message_id=message_id, correlation_id=message_id, target=target)
+            with handling(context), databases.consistency_scope():
+                try:
+                    await in_pool(getattr(service(context), name))
+                except Exception:
+                    logger.exception("Periodic %s failed; it runs again in %.1f s.", target, seconds)
 
     async def _beat(self) -> None:
         interval = bus_setting("HEARTBEAT_INTERVAL")

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "workers.inventory",
     "workers.payments",
+    "workers.orders",
 ]
 
 MIDDLEWARE = [

@@ -7,10 +7,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
+
 import bus
 from bus import Service, subscribe
+from bus.databases import alias_for
+from bus.outbox import first_delivery
+from workers.orders.contract import OrderUpdated
 
 from .contract import Echo, Happened, Item, Refused
+from .models import Processed
 
 
 def _append(kind: str, line: str) -> None:
@@ -76,3 +82,10 @@ class EchoService(Service, contract=Echo):
     @subscribe("echo.happened")
     def on_happened(self, event: Happened) -> None:
         _append("event", event.text)
+
+    @subscribe("orders.updated")
+    def on_order(self, event: OrderUpdated) -> None:
+        # Deliveries repeat until acknowledged: record each event once, in one transaction.
+        with transaction.atomic(using=alias_for("echo", write=True)):
+            if first_delivery(Processed, self.context.message_id):
+                _append("order", f"{event.order.order_id}:{event.order.state}")

@@ -6,6 +6,7 @@
     manage.py bus services [--json]
     manage.py bus status [--json]
     manage.py bus readonly payments on [--reason "moving to new hardware"] | off
+    manage.py bus cleanup [--older-than SECONDS]
 
 Exit codes: 0 success; 2 bad usage or JSON; 3 invalid arguments (ValidationError) or malformed
 message; 4 a declared domain error; 5 a remote error; 6 deadline exceeded; 7 unavailable (no
@@ -15,12 +16,13 @@ worker, channel full, Redis unreachable); 8 unknown service, method or event.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import sys
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bus.client import default_bus
@@ -37,6 +39,8 @@ from bus.exceptions import (
     ValidationError,
 )
 from bus.modes import read_only_modes, set_read_only
+from bus.outbox import purge
+from bus.threads import in_pool
 
 EXIT_CODES: list[tuple[type[BusError], int]] = [
     (ValidationError, 3),
@@ -69,6 +73,15 @@ class Command(BaseCommand):
             sub.add_argument("arguments", nargs="?", default="{}", help="a JSON object of arguments")
             if action == "call":
                 sub.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
+        cleanup = actions.add_parser(
+            "cleanup", help="delete delivered outbox rows, dedup records, finished sagas"
+        )
+        cleanup.add_argument(
+            "--older-than",
+            type=float,
+            default=None,
+            help="seconds to keep (settings.BUS['RETENTION_SECONDS'])",
+        )
         readonly = actions.add_parser("readonly", help="switch a domain's read-only mode")
         readonly.add_argument("domain")
         readonly.add_argument("mode", choices=["on", "off"])
@@ -84,6 +97,9 @@ class Command(BaseCommand):
         action = options["action"]
         if action in ("services", "status"):
             getattr(self, action)(as_json=options["json"])
+            return
+        if action == "cleanup":
+            self.cleanup(options["older_than"])
             return
         if action == "readonly":
             self.readonly(options["domain"], options["mode"] == "on", options["reason"])
@@ -136,6 +152,14 @@ class Command(BaseCommand):
             for name in schema["events"]:
                 self.stdout.write(f"  event {schema['service']}.{name}")
 
+    def cleanup(self, older_than: float | None) -> None:
+        seconds = older_than if older_than is not None else bus_setting("RETENTION_SECONDS")
+        for model in apps.get_models():
+            field = getattr(model, "bus_retention_field", None)
+            if field is not None:
+                deleted = purge(model, field, datetime.timedelta(seconds=seconds))
+                self.stdout.write(f"{model._meta.label}: deleted {deleted} row(s) older than {seconds:g} s")
+
     def readonly(self, domain: str, on: bool, reason: str) -> None:
         if domain not in contracts():
             raise CommandError(f"No contract is named {domain!r}; the domains are {sorted(contracts())}.")
@@ -168,7 +192,7 @@ async def _status() -> dict[str, Any]:
     from bus.client import _BROKER_ERRORS, _unreachable
 
     layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
-    read_only = await sync_to_async(read_only_modes)()
+    read_only = await in_pool(read_only_modes)
     domains = []
     try:
         for name in sorted(contracts()):

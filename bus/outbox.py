@@ -1,0 +1,196 @@
+"""The transactional outbox: events written with the change they announce, delivered until acknowledged.
+
+A domain declares two concrete models from the abstract ones here, so they live in its own
+database and share its transactions:
+
+    class Outbox(AbstractOutboxMessage): ...
+    class Processed(AbstractProcessedMessage): ...
+
+    with transaction.atomic(using=alias):
+        order.save(...)
+        emit(Outbox, "orders.updated", **snapshot)     # same transaction: both or neither
+
+`relay(Outbox)` (run it from an `@every` method) delivers each event to every domain that
+subscribes to it, as a request that the subscriber acknowledges once its handler has run, and
+re-sends with backoff until each has; it also pushes it once to the event's group for WebSockets.
+Subscribers deduplicate with `first_delivery(Processed, message_id)` inside their own
+transaction, since a relay that dies between delivering and recording will deliver again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from . import context, messages
+from .client import Bus, default_bus, run_sync
+from .contracts import lookup_event
+from .databases import alias_for
+from .exceptions import BusError
+from .services import subscribers
+from .threads import in_pool
+
+logger = logging.getLogger(__name__)
+
+OutboxT = TypeVar("OutboxT", bound="AbstractOutboxMessage")
+
+# Seconds a relay holds the rows it is delivering, so relays in other workers skip them.
+_CLAIM_SECONDS = 30.0
+
+
+class AbstractOutboxMessage(models.Model):
+    """An event waiting to be delivered to the domains that subscribe to it."""
+
+    # `manage.py bus cleanup` deletes rows whose field is older than BUS["RETENTION_SECONDS"].
+    bus_retention_field = "delivered_at"
+
+    id = models.CharField(primary_key=True, max_length=32)
+    target = models.CharField(max_length=200)
+    body = models.JSONField()
+    correlation_id = models.CharField(max_length=32)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Subscriber domains that have not acknowledged yet.
+    pending = models.JSONField(default=list)
+    pushed = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.id}"
+
+
+class AbstractProcessedMessage(models.Model):
+    """A message id a subscriber has processed: deliveries after the first are skipped."""
+
+    bus_retention_field = "processed_at"
+
+    message_id = models.CharField(primary_key=True, max_length=32)
+    processed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return self.message_id
+
+
+def emit(model: type[OutboxT], target: str, /, **payload: Any) -> OutboxT:
+    """Write event `target` to the outbox; call it inside the transaction of the change it announces."""
+    event = lookup_event(target)
+    handling = context.current()
+    message_id = messages.new_id()
+    row: OutboxT = model._default_manager.using(alias_for(model._meta.app_label, write=True)).create(
+        id=message_id,
+        target=event.target,
+        body=event.validate(payload),
+        correlation_id=handling.correlation_id if handling else message_id,
+        pending=subscribers(event.target),
+    )
+    return row
+
+
+def first_delivery(model: type[models.Model], message_id: str) -> bool:
+    """Record `message_id` as processed in the caller's transaction; False if it already was."""
+    alias = alias_for(model._meta.app_label, write=True)
+    try:
+        with transaction.atomic(using=alias):
+            model._default_manager.using(alias).create(message_id=message_id)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _claim(model: type[OutboxT], batch: int) -> list[OutboxT]:
+    """Take due rows for this relay: a conditional update per row, so no two relays share one."""
+    alias = alias_for(model._meta.app_label, write=True)
+    now = timezone.now()
+    rows = (
+        model._default_manager.using(alias)
+        .filter(delivered_at=None, next_attempt_at__lte=now)
+        .order_by("created_at")
+    )
+    claimed = []
+    for row in rows[:batch]:
+        hold = now + datetime.timedelta(seconds=_CLAIM_SECONDS)
+        taken = (
+            model._default_manager.using(alias)
+            .filter(pk=row.pk, next_attempt_at=row.next_attempt_at)
+            .update(next_attempt_at=hold)
+        )
+        if taken:
+            claimed.append(row)
+    return claimed
+
+
+def _record(row: AbstractOutboxMessage, acknowledged: list[str], error: str) -> None:
+    row.pending = [domain for domain in row.pending if domain not in acknowledged]
+    row.attempts += 1
+    row.pushed = True
+    now = timezone.now()
+    if row.pending:
+        row.next_attempt_at = now + datetime.timedelta(seconds=min(2.0**row.attempts * 0.5, 60.0))
+        row.last_error = error
+    else:
+        row.delivered_at = now
+        row.last_error = ""
+    row.save(update_fields=["pending", "attempts", "pushed", "next_attempt_at", "delivered_at", "last_error"])
+
+
+async def arelay(model: type[AbstractOutboxMessage], *, batch: int = 100, bus: Bus | None = None) -> int:
+    """Deliver due outbox rows; returns how many are now fully delivered."""
+    via = bus or default_bus
+    rows = await in_pool(_claim, model, batch)
+    delivered = 0
+    for row in rows:
+        event = lookup_event(row.target)
+        if not row.pushed:
+            # Pushed once for live views; the durable record is what subscribers acknowledge.
+            envelope = messages.envelope(
+                messages.EVENT, row.target, row.body, correlation_id=row.correlation_id, message_id=row.id
+            )
+            try:
+                await via.layer.group_send(event.group, envelope)
+            except Exception as exc:
+                logger.warning("Could not push %s %s to its group: %s", row.target, row.id, exc)
+        outcomes = await asyncio.gather(
+            *(via.adeliver(domain, row.target, row.body, message_id=row.id) for domain in row.pending),
+            return_exceptions=True,
+        )
+        acknowledged = [
+            domain for domain, outcome in zip(row.pending, outcomes, strict=True) if outcome is None
+        ]
+        errors = [
+            f"{domain}: {type(outcome).__name__}: {outcome}"
+            for domain, outcome in zip(row.pending, outcomes, strict=True)
+            if outcome is not None
+        ]
+        for outcome in outcomes:
+            if outcome is not None and not isinstance(outcome, BusError):
+                logger.error("Delivering %s %s failed unexpectedly: %r", row.target, row.id, outcome)
+        await in_pool(_record, row, acknowledged, "; ".join(errors))
+        delivered += not (set(row.pending) - set(acknowledged))
+    return delivered
+
+
+def relay(model: type[AbstractOutboxMessage], *, batch: int = 100) -> int:
+    """The sync twin of `arelay`, for `@every` methods that are plain functions."""
+    result: int = run_sync(arelay, model, batch=batch)
+    return result
+
+
+def purge(model: type[models.Model], field: str, older_than: datetime.timedelta) -> int:
+    """Delete rows of `model` whose `field` is older than the retention period; returns the count."""
+    alias = alias_for(model._meta.app_label, write=True)
+    cutoff = timezone.now() - older_than
+    deleted, _ = model._default_manager.using(alias).filter(**{f"{field}__lt": cutoff}).delete()
+    return int(deleted)

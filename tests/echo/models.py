@@ -1,0 +1,5 @@
+from bus.outbox import AbstractProcessedMessage
+
+
+class Processed(AbstractProcessedMessage):
+    """Order events the echo domain has handled (it subscribes to orders.updated in tests)."""

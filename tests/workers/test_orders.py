@@ -1,0 +1,174 @@
+"""The checkout saga over the bus, all domains in one process: confirm, or compensate and explain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from channels.layers import get_channel_layer
+
+import bus
+from bus.testing import serving
+from bus.threads import in_pool
+from tests.conftest import read_records
+from workers.inventory.contract import Inventory
+from workers.orders import models
+from workers.orders.contract import IdempotencyConflict, InvalidOrder, Order, Orders
+from workers.payments.contract import Payments
+
+pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+
+@pytest.fixture
+async def shop() -> AsyncIterator[Orders]:
+    async with serving("inventory", "payments", "orders"):
+        inventory = Inventory.client()
+        await inventory.add_product(sku="A-1", name="Anvil", price_cents=1_000)
+        await inventory.add_product(sku="B-2", name="Bellows", price_cents=2_500)
+        await inventory.restock(sku="A-1", quantity=5)
+        await inventory.restock(sku="B-2", quantity=1)
+        await Payments.client().credit(customer_id="ada", amount_cents=10_000)
+        yield Orders.client()
+
+
+async def settled(orders: Orders, order_id: str, timeout: float = 20) -> Order:
+    """Poll until the saga ends, as a page without a socket would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        order = await orders.get(order_id=order_id)
+        if order.state in ("confirmed", "failed"):
+            return order
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"order {order_id} is still {order.state} after {timeout} s")
+
+
+async def stock(sku: str) -> tuple[int, int]:
+    current = await Inventory.client().stock(sku=sku)
+    return current.on_hand, current.reserved
+
+
+async def balance() -> int:
+    return (await Payments.client().balance(customer_id="ada")).balance_cents
+
+
+async def test_a_checkout_reserves_charges_and_confirms(shop: Orders) -> None:
+    placed = await shop.place(
+        customer_id="ada",
+        items=[{"sku": "A-1", "quantity": 2}, {"sku": "B-2", "quantity": 1}],
+        idempotency_key="k1",
+    )  # type: ignore[list-item]
+    assert placed.state == "pending"
+    assert placed.total_cents == 2 * 1_000 + 2_500
+    assert [line.name for line in placed.lines] == ["Anvil", "Bellows"]
+    order = await settled(shop, placed.order_id)
+    assert order.state == "confirmed", order.reason
+    assert [step.name for step in order.steps] == ["placed", "reserved", "charged", "confirmed"]
+    assert await stock("A-1") == (3, 0)
+    assert await stock("B-2") == (0, 0)
+    assert await balance() == 10_000 - 4_500
+
+
+async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(shop: Orders) -> None:
+    placed = await shop.place(
+        customer_id="ada",
+        items=[{"sku": "A-1", "quantity": 1}, {"sku": "B-2", "quantity": 2}],
+        idempotency_key="k1",
+    )  # type: ignore[list-item]
+    order = await settled(shop, placed.order_id)
+    assert order.state == "failed"
+    assert order.reason == "Not enough stock: Only 1 of B-2 available, 2 asked for."
+    assert [step.name for step in order.steps] == ["placed", "released", "failed"]
+    assert await stock("A-1") == (5, 0)
+    assert await balance() == 10_000
+
+
+async def test_insufficient_funds_release_the_stock_and_charge_nothing(shop: Orders) -> None:
+    await Inventory.client().restock(sku="B-2", quantity=10)
+    placed = await shop.place(customer_id="ada", items=[{"sku": "B-2", "quantity": 5}], idempotency_key="k1")  # type: ignore[list-item]
+    order = await settled(shop, placed.order_id)
+    assert order.state == "failed"
+    assert order.reason.startswith(
+        "Payment refused: The balance of ada is 10000 cents, 12500 cents were asked"
+    )
+    assert [step.name for step in order.steps] == ["placed", "reserved", "released", "failed"]
+    assert await stock("B-2") == (11, 0)
+    assert await balance() == 10_000
+    kinds = [line.kind for line in (await Payments.client().statement(customer_id="ada")).lines]
+    assert kinds == ["credit"], "a refused charge leaves no trace in the ledger"
+
+
+async def test_placing_twice_with_one_key_yields_one_order(shop: Orders) -> None:
+    items = [{"sku": "A-1", "quantity": 1}]
+    first, second = await asyncio.gather(
+        shop.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
+        shop.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
+    )
+    assert first.order_id == second.order_id
+    await settled(shop, first.order_id)
+    assert await balance() == 9_000
+    with pytest.raises(
+        IdempotencyConflict, match=r"Idempotency key 'same' was used for order .* with other items"
+    ):
+        await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 2}], idempotency_key="same")  # type: ignore[list-item]
+
+
+async def test_orders_that_cannot_be_priced_are_refused(shop: Orders) -> None:
+    with pytest.raises(InvalidOrder, match="No product has SKU 'Z-9'"):
+        await shop.place(customer_id="ada", items=[{"sku": "Z-9", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
+    with pytest.raises(InvalidOrder, match="Each SKU may appear once per order"):
+        await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}] * 2, idempotency_key="k2")  # type: ignore[list-item]
+    with pytest.raises(bus.ValidationError, match=r"items: List should have at least 1 item"):
+        await bus.acall("orders.place", customer_id="ada", items=[], idempotency_key="k3")
+
+
+async def test_a_customers_orders_come_a_page_at_a_time_newest_first(shop: Orders) -> None:
+    placed = []
+    for n in range(5):
+        placed.append(
+            await shop.place(
+                customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key=f"k{n}"
+            )
+        )  # type: ignore[list-item]
+    first = await shop.list(customer_id="ada", limit=2)
+    second = await shop.list(customer_id="ada", limit=2, cursor=first.next_cursor)
+    third = await shop.list(customer_id="ada", limit=2, cursor=second.next_cursor)
+    seen = [order.order_id for page in (first, second, third) for order in page.orders]
+    assert seen == [order.order_id for order in reversed(placed)]
+    assert third.next_cursor == ""
+    assert (await shop.list(customer_id="nobody")).orders == []
+
+
+async def test_every_state_change_is_published_as_orders_updated(shop: Orders) -> None:
+    layer = get_channel_layer()
+    await layer.group_add(Orders.events["updated"].group, "test.orders")
+    placed = await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
+    await settled(shop, placed.order_id)
+    states = []
+    while "confirmed" not in states:
+        event = await asyncio.wait_for(layer.receive("test.orders"), 10)
+        states.append(event["body"]["order"]["state"])
+    assert states == ["pending", "reserved", "charged", "confirmed"]
+
+
+async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicate(
+    shop: Orders, record_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
+    placed = await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
+    await settled(shop, placed.order_id)
+    await asyncio.sleep(1.5)  # the echo domain is down: deliveries to it fail and wait
+    pending = await in_pool(list, models.Outbox.objects.filter(delivered_at=None))
+    assert len(pending) == 4 and all(row.pending == ["echo"] and row.attempts >= 1 for row in pending)
+    assert "NoWorker" in pending[0].last_error
+    async with serving("echo"):
+        deadline = time.monotonic() + 20
+        while await in_pool(models.Outbox.objects.filter(delivered_at=None).count):
+            assert time.monotonic() < deadline, "the outbox was not delivered once echo came up"
+            await asyncio.sleep(0.1)
+    records = read_records(record_dir, "order")
+    assert sorted(records) == sorted(
+        f"{placed.order_id}:{state}" for state in ("pending", "reserved", "charged", "confirmed")
+    )

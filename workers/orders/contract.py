@@ -1,0 +1,111 @@
+"""The orders domain's contract: place an order, follow its saga, list a customer's orders."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from bus import Contract, ContractError, Event, Schema, rpc
+
+CustomerId = Annotated[str, Field(min_length=1, max_length=64)]
+OrderId = Annotated[str, Field(min_length=1, max_length=32)]
+OrderState = Literal["pending", "reserved", "charged", "confirmed", "compensating", "failed"]
+TERMINAL_STATES = ("confirmed", "failed")
+
+
+class InvalidOrder(ContractError):
+    """The order cannot be placed as given (an unknown SKU, a SKU twice); details name the item."""
+
+
+class IdempotencyConflict(ContractError):
+    """The idempotency key was already used for a different order; use a new key for new items."""
+
+
+class OrderNotFound(ContractError):
+    """No order has this id."""
+
+
+class CatalogueUnavailable(ContractError):
+    """Prices could not be read from inventory just now; nothing was placed. Retry shortly."""
+
+
+class OrderItem(Schema):
+    sku: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    quantity: Annotated[int, Field(gt=0, le=1000)]
+
+
+class OrderLine(Schema):
+    sku: str
+    name: str
+    quantity: int
+    price_cents: int
+
+
+class Step(Schema):
+    """One step of the checkout saga, as the page shows it."""
+
+    name: Literal["placed", "reserved", "charged", "confirmed", "released", "refunded", "failed"]
+    at: datetime.datetime
+    detail: str = ""
+
+
+class Order(Schema):
+    order_id: str
+    customer_id: str
+    state: OrderState
+    reason: str
+    total_cents: int
+    lines: list[OrderLine]
+    steps: list[Step]
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+class OrderPage(Schema):
+    orders: list[Order]
+    next_cursor: str = Field(description="pass it as `cursor` for the next page; empty on the last page")
+
+
+class OrderUpdated(Schema):
+    """An order changed state; the payload is the whole order as it is now."""
+
+    order: Order
+
+
+class Orders(Contract, name="orders"):
+    """Orders and their checkout saga: reserve stock, charge, confirm; or release, refund, fail."""
+
+    updated = Event(OrderUpdated)
+
+    @rpc(errors=[InvalidOrder, IdempotencyConflict, CatalogueUnavailable])
+    async def place(
+        self,
+        *,
+        customer_id: CustomerId,
+        items: Annotated[list[OrderItem], Field(min_length=1, max_length=50)],
+        idempotency_key: Annotated[str, Field(min_length=1, max_length=100)],
+    ) -> Order:
+        """Place an order: it comes back at once as pending, and its saga runs on without the caller.
+
+        Placing again with the same idempotency key returns the same order.
+        """
+
+    @rpc(read=True, errors=[OrderNotFound])
+    async def get(self, *, order_id: OrderId) -> Order:
+        """One order with its saga steps."""
+
+    @rpc(read=True)
+    async def list(
+        self,
+        *,
+        customer_id: CustomerId,
+        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+        cursor: Annotated[str, Field(max_length=32)] = "",
+    ) -> OrderPage:
+        """A customer's orders, newest first, a page at a time."""
+
+    @rpc(errors=[OrderNotFound])
+    async def advance(self, *, order_id: OrderId) -> Order:
+        """Run an order's saga as far as it can go now; safe to repeat (the sweep calls it too)."""
