@@ -48,6 +48,7 @@ class Bus:
             weakref.WeakKeyDictionary()
         )
         self._alive_until: dict[str, float] = {}
+        self._lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
 
     @property
     def layer(self) -> BaseChannelLayer:
@@ -100,8 +101,10 @@ class Bus:
         answer = listener.expect(request["id"])
         try:
             await self._send(channel, request)
-            remaining = (request["deadline"] or 0) - time.time()
-            reply = await asyncio.wait_for(answer, max(remaining, 0))
+            async with asyncio.timeout_at(
+                asyncio.get_running_loop().time() + (request["deadline"] or 0) - time.time()
+            ):
+                reply = await answer
         except TimeoutError:
             raise DeadlineExceeded(
                 f"{target} did not answer within {request['deadline'] - request['sent_at']:.1f} s "  # type: ignore[operator]
@@ -210,8 +213,14 @@ class Bus:
         presence = getattr(self.layer, "presence", None)
         if presence is None:
             return
+        # One look-up per service at a time: the calls that arrive meanwhile share its answer.
+        key = (asyncio.get_running_loop(), service)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = self._lookups[key] = asyncio.ensure_future(presence(service))
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
         try:
-            members = await presence(service)
+            members = await asyncio.shield(lookup)
         except _BROKER_ERRORS as exc:
             raise _unreachable(exc) from exc
         if members:

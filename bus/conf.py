@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     "TIMEOUT": 5.0,
@@ -49,8 +50,28 @@ _POSITIVE_NUMBERS = (
 REPLY_CHANNEL_CAPACITY = 10_000
 
 
+# Checked values, read on every message; cleared when a test overrides BUS.
+_checked: dict[str, Any] = {}
+
+
+def _forget(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BUS":
+        _checked.clear()
+
+
+setting_changed.connect(_forget)
+
+
 def bus_setting(name: str) -> Any:
     """One value of settings.BUS, falling back to its default; errors name the fix."""
+    try:
+        return _checked[name]
+    except KeyError:
+        value = _checked[name] = _check(name)
+        return value
+
+
+def _check(name: str) -> Any:
     configured = getattr(settings, "BUS", {})
     unknown = set(configured) - set(DEFAULTS)
     if unknown:

@@ -75,7 +75,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
             )
             return
-        with handling(_context(envelope)), databases.consistency_scope(envelope["headers"].get("pins")):
+        self.message_context = _context(envelope)
+        with handling(self.message_context), databases.consistency_scope(envelope["headers"].get("pins")):
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
 
@@ -103,7 +104,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                     target=envelope["target"],
                 )
             payload = lookup_event(envelope["target"]).load(envelope["body"])
-            handler = getattr(self.service(_context(envelope)), handler_name)
+            handler = getattr(self.service(self.message_context), handler_name)
             await in_pool(handler, event=payload)
         except BusError as exc:
             logger.error("Event %s refused: %s", envelope["target"], exc.message)
@@ -134,7 +135,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                         service=method.service,
                         reason=reason,
                     )
-            handler = getattr(self.service(_context(envelope)), method.name)
+            handler = getattr(self.service(self.message_context), method.name)
             result = await in_pool(handler, **{name: getattr(arguments, name) for name in method.parameters})
         except ContractError as exc:
             if method is not None and isinstance(exc, method.errors):

@@ -8,8 +8,6 @@ its correlation id and never outlive its deadline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,14 +32,20 @@ def current() -> MessageContext | None:
     return _current.get()
 
 
-@contextmanager
-def handling(context: MessageContext) -> Iterator[MessageContext]:
-    """Mark the block as handling `context`'s message."""
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
+class handling:  # noqa: N801 - used like contextlib's lower-case context managers
+    """Mark a block as handling `context`'s message (a class: it runs for every message)."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: MessageContext) -> None:
+        self._context = context
+
+    def __enter__(self) -> MessageContext:
+        self._token = _current.set(self._context)
+        return self._context
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 class MessageContextFilter(logging.Filter):

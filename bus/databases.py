@@ -19,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -109,15 +108,23 @@ def absorb(pins: Any) -> None:
             scope[alias] = max(scope.get(alias, 0.0), float(until))
 
 
-@contextmanager
-def consistency_scope(pins: Any = None) -> Iterator[dict[str, float]]:
-    """One request or message: its own pins, seeded from the caller's."""
-    token = _scope.set({})
-    try:
-        absorb(pins)
-        yield _pins()
-    finally:
-        _scope.reset(token)
+class consistency_scope:  # noqa: N801 - used like contextlib's lower-case context managers
+    """One request or message: its own pins, seeded from the caller's (a class: it runs per message)."""
+
+    __slots__ = ("_pins", "_token")
+
+    def __init__(self, pins: Any = None) -> None:
+        self._pins = pins
+
+    def __enter__(self) -> dict[str, float]:
+        scope: dict[str, float] = {}
+        self._token = _scope.set(scope)
+        if self._pins:
+            absorb(self._pins)
+        return scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        _scope.reset(self._token)
 
 
 # -- the router ---------------------------------------------------------------

@@ -136,15 +136,23 @@ class Worker:
                 task = asyncio.create_task(self._handle(channel, message))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
+            # Let the new handlers start (quick ones reply) and other receivers take the slots
+            # given back, before this one blocks on Redis again.
+            await asyncio.sleep(0)
 
     async def _take_slots(self) -> int:
-        """Wait for at least one free slot (or a stop) and take all that are free."""
+        """Wait for a free slot (or a stop), then take this channel's share of the free slots.
+
+        A share, not all: a receiver blocked on an idle channel must not hold the slots that
+        another channel's messages are waiting for.
+        """
         while self._free == 0 and not self._stopping.is_set():
             self._slot_freed.clear()
             await self._slot_freed.wait()
         if self._stopping.is_set():
             return 0
-        slots, self._free = self._free, 0
+        slots = max(1, -(-self._free // len(self.channels)))
+        self._free -= slots
         return slots
 
     def _give_back(self, slots: int) -> None:
