@@ -20,13 +20,16 @@ import os
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from channels.exceptions import StopConsumer
-from channels.layers import BaseChannelLayer
+from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.routing import get_default_application
 
 from . import databases, messages
-from .client import receive_batch
+from .client import default_bus, receive_batch
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import lookup_event
@@ -249,3 +252,34 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+@asynccontextmanager
+async def serving(
+    *channels: str, application: Any = None, concurrency: int | None = None
+) -> AsyncIterator[Worker]:
+    """Run a Worker for `channels` in this event loop until the block ends, then drain it.
+
+    For one-process setups, commands that need a domain (seed), and tests.
+    """
+    layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+    worker = Worker(
+        application or get_default_application(),
+        list(channels),
+        layer,
+        concurrency=concurrency,
+        receive_wait=0.1,
+    )
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        # Callers check presence before sending: wait for the first heartbeat.
+        for channel in channels:
+            while worker.worker_id not in await layer.presence(channel):
+                if task.done():
+                    await task
+                await asyncio.sleep(0.01)
+        yield worker
+    finally:
+        worker.stop()
+        await task
+        await default_bus.aclose()

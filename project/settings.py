@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "consumers",
     "workers.inventory",
     "workers.payments",
     "workers.orders",

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class ConsumersConfig(AppConfig):
+    """The presentation side: HTTP and WebSocket consumers, pages, and demo data."""
+
+    name = "consumers"
+    label = "presentation"
