@@ -148,18 +148,25 @@ class WorkerProcess:
 @pytest.fixture(scope="session")
 def worker_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SQLite databases, migrated once, for worker processes that tests start (DJANGO_DATA_DIR)."""
-    directory = tmp_path_factory.mktemp("worker-data")
-    env = {**os.environ, "DJANGO_DATA_DIR": str(directory), "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    for variable in [name for name in env if name.endswith("DATABASE_URL")]:
-        del env[variable]
+    return migrated(tmp_path_factory.mktemp("worker-data"))
+
+
+def process_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process a test starts: its own SQLite files, test settings."""
+    env = {name: value for name, value in os.environ.items() if not name.endswith("DATABASE_URL")}
+    return {**env, "DJANGO_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "tests.settings", **extra}
+
+
+def migrated(data_dir: Path, **extra: str) -> Path:
+    """Create and migrate every database alias of a process configured by `extra`, in `data_dir`."""
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "migrate_all", "-v0"],
         cwd=ROOT,
-        env=env,
+        env=process_env(data_dir, **extra),
         check=True,
         timeout=120,
     )
-    return directory
+    return data_dir
 
 
 @pytest.fixture
@@ -175,6 +182,7 @@ def start_worker(
         concurrency: int | None = None,
         wait: bool = True,
         extra_env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         command = [
@@ -187,14 +195,13 @@ def start_worker(
         ]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
-        env = {
-            **{name: value for name, value in os.environ.items() if not name.endswith("DATABASE_URL")},
-            "BUS_TEST_REDIS_URL": redis_url,
-            "BUS_TEST_RECORD_DIR": str(record_dir),
-            "DJANGO_DATA_DIR": str(worker_data_dir),
-            "PYTHONUNBUFFERED": "1",
+        env = process_env(
+            data_dir or worker_data_dir,
+            BUS_TEST_REDIS_URL=redis_url,
+            BUS_TEST_RECORD_DIR=str(record_dir),
+            PYTHONUNBUFFERED="1",
             **(extra_env or {}),
-        }
+        )
         log_file = log.open("w")
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True

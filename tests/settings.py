@@ -1,5 +1,6 @@
 """Test settings: the project's plus the `echo` test domain; in-memory layer unless a test says otherwise."""
 
+import json
 import os
 
 from bus.conf import channel_layers
@@ -11,9 +12,17 @@ ASGI_APPLICATION = "tests.routing.application"
 # Worker subprocesses that tests start get BUS_TEST_REDIS_URL; the test process itself starts
 # in-memory, whatever REDIS_URL the developer's shell has, and switches per test.
 CHANNEL_LAYERS = channel_layers(os.environ.get("BUS_TEST_REDIS_URL"))
-BUS = {"HEARTBEAT_INTERVAL": 0.5, "SHUTDOWN_GRACE": 5.0}
+# Processes that tests start may get BUS overrides as JSON in BUS_TEST_SETTINGS.
+BUS = {
+    "HEARTBEAT_INTERVAL": 0.5,
+    "SHUTDOWN_GRACE": 5.0,
+    **json.loads(os.environ.get("BUS_TEST_SETTINGS", "{}")),
+}
 
 # Handler threads close their connections after each message, as Django does after a request,
 # so no test leaves a PostgreSQL session open on a test database it must drop.
 for database in DATABASES.values():  # noqa: F405
     database["CONN_MAX_AGE"] = 0
+
+# A killed worker's claim on a saga runs out this soon in tests that kill workers on purpose.
+ORDERS_LEASE_SECONDS = float(os.environ.get("ORDERS_TEST_LEASE_SECONDS", "20"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from django.db import router, transaction
+from django.db import transaction
 
 from bus import BusError, Service, publish
+from bus.databases import alias_for
 
 from . import models
 from .contract import (
@@ -68,7 +69,8 @@ def _publish_after_commit(database: str, skus: set[str]) -> None:
 class InventoryService(Service, contract=Inventory):
     @property
     def database(self) -> str:
-        return router.db_for_write(models.Product)
+        """The primary: for writes, and for reads inside a write's transaction."""
+        return alias_for("inventory", write=True)
 
     def add_product(self, *, sku: str, name: str, price_cents: int) -> Product:
         models.Product.objects.using(self.database).update_or_create(
@@ -77,10 +79,11 @@ class InventoryService(Service, contract=Inventory):
         return Product(sku=sku, name=name, price_cents=price_cents)
 
     def products(self) -> list[Stock]:
-        return [_stock(product) for product in models.Product.objects.using(self.database).order_by("sku")]
+        products = models.Product.objects.using(alias_for("inventory", write=False))
+        return [_stock(product) for product in products.order_by("sku")]
 
     def stock(self, *, sku: str) -> Stock:
-        return _stock(self._product(sku))
+        return _stock(self._product(sku, lock=False))
 
     def restock(self, *, sku: str, quantity: int) -> Stock:
         with transaction.atomic(using=self.database):
@@ -142,9 +145,14 @@ class InventoryService(Service, contract=Inventory):
 
     # -- helpers -------------------------------------------------------------
 
-    def _product(self, sku: str, *, lock: bool = False) -> models.Product:
-        products = models.Product.objects.using(self.database)
-        product = (products.select_for_update() if lock else products).filter(sku=sku).first()
+    def _product(self, sku: str, *, lock: bool) -> models.Product:
+        """A product, locked on the primary for a write, or from a replica for a plain read."""
+        if lock:
+            product = models.Product.objects.using(self.database).select_for_update().filter(sku=sku).first()
+        else:
+            product = (
+                models.Product.objects.using(alias_for("inventory", write=False)).filter(sku=sku).first()
+            )
         if product is None:
             raise UnknownProduct(f"No product has SKU {sku!r}; add it with inventory.add_product.", sku=sku)
         return product

@@ -48,8 +48,6 @@ from .contract import (
 logger = logging.getLogger(__name__)
 
 State = models.Order.State
-# A claim on a saga; renewed before each step, so only a dead worker's claim runs out.
-LEASE = datetime.timedelta(seconds=20)
 
 
 def _snapshot(order: models.Order) -> Order:
@@ -76,6 +74,11 @@ def _fingerprint(items: list[OrderItem]) -> str:
 
 def _give_up_after() -> datetime.timedelta:
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_GIVE_UP_SECONDS", 60))
+
+
+def _lease() -> datetime.timedelta:
+    """A worker's claim on a saga; renewed before each step, so only a dead worker's claim runs out."""
+    return datetime.timedelta(seconds=getattr(settings, "ORDERS_LEASE_SECONDS", 20))
 
 
 class OrdersService(Service, contract=Orders):
@@ -250,12 +253,12 @@ class OrdersService(Service, contract=Orders):
             models.Saga.objects.using(alias_for("orders", write=True))
             .filter(order_id=order_id, finished_at=None)
             .filter(Q(lease_until=None) | Q(lease_until__lt=now))
-            .update(lease_until=now + LEASE)
+            .update(lease_until=now + _lease())
         )
 
     def _renew(self, order: models.Order) -> None:
         models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
-            lease_until=timezone.now() + LEASE
+            lease_until=timezone.now() + _lease()
         )
 
     def _order(self, order_id: str, *, write: bool) -> models.Order:
