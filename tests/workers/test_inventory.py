@@ -112,11 +112,13 @@ async def test_concurrent_reserves_never_oversell(inventory: Inventory) -> None:
     assert (stock.on_hand, stock.reserved, stock.available) == (10, 9, 1)
 
 
-async def test_stock_changes_are_published_after_commit(inventory: Inventory) -> None:
+async def test_stock_changes_leave_through_the_outbox_in_order(inventory: Inventory) -> None:
     layer = get_channel_layer()
     await layer.group_add(Inventory.events["stock_changed"].group, "test.listener")
     await inventory.reserve(order_id="o-1", sku="A-1", quantity=2)
-    event = await asyncio.wait_for(layer.receive("test.listener"), 5)
-    assert event["type"] == "bus.event"
-    assert event["target"] == "inventory.stock_changed"
-    assert event["body"] == {"sku": "A-1", "on_hand": 10, "reserved": 2, "available": 8}
+    await inventory.release(order_id="o-1")
+    bodies = [(await asyncio.wait_for(layer.receive("test.listener"), 5)) for _ in range(3)]
+    assert {event["type"] for event in bodies} == {"bus.event"}
+    assert {event["target"] for event in bodies} == {"inventory.stock_changed"}
+    assert [event["body"]["reserved"] for event in bodies] == [0, 2, 0], "restock, reserve, release"
+    assert bodies[1]["body"] == {"sku": "A-1", "on_hand": 10, "reserved": 2, "available": 8}

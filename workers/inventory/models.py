@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from bus.outbox import AbstractOutboxMessage
+
 
 class Product(models.Model):
     sku = models.CharField(primary_key=True, max_length=64)
@@ -60,3 +62,7 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} x {self.product_id} for order {self.hold_id}: {self.state}"
+
+
+class Outbox(AbstractOutboxMessage):
+    """inventory.stock_changed events, written in the transaction of the stock change."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from django.db import transaction
 
-from bus import BusError, Service, publish
+from bus import Service, every
 from bus.databases import alias_for
+from bus.outbox import emit, relay
 
 from . import models
 from .contract import (
@@ -19,8 +18,6 @@ from .contract import (
     Stock,
     UnknownProduct,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _stock(product: models.Product) -> Stock:
@@ -43,27 +40,17 @@ def _reservation(reservation: models.Reservation) -> Reservation:
     )
 
 
-def _publish_after_commit(database: str, skus: set[str]) -> None:
-    """Tell subscribers about new stock figures once the change is committed, never before."""
-
-    def publish_all() -> None:
-        for product in models.Product.objects.using(database).filter(sku__in=skus):
-            try:
-                publish(
-                    "inventory.stock_changed",
-                    sku=product.sku,
-                    on_hand=product.on_hand,
-                    reserved=product.reserved,
-                    available=product.available,
-                )
-            except BusError as exc:
-                # Stock figures are also served by inventory.stock; a missed push is not lost data.
-                logger.warning(
-                    "Could not publish inventory.stock_changed for %s: %s", product.sku, exc.message
-                )
-
-    if skus:
-        transaction.on_commit(publish_all, using=database)
+def _announce(products: list[models.Product]) -> None:
+    """Write stock_changed events to the outbox, in the transaction that changed the stock."""
+    for product in products:
+        emit(
+            models.Outbox,
+            "inventory.stock_changed",
+            sku=product.sku,
+            on_hand=product.on_hand,
+            reserved=product.reserved,
+            available=product.available,
+        )
 
 
 class InventoryService(Service, contract=Inventory):
@@ -90,7 +77,7 @@ class InventoryService(Service, contract=Inventory):
             product = self._product(sku, lock=True)
             product.on_hand += quantity
             product.save(update_fields=["on_hand"])
-            _publish_after_commit(self.database, {sku})
+            _announce([product])
         return _stock(product)
 
     def reserve(self, *, order_id: str, sku: str, quantity: int) -> Reservation:
@@ -116,7 +103,7 @@ class InventoryService(Service, contract=Inventory):
             product.reserved += quantity
             product.save(update_fields=["reserved"])
             reservation = hold.reservations.create(product=product, quantity=quantity)
-            _publish_after_commit(self.database, {sku})
+            _announce([product])
         return _reservation(reservation)
 
     def release(self, *, order_id: str) -> list[Reservation]:
@@ -165,7 +152,7 @@ class InventoryService(Service, contract=Inventory):
 
     def _settle(self, hold: models.OrderHold, state: str) -> None:
         """Move every held reservation of an order to `state`, adjusting product counters."""
-        touched = set()
+        touched = []
         for reservation in hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD):
             product = (
                 models.Product.objects.using(self.database)
@@ -178,5 +165,10 @@ class InventoryService(Service, contract=Inventory):
             product.save(update_fields=["reserved", "on_hand"])
             reservation.state = state
             reservation.save(update_fields=["state"])
-            touched.add(product.sku)
-        _publish_after_commit(self.database, touched)
+            touched.append(product)
+        _announce(touched)
+
+    @every(0.5)
+    def relay_outbox(self) -> None:
+        """Deliver stock_changed events written by committed changes."""
+        relay(models.Outbox)
