@@ -1,8 +1,13 @@
 """The one routing table: HTTP, WebSockets, and the domain channels that `runworker` serves."""
 
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
+from django.urls import path
 
+from consumers.service import PresentationService
+from consumers.socket import EventsConsumer
 from workers.inventory.service import InventoryService
 from workers.orders.service import OrdersService
 from workers.payments.service import PaymentsService
@@ -12,11 +17,15 @@ domains = {
     "inventory": InventoryService.as_asgi(),
     "payments": PaymentsService.as_asgi(),
     "orders": OrdersService.as_asgi(),
+    "presentation": PresentationService.as_asgi(),
 }
 
 application = ProtocolTypeRouter(
     {
         "http": get_asgi_application(),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("ws/", EventsConsumer.as_asgi())]))
+        ),
         "channel": ChannelNameRouter(domains),
     }
 )

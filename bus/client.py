@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
@@ -30,7 +31,14 @@ from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperatio
 from . import context, databases, messages
 from .conf import bus_setting
 from .contracts import lookup_event, lookup_method
-from .exceptions import BrokerUnreachable, ChannelFull, DeadlineExceeded, NoWorker, error_from_wire
+from .exceptions import (
+    BadMessage,
+    BrokerUnreachable,
+    ChannelFull,
+    DeadlineExceeded,
+    NoWorker,
+    error_from_wire,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +255,15 @@ class Bus:
         return listener
 
 
+@contextlib.contextmanager
+def translate_broker_errors() -> Iterator[None]:
+    """Turn the layer's connection errors into BrokerUnreachable, saying what to check."""
+    try:
+        yield
+    except _BROKER_ERRORS as exc:
+        raise _unreachable(exc) from exc
+
+
 def _unreachable(exc: BaseException) -> BrokerUnreachable:
     return BrokerUnreachable(
         f"The channel layer's server does not answer ({type(exc).__name__}: {exc}). Is Redis "
@@ -266,6 +283,12 @@ class _ReplyListener:
         self.task: asyncio.Task[None] | None = None
 
     def expect(self, message_id: str) -> asyncio.Future[dict[str, Any]]:
+        if message_id in self.pending:
+            # Replies are matched by request id: two requests in flight with one id would steal
+            # each other's reply. A resent message (same id) goes out once its last send is over.
+            raise BadMessage(
+                f"A request with id {message_id} is already waiting for its reply in this process."
+            )
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._listen(), name=f"bus reply listener {self.channel}")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

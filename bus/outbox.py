@@ -12,14 +12,13 @@ database and share its transactions:
 
 `relay(Outbox)` (run it from an `@every` method) delivers each event to every domain that
 subscribes to it, as a request that the subscriber acknowledges once its handler has run, and
-re-sends with backoff until each has; it also pushes it once to the event's group for WebSockets.
+re-sends with backoff until each has.
 Subscribers deduplicate with `first_delivery(Processed, message_id)` inside their own
 transaction, since a relay that dies between delivering and recording will deliver again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from typing import Any, TypeVar
@@ -59,7 +58,6 @@ class AbstractOutboxMessage(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # Subscriber domains that have not acknowledged yet.
     pending = models.JSONField(default=list)
-    pushed = models.BooleanField(default=False)
     last_error = models.TextField(blank=True)
 
     class Meta:
@@ -135,7 +133,6 @@ def _claim(model: type[OutboxT], batch: int) -> list[OutboxT]:
 def _record(row: AbstractOutboxMessage, acknowledged: list[str], error: str) -> None:
     row.pending = [domain for domain in row.pending if domain not in acknowledged]
     row.attempts += 1
-    row.pushed = True
     now = timezone.now()
     if row.pending:
         row.next_attempt_at = now + datetime.timedelta(seconds=min(2.0**row.attempts * 0.5, 60.0))
@@ -143,7 +140,7 @@ def _record(row: AbstractOutboxMessage, acknowledged: list[str], error: str) -> 
     else:
         row.delivered_at = now
         row.last_error = ""
-    row.save(update_fields=["pending", "attempts", "pushed", "next_attempt_at", "delivered_at", "last_error"])
+    row.save(update_fields=["pending", "attempts", "next_attempt_at", "delivered_at", "last_error"])
 
 
 async def arelay(model: type[AbstractOutboxMessage], *, batch: int = 100, bus: Bus | None = None) -> int:
@@ -152,20 +149,15 @@ async def arelay(model: type[AbstractOutboxMessage], *, batch: int = 100, bus: B
     rows = await in_pool(_claim, model, batch)
     delivered = 0
     for row in rows:
-        event = lookup_event(row.target)
-        if not row.pushed:
-            # Pushed once for live views; the durable record is what subscribers acknowledge.
-            envelope = messages.envelope(
-                messages.EVENT, row.target, row.body, correlation_id=row.correlation_id, message_id=row.id
-            )
+        # One subscriber at a time: every delivery of a row carries the same message id.
+        outcomes: list[BaseException | None] = []
+        for domain in row.pending:
             try:
-                await via.layer.group_send(event.group, envelope)
+                await via.adeliver(domain, row.target, row.body, message_id=row.id)
             except Exception as exc:
-                logger.warning("Could not push %s %s to its group: %s", row.target, row.id, exc)
-        outcomes = await asyncio.gather(
-            *(via.adeliver(domain, row.target, row.body, message_id=row.id) for domain in row.pending),
-            return_exceptions=True,
-        )
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
         acknowledged = [
             domain for domain, outcome in zip(row.pending, outcomes, strict=True) if outcome is None
         ]

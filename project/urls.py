@@ -1,7 +1,19 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from consumers import views
+from consumers import api, pages
 
 urlpatterns = [
-    path("healthz", views.healthz),
+    path("", pages.shop, name="shop"),
+    path("accounts/login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"),
+    path("api/products", api.products),
+    path("api/products/<str:sku>", api.product),
+    path("api/orders", api.place_order),
+    path("api/orders/<str:order_id>", api.order),
+    path("api/customers/<str:customer_id>/orders", api.customer_orders),
+    path("api/events", api.event_log),
+    path("api/system", api.system),
+    path("healthz", api.healthz),
+    path("readyz", api.readyz),
 ]

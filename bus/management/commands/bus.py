@@ -21,7 +21,6 @@ import json
 import sys
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -38,9 +37,9 @@ from bus.exceptions import (
     UnknownTarget,
     ValidationError,
 )
-from bus.modes import read_only_modes, set_read_only
+from bus.modes import set_read_only
 from bus.outbox import purge
-from bus.threads import in_pool
+from bus.status import astatus
 
 EXIT_CODES: list[tuple[type[BusError], int]] = [
     (ValidationError, 3),
@@ -171,7 +170,7 @@ class Command(BaseCommand):
 
     def status(self, *, as_json: bool) -> None:
         try:
-            report = asyncio.run(_status())
+            report = asyncio.run(astatus())
         except BusError as error:
             self.stderr.write(error.message)
             sys.exit(exit_code(error))
@@ -186,24 +185,3 @@ class Command(BaseCommand):
             for worker_id, info in sorted(row["workers"].items()):
                 load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
                 self.stdout.write(f"  {worker_id}  {load}, handled {info.get('handled')}")
-
-
-async def _status() -> dict[str, Any]:
-    from bus.client import _BROKER_ERRORS, _unreachable
-
-    layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
-    read_only = await in_pool(read_only_modes)
-    domains = []
-    try:
-        for name in sorted(contracts()):
-            domains.append(
-                {
-                    "domain": name,
-                    "workers": await layer.presence(name),
-                    "queued": await layer.queue_depth(name),
-                    "read_only": read_only.get(name),
-                }
-            )
-    except _BROKER_ERRORS as exc:
-        raise _unreachable(exc) from exc
-    return {"layer": type(layer).__name__, "domains": domains}

@@ -41,7 +41,6 @@ class Migration(migrations.Migration):
                 ('next_attempt_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
                 ('delivered_at', models.DateTimeField(blank=True, db_index=True, null=True)),
                 ('pending', models.JSONField(default=list)),
-                ('pushed', models.BooleanField(default=False)),
                 ('last_error', models.TextField(blank=True)),
             ],
             options={

@@ -1,0 +1,202 @@
+"""The JSON API under /api/: thin views that parse, call the bus, and shape the answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+import bus
+from bus.cache import acall_cached
+from bus.status import astatus
+from bus.threads import in_pool
+
+from . import events
+from .problems import from_bus_error, problem
+
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
+# Stock may be this old when served; when inventory is down, the last value is served marked stale.
+STOCK_TTL = 2.0  # default of settings.EDGE_STOCK_TTL
+MAX_BODY = 64 * 1024
+
+
+def stock_ttl() -> float:
+    ttl: float = getattr(settings, "EDGE_STOCK_TTL", STOCK_TTL)
+    return ttl
+
+
+def api(view: View) -> View:
+    """Turn bus errors into problem details; nothing reaches the client as a traceback."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return await view(request, *args, **kwargs)
+        except bus.BusError as error:
+            return from_bus_error(error)
+
+    return wrapper
+
+
+async def signed_in(request: HttpRequest) -> AbstractBaseUser | None:
+    user = await request.auser()
+    return None if isinstance(user, AnonymousUser) else user
+
+
+def _sign_in_first() -> JsonResponse:
+    return problem(401, "Sign in first", "This needs a signed-in customer: sign in at /accounts/login/.")
+
+
+@require_GET
+@api
+async def products(request: HttpRequest) -> HttpResponse:
+    listing = await acall_cached("inventory.products", ttl=stock_ttl())
+    return JsonResponse({"products": listing.value, "stale": listing.stale, "age": round(listing.age, 3)})
+
+
+@require_GET
+@api
+async def product(request: HttpRequest, sku: str) -> HttpResponse:
+    try:
+        stock = await acall_cached("inventory.stock", ttl=stock_ttl(), sku=sku)
+    except bus.ContractError as error:
+        return problem(404, "Not found", error.message)
+    return JsonResponse({**stock.value, "stale": stock.stale, "age": round(stock.age, 3)})
+
+
+@require_POST
+@api
+async def place_order(request: HttpRequest) -> HttpResponse:
+    user = await signed_in(request)
+    if user is None:
+        return _sign_in_first()
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return problem(
+            400,
+            "Idempotency-Key missing",
+            "Send an Idempotency-Key header (a new random value per order, the same on a retry).",
+            errors=[{"field": "Idempotency-Key", "message": "required"}],
+        )
+    if len(request.body) > MAX_BODY:
+        return problem(413, "Body too large", f"The body is over {MAX_BODY} bytes; an order is much smaller.")
+    try:
+        body = json.loads(request.body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return problem(400, "Body is not JSON", f"The body is not valid JSON ({error}).")
+    if not isinstance(body, dict) or set(body) != {"items"}:
+        return problem(
+            400,
+            "Invalid order",
+            'The body must be a JSON object with exactly one member, "items".',
+            errors=[{"field": "items", "message": "required, and nothing else"}],
+        )
+    placed = await bus.acall(
+        "orders.place", customer_id=user.get_username(), items=body["items"], idempotency_key=key
+    )
+    response = JsonResponse(placed, status=202)
+    response["Location"] = f"/api/orders/{placed['order_id']}"
+    return response
+
+
+@require_GET
+@api
+async def order(request: HttpRequest, order_id: str) -> HttpResponse:
+    user = await signed_in(request)
+    if user is None:
+        return _sign_in_first()
+    found = await bus.acall("orders.get", order_id=order_id)
+    if found["customer_id"] != user.get_username():
+        # Another customer's order: as if it did not exist.
+        return problem(404, "Not found", f"No order has id {order_id!r}.")
+    return JsonResponse(found)
+
+
+@require_GET
+@api
+async def customer_orders(request: HttpRequest, customer_id: str) -> HttpResponse:
+    user = await signed_in(request)
+    if user is None:
+        return _sign_in_first()
+    if customer_id != user.get_username():
+        return problem(403, "Not your orders", "Customers can list only their own orders.")
+    limit = request.GET.get("limit", "20")
+    if not limit.isdigit():
+        return problem(
+            400,
+            "Invalid limit",
+            "limit must be a whole number from 1 to 100.",
+            errors=[{"field": "limit", "message": "not a number"}],
+        )
+    page = await bus.acall(
+        "orders.list", customer_id=customer_id, limit=int(limit), cursor=request.GET.get("cursor", "")
+    )
+    return JsonResponse(page)
+
+
+async def topics_for(request: HttpRequest) -> list[str]:
+    """What a page may follow: stock for everyone, and the signed-in customer's own orders."""
+    user = await signed_in(request)
+    topics = [events.STOCK]
+    if user is not None:
+        topics.append(events.orders_topic(user.get_username()))
+    return topics
+
+
+@require_GET
+@api
+async def event_log(request: HttpRequest) -> HttpResponse:
+    since = request.GET.get("since")
+    if not since:
+        return JsonResponse({"events": [], "cursor": await in_pool(events.head)})
+    try:
+        entries = await in_pool(events.since, since, await topics_for(request))
+    except events.CursorGone as gone:
+        return problem(
+            410, "Cursor gone", f"{gone} GET /api/products and your orders, then resume from /api/events."
+        )
+    return JsonResponse(
+        {
+            "events": [entry.as_message() for entry in entries],
+            "cursor": entries[-1].cursor if entries else since,
+        }
+    )
+
+
+@require_GET
+@api
+async def system(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(await astatus())
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> HttpResponse:
+    """The process is up and serving HTTP; whether it can do its work is /readyz."""
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+async def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready when Redis answers and every domain has a live worker; the body says what is missing."""
+    try:
+        report = await astatus()
+    except bus.BusError as error:
+        return problem(503, "Not ready", error.message, retry_after=5)
+    missing = [row["domain"] for row in report["domains"] if not row["workers"]]
+    if missing:
+        return problem(
+            503,
+            "Not ready",
+            f"No live worker serves {', '.join(missing)}: start `manage.py runworker {' '.join(missing)}`.",
+            retry_after=5,
+            missing=missing,
+        )
+    return JsonResponse(
+        {"status": "ready", "domains": {row["domain"]: len(row["workers"]) for row in report["domains"]}}
+    )

@@ -1,0 +1,189 @@
+"""`/ws/`: events for a page, designed to die: heartbeats, a lifetime, resume by cursor, bounded backlog.
+
+The protocol (JSON text frames). The client sends:
+    {"type": "resume", "cursor": "<epoch:offset>" | null}   first; null means "I just loaded my state"
+    {"type": "ack", "cursor": "<epoch:offset>"}             what it has shown (bounds its backlog)
+    {"type": "pong"}                                        the answer to a ping (any frame will do)
+The server sends:
+    {"type": "hello", "cursor", "topics", "heartbeat", "lifetime"}
+    {"type": "event", "cursor", "topic", "kind", "data"}    missed events first, then live ones
+    {"type": "reload", "cursor", "reason"}                  the cursor cannot be resumed: load state
+                                                            over HTTP, then go on from this cursor
+    {"type": "ping"}                                        every `heartbeat` seconds
+    {"type": "error", "message"}                            a frame it could not use; the socket stays
+Close codes: 4000 lifetime reached (reconnect and resume at once), 4001 heartbeat missed,
+4002 too slow (too many unacknowledged events; resume), 4008 frames too large or too frequent.
+A handshake from a foreign Origin is refused before the socket opens (HTTP 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from bus.threads import in_pool
+
+from . import events
+
+logger = logging.getLogger(__name__)
+
+LIFETIME_REACHED, HEARTBEAT_MISSED, TOO_SLOW, POLICY = 4000, 4001, 4002, 4008
+
+DEFAULTS = {
+    "HEARTBEAT": 15.0,  # seconds between pings; silence for twice that closes the socket
+    "LIFETIME": 3600.0,  # seconds a socket lives before the server closes it with 4000
+    "LIFETIME_JITTER": 0.1,  # up to this fraction earlier: sockets opened together reconnect apart
+    "MAX_UNACKED": 200,  # events sent but not acknowledged before the socket is too slow
+    "MAX_FRAME": 4096,  # bytes in one client frame
+    "RATE": 10.0,  # client frames per second, sustained
+    "BURST": 30,  # client frames at once
+}
+
+
+def option(name: str) -> Any:
+    return {**DEFAULTS, **getattr(settings, "EDGE_WEBSOCKET", {})}[name]
+
+
+class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
+    """One browser tab's event stream."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        self.customer = user.get_username() if user is not None and user.is_authenticated else None
+        self.topics = [events.STOCK] + ([events.orders_topic(self.customer)] if self.customer else [])
+        self.groups_joined: list[str] = []
+        self.resumed = False
+        self.buffer: list[dict[str, Any]] = []  # live events that arrive while missed ones are replayed
+        self.last_offset = -1
+        self.unacked: deque[int] = deque()
+        self.tokens = float(option("BURST"))
+        self.refilled = self.last_heard = time.monotonic()
+        await self.accept()
+        self.tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._lifetime())]
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    # -- frames from the client -------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.last_heard = time.monotonic()
+        frame = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if len(frame) > option("MAX_FRAME") or not self._take_token():
+            await self.close(code=POLICY, reason="frames too large or too frequent")
+            return
+        try:
+            message = json.loads(frame)
+            kind = message["type"]
+        except (ValueError, TypeError, KeyError):
+            await self._send(
+                {"type": "error", "message": 'Frames are JSON objects with a "type": resume, ack or pong.'}
+            )
+            return
+        if kind == "resume" and not self.resumed:
+            await self._resume(message.get("cursor"))
+        elif kind == "ack":
+            self._acknowledge(message.get("cursor"))
+        elif kind != "pong":
+            await self._send({"type": "error", "message": f"Unknown or repeated frame type {kind!r}."})
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(option("BURST")), self.tokens + (now - self.refilled) * option("RATE"))
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    async def _resume(self, cursor: Any) -> None:
+        # Join first, so nothing published while the missed events are read slips between the two.
+        for topic in self.topics:
+            group = events.group_for(topic)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+        head = await in_pool(events.head)
+        await self._send(
+            {
+                "type": "hello",
+                "cursor": head,
+                "topics": self.topics,
+                "heartbeat": option("HEARTBEAT"),
+                "lifetime": option("LIFETIME"),
+            }
+        )
+        if isinstance(cursor, str) and cursor:
+            try:
+                for entry in await in_pool(events.since, cursor, self.topics, int(option("MAX_UNACKED"))):
+                    await self._deliver(entry.as_message())
+            except events.CursorGone as gone:
+                await self._send({"type": "reload", "cursor": head, "reason": str(gone)})
+                self.last_offset = _offset(head)
+        else:
+            self.last_offset = _offset(head)
+        self.resumed = True
+        for message in self.buffer:
+            await self._deliver(message)
+        self.buffer.clear()
+
+    def _acknowledge(self, cursor: Any) -> None:
+        if isinstance(cursor, str):
+            acked = _offset(cursor)
+            while self.unacked and self.unacked[0] <= acked:
+                self.unacked.popleft()
+
+    # -- events from the log ------------------------------------------------------
+
+    async def log_event(self, message: dict[str, Any]) -> None:
+        """A live event pushed by the presentation worker (group message "log.event")."""
+        event = {**message, "type": "event"}
+        if not self.resumed:
+            self.buffer.append(event)
+            return
+        await self._deliver(event)
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        offset = _offset(event["cursor"])
+        if offset <= self.last_offset:
+            return  # replayed already, or pushed twice
+        if len(self.unacked) >= option("MAX_UNACKED"):
+            await self.close(code=TOO_SLOW, reason="too slow: resume from your cursor")
+            return
+        self.last_offset = offset
+        self.unacked.append(offset)
+        await self._send(event)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(message))
+
+    # -- designed to die ------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = option("HEARTBEAT")
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self.last_heard > 2 * interval:
+                await self.close(code=HEARTBEAT_MISSED, reason="heartbeat missed")
+                return
+            await self._send({"type": "ping"})
+
+    async def _lifetime(self) -> None:
+        lifetime = option("LIFETIME") * (1 - random.uniform(0, option("LIFETIME_JITTER")))
+        await asyncio.sleep(lifetime)
+        await self.close(code=LIFETIME_REACHED, reason="lifetime reached: reconnect and resume")
+
+
+def _offset(cursor: str) -> int:
+    _, _, offset = cursor.partition(":")
+    return int(offset) if offset.isdigit() else -1

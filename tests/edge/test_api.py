@@ -1,0 +1,171 @@
+"""The JSON API through the whole ASGI application: answers, and every error as problem details."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bus.modes import set_read_only
+from bus.testing import serving
+from bus.threads import in_pool
+from tests.edge.conftest import Browser, Response, sign_in
+
+pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+ORDER = {"items": [{"sku": "A-1", "quantity": 2}]}
+
+
+def assert_problem(response: Response, status: int, detail: str) -> dict[str, object]:
+    assert response.status == status, response.body
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and detail in body["detail"], body
+    return body
+
+
+async def settled(browser: Browser, order_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        order = (await browser.get(f"/api/orders/{order_id}")).json()
+        if order["state"] in ("confirmed", "failed"):
+            return order
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{order_id} did not settle")
+
+
+async def test_products_and_one_product_with_its_stock(shop: None) -> None:
+    listing = (await Browser().get("/api/products")).json()
+    assert [p["sku"] for p in listing["products"]] == ["A-1", "B-2"]
+    assert listing["stale"] is False
+    one = await Browser().get("/api/products/A-1")
+    assert one.json()["available"] == 5
+    assert_problem(await Browser().get("/api/products/NOPE"), 404, "No product has SKU 'NOPE'")
+
+
+async def test_placing_an_order_returns_202_and_the_saga_confirms_it(shop: None) -> None:
+    ada = await sign_in("ada")
+    placed = await ada.post_json("/api/orders", ORDER, key="k-1")
+    assert placed.status == 202
+    order = placed.json()
+    assert order["state"] == "pending" and order["customer_id"] == "ada" and order["total_cents"] == 2_000
+    assert placed.headers["location"] == f"/api/orders/{order['order_id']}"
+    assert (await settled(ada, order["order_id"]))["state"] == "confirmed"
+    retried = await ada.post_json("/api/orders", ORDER, key="k-1")
+    assert (retried.status, retried.json()["order_id"]) == (202, order["order_id"]), (
+        "a retry returns the same order"
+    )
+    assert_problem(
+        await ada.post_json("/api/orders", {"items": [{"sku": "B-2", "quantity": 1}]}, key="k-1"),
+        409,
+        "Idempotency key 'k-1' was used for order",
+    )
+
+
+async def test_order_requests_are_checked_and_each_mistake_is_named(shop: None) -> None:
+    assert_problem(
+        await Browser().post_json("/api/orders", ORDER, key="k"), 401, "sign in at /accounts/login/"
+    )
+    ada = await sign_in("ada")
+    assert_problem(await ada.post_json("/api/orders", ORDER, key="k", csrf=False), 403, "X-CSRFToken header")
+    body = assert_problem(await ada.post_json("/api/orders", ORDER), 400, "Send an Idempotency-Key header")
+    assert body["errors"] == [{"field": "Idempotency-Key", "message": "required"}]
+    assert_problem(
+        await ada.post_json("/api/orders", b"{not json", key="k"), 400, "The body is not valid JSON"
+    )
+    assert_problem(
+        await ada.post_json("/api/orders", {"lines": []}, key="k"), 400, 'exactly one member, "items"'
+    )
+    body = assert_problem(
+        await ada.post_json("/api/orders", {"items": [{"sku": "A-1", "quantity": "2"}]}, key="k"),
+        400,
+        "items.0.quantity: Input should be a valid integer",
+    )
+    assert body["errors"] == [{"field": "items.0.quantity", "message": "Input should be a valid integer"}]
+    assert_problem(
+        await ada.post_json("/api/orders", {"items": [{"sku": "ZZZ", "quantity": 1}]}, key="k"),
+        400,
+        "No product has SKU 'ZZZ'",
+    )
+    assert_problem(await ada.post_json("/api/orders", b"[" * 70_000, key="k"), 413, "over 65536 bytes")
+
+
+async def test_customers_see_only_their_own_orders(shop: None) -> None:
+    ada, bob = await sign_in("ada"), await sign_in("bob")
+    order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
+    assert (await ada.get(f"/api/orders/{order['order_id']}")).status == 200
+    assert_problem(await bob.get(f"/api/orders/{order['order_id']}"), 404, "No order has id")
+    assert_problem(await ada.get("/api/orders/0000000000000ffff"), 404, "No order has id")
+    assert_problem(await Browser().get(f"/api/orders/{order['order_id']}"), 401, "sign in at")
+    page = (await ada.get("/api/customers/ada/orders?limit=1")).json()
+    assert [o["order_id"] for o in page["orders"]] == [order["order_id"]] and page["next_cursor"] == ""
+    assert_problem(await bob.get("/api/customers/ada/orders"), 403, "only their own orders")
+    assert_problem(await ada.get("/api/customers/ada/orders?limit=x"), 400, "limit must be a whole number")
+
+
+async def test_events_since_a_cursor_are_the_pages_polling_fallback(shop: None) -> None:
+    ada, bob = await sign_in("ada"), await sign_in("bob")
+    head = (await ada.get("/api/events")).json()["cursor"]
+    order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
+    await settled(ada, order["order_id"])
+    deadline = time.monotonic() + 20
+    while True:  # the outboxes relay, the presentation worker logs
+        seen = (await ada.get(f"/api/events?since={head}")).json()
+        kinds = [(e["kind"], e["data"].get("state")) for e in seen["events"]]
+        if ("orders.updated", "confirmed") in kinds or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert ("orders.updated", "confirmed") in kinds and ("inventory.stock_changed", None) in kinds
+    assert seen["cursor"] == seen["events"][-1]["cursor"]
+    others = (await bob.get(f"/api/events?since={head}")).json()["events"]
+    assert others and all(e["kind"] == "inventory.stock_changed" for e in others), (
+        "private topics stay private"
+    )
+    assert (await ada.get(f"/api/events?since={seen['cursor']}")).json()["events"] == []
+    assert_problem(await ada.get("/api/events?since=otherepoch:3"), 410, "is not from this log")
+
+
+async def test_unavailable_domains_are_503_with_retry_after_and_late_answers_504(
+    shop: None, settings: object
+) -> None:
+    ada = await sign_in("ada")
+    settings.BUS = {"MODE_CACHE_SECONDS": 0.01}  # type: ignore[attr-defined]
+    await in_pool(set_read_only, "orders", True, "maintenance")
+    await asyncio.sleep(0.05)
+    response = await ada.post_json("/api/orders", ORDER, key="k")
+    assert_problem(response, 503, "orders is in read-only mode (maintenance)")
+    assert response.headers["retry-after"] == "30"
+    await in_pool(set_read_only, "orders", False)
+    settings.BUS = {"TIMEOUT": 0.0001}  # type: ignore[attr-defined]
+    assert_problem(await ada.get("/api/customers/ada/orders"), 504, "did not answer within")
+
+
+async def test_stale_stock_is_served_when_inventory_is_down_and_503_when_nothing_is_known(
+    settings: object,
+) -> None:
+    settings.EDGE_STOCK_TTL = 0.01  # type: ignore[attr-defined]
+    async with serving("inventory"):
+        from workers.inventory.contract import Inventory
+
+        await Inventory.client().add_product(sku="A-1", name="Anvil", price_cents=1_000)
+        assert (await Browser().get("/api/products")).json()["stale"] is False
+    await asyncio.sleep(0.05)
+    listing = (await Browser().get("/api/products")).json()
+    assert listing["stale"] is True and listing["products"][0]["sku"] == "A-1"
+    response = await Browser().get("/api/products/NEVER")
+    assert_problem(response, 503, "No worker serves 'inventory'")
+    assert response.headers["retry-after"] == "5"
+
+
+async def test_health_and_readiness(shop: None) -> None:
+    assert (await Browser().get("/healthz")).json() == {"status": "ok"}
+    ready = await Browser().get("/readyz")
+    assert ready.status == 200, ready.body
+    assert ready.json()["domains"]["orders"] == 1
+
+
+async def test_readiness_names_the_domains_without_workers() -> None:
+    async with serving("inventory"):
+        body = assert_problem(await Browser().get("/readyz"), 503, "No live worker serves")
+    assert "orders" in body["missing"] and "inventory" not in body["missing"]
