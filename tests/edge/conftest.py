@@ -20,6 +20,7 @@ from workers.inventory.contract import Inventory
 from workers.payments.contract import Payments
 
 ORIGIN = (b"origin", b"http://localhost")
+ORDER_ITEMS = {"items": [{"sku": "A-1", "quantity": 1}]}
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""/ws/ designed to die: resume by cursor, heartbeats, lifetime, slow consumers, hostile frames."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from tests.edge.conftest import ORDER_ITEMS, Browser, sign_in
+
+pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+
+async def receive(socket: WebsocketCommunicator, timeout: float = 10) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await socket.receive_from(timeout))
+    return message
+
+
+async def until(socket: WebsocketCommunicator, predicate: Any, timeout: float = 20) -> list[dict[str, Any]]:
+    """Frames up to and including the first that satisfies `predicate` (pings answered)."""
+    seen = []
+    while True:
+        frame = await receive(socket, timeout)
+        if frame["type"] == "ping":
+            await socket.send_to(text_data=json.dumps({"type": "pong"}))
+            continue
+        seen.append(frame)
+        if predicate(frame):
+            return seen
+
+
+def confirmed(frame: dict[str, Any]) -> bool:
+    return (
+        frame["type"] == "event"
+        and frame["kind"] == "orders.updated"
+        and frame["data"]["state"] == "confirmed"
+    )
+
+
+async def opened(browser: Browser, cursor: str | None = None) -> tuple[WebsocketCommunicator, dict[str, Any]]:
+    socket = browser.socket()
+    connected, _ = await socket.connect(timeout=10)
+    assert connected
+    await socket.send_to(text_data=json.dumps({"type": "resume", "cursor": cursor}))
+    hello = await receive(socket)
+    assert hello["type"] == "hello"
+    return socket, hello
+
+
+async def test_a_foreign_or_missing_origin_is_refused() -> None:
+    for origin in [(b"origin", b"http://evil.example"), None]:
+        socket = Browser().socket(origin=origin)
+        connected, _ = await socket.connect(timeout=10)
+        assert not connected
+        await socket.disconnect()
+
+
+async def test_anonymous_pages_follow_stock_only_and_signed_in_ones_their_orders(shop: None) -> None:
+    anonymous, hello = await opened(Browser())
+    assert hello["topics"] == ["stock"]
+    ada = await sign_in("ada")
+    socket, hello = await opened(ada)
+    assert hello["topics"] == ["stock", "orders:ada"]
+    await ada.post_json("/api/orders", ORDER_ITEMS, key="k")
+    frames = await until(socket, confirmed)
+    kinds = {frame["kind"] for frame in frames if frame["type"] == "event"}
+    assert kinds == {"orders.updated", "inventory.stock_changed"}
+    states = [f["data"]["state"] for f in frames if f["type"] == "event" and f["kind"] == "orders.updated"]
+    assert states == ["pending", "reserved", "charged", "confirmed"]
+    stock = await until(anonymous, lambda f: f["type"] == "event")
+    assert stock[-1]["kind"] == "inventory.stock_changed", "anonymous pages see stock, never orders"
+    cursors = [int(f["cursor"].split(":")[1]) for f in frames if f["type"] == "event"]
+    assert cursors == sorted(cursors), "offsets increase"
+    await socket.disconnect()
+    await anonymous.disconnect()
+
+
+async def test_resuming_after_a_gap_replays_what_was_missed_once_and_in_order(shop: None) -> None:
+    ada = await sign_in("ada")
+    socket, hello = await opened(ada)
+    await socket.disconnect()  # the page goes away; events happen meanwhile
+    await ada.post_json("/api/orders", ORDER_ITEMS, key="k")
+    first_life, _ = await opened(ada)  # a witness that sees the events live
+    await until(first_life, confirmed)
+    await first_life.disconnect()
+    socket, _ = await opened(ada, cursor=hello["cursor"])
+    replayed = await until(socket, confirmed)
+    states = [f["data"]["state"] for f in replayed if f["type"] == "event" and f["kind"] == "orders.updated"]
+    assert states == ["pending", "reserved", "charged", "confirmed"], "missed events come back, once each"
+    await socket.disconnect()
+
+
+async def test_a_cursor_that_cannot_be_resumed_gets_reload(shop: None) -> None:
+    socket, _ = await opened(Browser(), cursor="0ldepoch:12")
+    reload = await receive(socket)
+    assert reload["type"] == "reload" and "is not from this log" in reload["reason"]
+    assert reload["cursor"].count(":") == 1
+    await socket.disconnect()
+
+
+async def test_a_silent_client_is_closed_by_the_heartbeat(shop: None, settings: object) -> None:
+    settings.EDGE_WEBSOCKET = {"HEARTBEAT": 0.2}  # type: ignore[attr-defined]
+    socket, hello = await opened(Browser())
+    assert hello["heartbeat"] == 0.2
+    assert (await receive(socket))["type"] == "ping"
+    assert await socket.receive_output(5) == {
+        "type": "websocket.close",
+        "code": 4001,
+        "reason": "heartbeat missed",
+    }
+
+
+async def test_sockets_are_closed_with_the_reconnect_code_when_their_lifetime_ends(
+    shop: None, settings: object
+) -> None:
+    settings.EDGE_WEBSOCKET = {"LIFETIME": 0.3}  # type: ignore[attr-defined]
+    socket, _ = await opened(Browser())
+    closed = await socket.receive_output(5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 4000
+
+
+async def test_a_client_that_does_not_acknowledge_is_closed_as_too_slow(shop: None, settings: object) -> None:
+    settings.EDGE_WEBSOCKET = {"MAX_UNACKED": 2}  # type: ignore[attr-defined]
+    ada = await sign_in("ada")
+    socket, _ = await opened(ada)
+    await ada.post_json("/api/orders", ORDER_ITEMS, key="k")
+    frames = []
+    while True:
+        output = await socket.receive_output(20)
+        if output["type"] == "websocket.close":
+            assert output["code"] == 4002
+            break
+        frames.append(json.loads(output["text"]))
+    assert len([f for f in frames if f["type"] == "event"]) == 2, "the backlog never grew past the limit"
+
+
+async def test_acknowledged_events_keep_a_slow_limit_from_closing_the_socket(
+    shop: None, settings: object
+) -> None:
+    settings.EDGE_WEBSOCKET = {"MAX_UNACKED": 2}  # type: ignore[attr-defined]
+    ada = await sign_in("ada")
+    socket, _ = await opened(ada)
+    await ada.post_json("/api/orders", ORDER_ITEMS, key="k")
+    while True:
+        frame = await receive(socket, 20)
+        if frame["type"] == "event":
+            await socket.send_to(text_data=json.dumps({"type": "ack", "cursor": frame["cursor"]}))
+            if confirmed(frame):
+                break
+    await socket.disconnect()
+
+
+async def test_hostile_frames_get_an_error_or_a_policy_close(shop: None, settings: object) -> None:
+    socket, _ = await opened(Browser())
+    await socket.send_to(text_data="{not json")
+    assert "Frames are JSON objects" in (await receive(socket))["message"]
+    await socket.send_to(text_data=json.dumps({"type": "subscribe-everything"}))
+    assert "Unknown or repeated frame type 'subscribe-everything'" in (await receive(socket))["message"]
+    await socket.send_to(bytes_data=b"\xff\xfe binary")
+    assert (await receive(socket))["type"] == "error"
+    await socket.send_to(text_data="x" * 5000)
+    assert await socket.receive_output(5) == {
+        "type": "websocket.close",
+        "code": 4008,
+        "reason": "frames too large or too frequent",
+    }
+    settings.EDGE_WEBSOCKET = {"BURST": 5, "RATE": 1}  # type: ignore[attr-defined]
+    flooding, _ = await opened(Browser())
+    for _ in range(10):
+        await flooding.send_to(text_data=json.dumps({"type": "pong"}))
+    closed = await flooding.receive_output(5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 4008
