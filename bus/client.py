@@ -308,6 +308,8 @@ class _ReplyListener:
         layer = self.bus.layer
         backoff = 0.0
         while True:
+            # Calls that start while this receive is failing send after it, on a fresh connection.
+            waiting = list(self.pending.values())
             try:
                 replies = await receive_batch(layer, self.channel, self.batch, timeout=5.0)
             except _BROKER_ERRORS as exc:
@@ -321,7 +323,7 @@ class _ReplyListener:
                     f"Lost the channel layer's server while waiting for a reply ({exc}); the call "
                     "may or may not have run."
                 )
-                for future in self.pending.values():
+                for future in waiting:
                     if not future.done():
                         future.set_exception(error)
                 await asyncio.sleep(backoff)

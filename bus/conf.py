@@ -12,6 +12,7 @@ BUS = {
     "CACHE": "default",             # alias in CACHES for acall_cached
     "STALE_FOR_SECONDS": 86400,     # how long acall_cached keeps a value to serve when stale
     "RETENTION_SECONDS": 604800,    # what `bus cleanup` keeps: delivered outbox, dedup, finished sagas
+    "UP_COMMANDS": ["migrate_all"], # management commands `manage.py up` runs before it starts
 }
 """
 
@@ -36,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "CACHE": "default",
     "STALE_FOR_SECONDS": 86400,
     "RETENTION_SECONDS": 7 * 86400,
+    "UP_COMMANDS": ["migrate_all"],
 }
 
 _POSITIVE_NUMBERS = (

@@ -29,10 +29,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import redis
 from channels.exceptions import ChannelFull  # type: ignore[import-untyped, unused-ignore]
 from channels.layers import InMemoryChannelLayer  # type: ignore[import-untyped, unused-ignore]
 from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped, unused-ignore]
-import redis
 from redis import asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.driver_info import DriverInfo
@@ -204,12 +204,14 @@ class _Lua:
             return await conn.eval(self.source, len(keys), *keys, *args)
 
 
-# KEYS[1] channel key; ARGV: message, score (now), expiry cutoff, capacity, key ttl (s).
-# Returns 1 when stored, 0 when the channel is full. Expired messages only need trimming
-# when they could make the channel look full; receivers skip them anyway.
+# KEYS[1] channel key; ARGV: message, score (now), expiry cutoff, capacity, key ttl (s),
+# always trim (1 or 0). Returns 1 when stored, 0 when the channel is full. Normal channels'
+# receivers skip expired messages, so there they are only trimmed once they could make the
+# channel look full; process-local channels are received by channels-redis's own code, which
+# does not skip them, so those are always trimmed.
 _SEND = _Lua(
     """
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+if ARGV[6] == '1' or redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
     if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
         return 0
@@ -252,7 +254,7 @@ return removed
 class _PendingSend:
     channel: str
     key: str
-    args: tuple[bytes, float, float, int, int]
+    args: tuple[bytes, float, float, int, int, int]
     future: asyncio.Future[None] | None = None
 
 
@@ -266,9 +268,9 @@ class _SendCoalescer:
     dropped from the pipeline; after that, a cancelled send may or may not have been stored.
     """
 
-    def __init__(self, layer: RedisBusLayer, index: int) -> None:
+    def __init__(self, layer: RedisBusLayer, shard: _Shard) -> None:
         self._layer = layer
-        self._index = index
+        self._shard = shard
         self._queue: collections.deque[_PendingSend] = collections.deque()
         self._busy = False
         self._drainer: asyncio.Task[None] | None = None
@@ -277,7 +279,7 @@ class _SendCoalescer:
         if not self._busy:
             self._busy = True
             try:
-                (outcome,) = await self._layer._run_sends(self._index, [item])
+                (outcome,) = await self._layer._run_sends(self._shard, [item])
             finally:
                 self._hand_over()
             _raise_for(item, outcome)
@@ -313,7 +315,7 @@ class _SendCoalescer:
                 if not batch:
                     continue
                 try:
-                    outcomes = await self._layer._run_sends(self._index, batch)
+                    outcomes = await self._layer._run_sends(self._shard, batch)
                 except BaseException as exc:
                     for item in batch:
                         _settle(item, exc)
@@ -353,8 +355,133 @@ def _settle(item: _PendingSend, outcome: Any) -> None:
 
 
 def _block_seconds(seconds: float) -> float:
-    """A BZPOPMIN timeout that Redis will not round down to 0 (0 would block forever)."""
+    """A BZ*POP* timeout that Redis will not round down to 0 (0 would block forever)."""
     return max(0.01, math.ceil(seconds * 1000) / 1000)
+
+
+class _Shard:
+    """One Redis host as used from one event loop: the send coalescer and the hot paths' own
+    connections.
+
+    Sends and normal-channel receives run on connections taken from here, not through the
+    pool for every command: the ``BlockingConnectionPool`` (lock, condition, readiness check)
+    and redis-py's client layer cost 30-40 µs a command. The connections are borrowed from
+    the pool once, so they count against ``max_connections`` and closing the pool (loop
+    close, ``close_pools``) closes them too. One the server closed while it was idle (Redis
+    restarted) is reconnected when taken; one that failed mid-command was disconnected by
+    redis-py, its caller got the error, and it reconnects on its next use.
+    """
+
+    def __init__(self, layer: RedisBusLayer, pool: Any) -> None:
+        self.pool = pool
+        self.sends = _SendCoalescer(layer, self)
+        self.closed = False
+        #: Whether the server has BZMPOP; None until asked, and again after any reconnect.
+        self.bzmpop: bool | None = None
+        self._idle: list[AbstractConnection] = []
+
+    async def take(self) -> AbstractConnection:
+        if not self._idle:
+            conn: AbstractConnection = await self.pool.get_connection()
+            conn.register_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+            return conn
+        conn = self._idle.pop()
+        if conn.is_connected and await conn.can_read():
+            # Bytes nobody asked for, or end of stream, on an idle connection: the server
+            # closed it (a restart). Drop the socket; sending reconnects. The pool's own
+            # check is off while redis-py's maintenance notifications are on ("auto").
+            await conn.disconnect()
+        return conn
+
+    async def give(self, conn: AbstractConnection) -> None:
+        if self.closed:
+            # Borrowed from a pool that close_pools() has since closed and replaced.
+            await conn.disconnect()
+        elif len(self._idle) < _MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:
+            conn.deregister_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+            await self.pool.release(conn)
+
+    def _reconnected(self, conn: AbstractConnection) -> None:
+        # Another server may answer now (a restart, a Sentinel failover): ask it again.
+        self.bzmpop = None
+
+
+def _pack(args: Sequence[bytes | str | float], chunks: list[bytes]) -> None:
+    """Append one command in RESP to ``chunks``.
+
+    redis-py's ``pack_command`` takes 13 µs for a send's 10 arguments (its encoder checks
+    every type it supports); the hot paths only pass bytes, ASCII strings (commands, keys)
+    and numbers, which this packs in 5. Floats use ``repr`` as redis-py does, so no precision
+    is lost.
+    """
+    chunks.append(b"*%d\r\n" % len(args))
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else (arg if isinstance(arg, str) else repr(arg)).encode()
+        chunks += (b"$%d\r\n" % len(data), data, b"\r\n")
+
+
+async def _command(conn: AbstractConnection, *args: bytes | str | float) -> Any:
+    """One command straight on ``conn``: raw RESP reply, errors raised."""
+    chunks: list[bytes] = []
+    _pack(args, chunks)
+    await conn.send_packed_command(chunks)
+    return await conn.read_response()
+
+
+async def _commands(conn: AbstractConnection, commands: Sequence[Sequence[bytes | str | float]]) -> list[Any]:
+    """Several commands in one write; each reply in order, a command's error as its reply."""
+    chunks: list[bytes] = []
+    for command in commands:
+        _pack(command, chunks)
+    await conn.send_packed_command(chunks)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _has_bzmpop(conn: AbstractConnection) -> bool:
+    """Whether the server is Redis >= 7.0; older ones answer BZMPOP with an error."""
+    info = await _command(conn, "INFO", "server")
+    text = info if isinstance(info, str) else bytes(info).decode()
+    found = re.search(r"^redis_version:(\d+)\.(\d+)", text, re.MULTILINE)
+    return found is not None and (int(found[1]), int(found[2])) >= _BZMPOP_SINCE
+
+
+async def _mpop(conn: AbstractConnection, key: str, count: int, block: float) -> list[Any]:
+    """(member, score) pairs by one ZMPOP, or BZMPOP when blocking (Redis >= 7.0)."""
+    if block <= 0:
+        reply = await _command(conn, "ZMPOP", 1, key, "MIN", "COUNT", count)
+    else:
+        reply = await _command(conn, "BZMPOP", _block_seconds(block), 1, key, "MIN", "COUNT", count)
+    return [] if reply is None else list(reply[1])
+
+
+async def _zpopmin(conn: AbstractConnection, key: str, count: int, block: float) -> list[Any]:
+    """As ``_mpop`` for older servers: BZPOPMIN pipelined with ZPOPMIN for the rest."""
+    if block <= 0:
+        return _pairs(await _command(conn, "ZPOPMIN", key, count))
+    commands: list[tuple[Any, ...]] = [("BZPOPMIN", key, _block_seconds(block))]
+    if count > 1:
+        commands.append(("ZPOPMIN", key, count - 1))
+    first, *rest = await _commands(conn, commands)
+    for reply in (first, *rest):
+        if isinstance(reply, ResponseError):
+            raise reply
+    popped = [] if first is None else [first[1:]]
+    return popped + _pairs(rest[0]) if rest else popped
+
+
+def _pairs(reply: list[Any]) -> list[Any]:
+    """ZPOPMIN's reply as (member, score) pairs: RESP3 nests them, RESP2 gives a flat list."""
+    if reply and not isinstance(reply[0], list):
+        return list(zip(reply[::2], reply[1::2], strict=True))
+    return reply
 
 
 class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
@@ -378,9 +505,12 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
       ``pool_timeout`` (seconds to wait for a connection, default forever) per host.
 
     Also: ``send`` is one Lua call instead of 4 round trips, and concurrent sends from one
-    event loop are coalesced into pipelines. Expired messages are skipped on receive from
-    normal channels. Process-local (``!``) channels keep the parent's receive path, which is
-    safe there because only this layer instance reads its own process-local key.
+    event loop are coalesced into pipelines. A batch receive is one BZMPOP on Redis >= 7.0
+    (the version is asked once per host and loop, and again after a reconnect). Sends and
+    normal-channel receives run on connections each event loop keeps per host (see
+    ``_Shard``) rather than through the pool for every command. Expired messages are skipped
+    on receive from normal channels. Process-local (``!``) channels keep the parent's receive
+    path, which is safe there because only this layer instance reads its own process-local key.
     Sentinel hosts go through the parent's pool factory (a non-blocking
     ``SentinelConnectionPool``) with the same socket_timeout and max_connections defaults.
     """
@@ -396,6 +526,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
             self._pool_waits.append(host.pop("pool_timeout", None))
             host.setdefault("socket_timeout", None)
             host.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+            if "lib_name" not in host and "lib_version" not in host:
+                host.setdefault("driver_info", _DRIVER_INFO)
             socket_timeout = host["socket_timeout"]
             if socket_timeout is not None and socket_timeout <= self.brpop_timeout:
                 logger.warning(
@@ -406,7 +538,7 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
                 )
             prepared.append(host)
         self.hosts = prepared
-        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _SendCoalescer]] = (
+        self._shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Shard]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -431,7 +563,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         self.require_valid_channel_name(channel)
         if "__asgi_channel__" in message:
             raise ValueError("message must not contain the reserved key __asgi_channel__")
-        if "!" in channel:
+        process_local = "!" in channel
+        if process_local:
             message = {**message, "__asgi_channel__": channel}
             key = self.prefix + self.non_local_name(channel)
             index: int = self.consistent_hash(channel)
@@ -445,47 +578,49 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
             now - self.expiry,
             int(self.get_capacity(channel)),
             max(1, math.ceil(self.expiry)),
+            int(process_local),
         )
-        await self._coalescer(index).send(_PendingSend(channel, key, args))
+        await self._shard(index).sends.send(_PendingSend(channel, key, args))
 
-    def _coalescer(self, index: int) -> _SendCoalescer:
-        per_loop = self._coalescers.setdefault(asyncio.get_running_loop(), {})
-        coalescer = per_loop.get(index)
-        if coalescer is None:
-            coalescer = per_loop[index] = _SendCoalescer(self, index)
-        return coalescer
+    def _shard(self, index: int) -> _Shard:
+        per_loop = self._shards.setdefault(asyncio.get_running_loop(), {})
+        shard = per_loop.get(index)
+        if shard is None:
+            shard = per_loop[index] = _Shard(self, self.connection(index).connection_pool)
+        return shard
 
-    async def _run_sends(self, index: int, items: Sequence[_PendingSend]) -> list[Any]:
+    async def close_pools(self) -> None:
+        """Close the pools, and with them the hot paths' connections, on every event loop."""
+        await super().close_pools()
+        for per_loop in self._shards.values():
+            for shard in per_loop.values():
+                shard.closed = True
+        self._shards.clear()
+
+    async def _run_sends(self, shard: _Shard, items: Sequence[_PendingSend]) -> list[Any]:
         """Run the send script for ``items`` in one round trip; one outcome per item.
 
         Outcomes are the script's 1/0 or the per-command error. Connection errors raise.
         """
-        conn = self.connection(index)
-        if len(items) == 1:
-            return [await _SEND.run(conn, (items[0].key,), items[0].args)]
-        outcomes: list[Any] = [None] * len(items)
-        todo = list(range(len(items)))
-        for attempt in range(2):
-            pipe = conn.pipeline(transaction=False)
-            for i in todo:
-                pipe.evalsha(_SEND.sha, 1, items[i].key, *items[i].args)
-            results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(todo, results, strict=True):
-                outcomes[i] = result
-                if isinstance(result, NoScriptError):
-                    missing.append(i)
-            if not missing or attempt:
-                break
-            # The script cache is empty (Redis restarted): load it and redo just those.
-            await conn.script_load(_SEND.source)
-            todo = missing
+        commands = [("EVALSHA", _SEND.sha, 1, item.key, *item.args) for item in items]
+        conn = await shard.take()
+        try:
+            outcomes = await _commands(conn, commands)
+            missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
+            if missing:
+                # The script cache is empty (Redis restarted): load it and redo just those.
+                await _command(conn, "SCRIPT", "LOAD", _SEND.source)
+                redone = await _commands(conn, [commands[i] for i in missing])
+                for i, outcome in zip(missing, redone, strict=True):
+                    outcomes[i] = outcome
+        finally:
+            await shard.give(conn)
         return outcomes
 
     # -- receiving ----------------------------------------------------------------------------
 
     async def receive(self, channel: str) -> Message:
-        """One BZPOPMIN per attempt on normal channels; no ``$inflight`` backup (see #163)."""
+        """One BZMPOP per attempt on normal channels; no ``$inflight`` backup (see #163)."""
         self.require_valid_channel_name(channel)
         if "!" in channel:
             message: Message = await super().receive(channel)
@@ -498,8 +633,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     async def receive_batch(self, channel: str, max_messages: int, timeout: float) -> list[Message]:
         """Wait up to ``timeout`` s for a message, then take at most ``max_messages`` in all.
 
-        Each attempt is one round trip: BZPOPMIN and ZPOPMIN pipelined on one connection.
-        Cancelling this call loses whatever Redis already handed over (at-most-once).
+        Each attempt is one round trip: one BZMPOP, or on Redis < 7.0 BZPOPMIN and ZPOPMIN
+        pipelined. Cancelling this call loses whatever Redis already handed over (at-most-once).
         """
         self._check_batch_args(channel, max_messages, timeout)
         loop = asyncio.get_running_loop()
@@ -513,20 +648,15 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     async def _pop(self, channel: str, count: int, block: float) -> list[Message]:
         """Pop up to ``count`` live messages, blocking up to ``block`` s for the first."""
         key = self.prefix + channel
-        conn = self.connection(next(self._receive_index_generator))
-        popped: list[Any] = []
-        if block <= 0:
-            popped = list(await conn.zpopmin(key, count))
-        elif count == 1:
-            first = await conn.bzpopmin(key, timeout=_block_seconds(block))
-            if first is not None:
-                popped = [first[1:]]
-        else:
-            pipe = conn.pipeline(transaction=False)
-            pipe.bzpopmin(key, timeout=_block_seconds(block))
-            pipe.zpopmin(key, count - 1)
-            first, rest = await pipe.execute()
-            popped = [first[1:], *rest] if first is not None else list(rest)
+        shard = self._shard(next(self._receive_index_generator))
+        conn = await shard.take()
+        try:
+            if shard.bzmpop is None:
+                shard.bzmpop = await _has_bzmpop(conn)
+            pop = _mpop if shard.bzmpop else _zpopmin
+            popped = await pop(conn, key, count, block)
+        finally:
+            await shard.give(conn)
         if not popped:
             return []
         cutoff = time.time() - self.expiry

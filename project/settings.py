@@ -113,7 +113,7 @@ CHANNEL_LAYERS = channel_layers(
     os.environ.get("REDIS_URL"),
     encryption_keys=[key for key in os.environ.get("BUS_ENCRYPTION_KEYS", "").split(",") if key],
 )
-BUS: dict[str, Any] = {}
+BUS: dict[str, Any] = {"UP_COMMANDS": ["migrate_all", "seed"]}
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

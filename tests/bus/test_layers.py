@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.metadata
 import json
 import os
 import sys
@@ -15,10 +16,12 @@ from typing import Any
 import pytest
 import redis
 from channels.exceptions import ChannelFull
+from redis import asyncio as aioredis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
+from bus import layers
 from bus.layers import DEFAULT_MAX_CONNECTIONS, InMemoryBusLayer, RedisBusLayer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -371,6 +374,196 @@ async def test_presence_beat_list_expire_leave(make_layer: MakeLayer) -> None:
     assert await other.presence("other") == {"w3": {"pid": 3}}
     with pytest.raises(TypeError):
         await layer.presence_beat("work", "w9", {"bad": object()}, ttl=1)
+
+
+# --------------------------------------------------------------------------------------------
+# RedisBusLayer hot paths: BZMPOP or its fallback, the connections each loop keeps
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+@pytest.mark.parametrize("bzmpop", [True, False], ids=["bzmpop", "bzpopmin-fallback"])
+async def test_receive_paths_with_and_without_bzmpop(
+    make_layer: MakeLayer, redis_url: str, monkeypatch: pytest.MonkeyPatch, bzmpop: bool, protocol: int
+) -> None:
+    if not bzmpop:
+        # Make this Redis 7 look older than BZMPOP, so that the pipelined fallback runs.
+        monkeypatch.setattr(layers, "_BZMPOP_SINCE", (99, 0))
+    sent: list[str] = []
+    original_pack = layers._pack
+
+    def recording_pack(args: Any, chunks: list[bytes]) -> None:
+        sent.append(str(args[0]))
+        original_pack(args, chunks)
+
+    monkeypatch.setattr(layers, "_pack", recording_pack)
+    layer = make_layer(hosts=[{"address": redis_url, "protocol": protocol}], capacity=100)
+
+    assert await layer.receive_batch("work", 5, 0) == []
+    for n in range(7):
+        await layer.send("work", {"type": "job", "n": n})
+    assert [m["n"] for m in await layer.receive_batch("work", 1, 1.0)] == [0]
+    assert [m["n"] for m in await layer.receive_batch("work", 3, 1.0)] == [1, 2, 3]
+    assert [m["n"] for m in await layer.receive_batch("work", 10, 0)] == [4, 5, 6]
+    waiter = asyncio.ensure_future(layer.receive_batch("work", 5, 5.0))
+    await asyncio.sleep(0.1)
+    await layer.send("work", {"type": "job", "n": 7})
+    assert await waiter == [{"type": "job", "n": 7}]
+    assert await layer.receive_batch("work", 5, 0.2) == []
+    await layer.send("work", {"type": "job", "n": 8})
+    assert await layer.receive("work") == {"type": "job", "n": 8}
+
+    assert layer._shard(0).bzmpop is bzmpop
+    pops = {name for name in sent if "POP" in name}
+    assert pops == ({"BZMPOP", "ZMPOP"} if bzmpop else {"BZPOPMIN", "ZPOPMIN"})
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_server_version_is_asked_once_and_again_after_a_reconnect(
+    make_layer: MakeLayer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = 0
+    original = layers._has_bzmpop
+
+    async def counting(conn: Any) -> bool:
+        nonlocal asked
+        asked += 1
+        return await original(conn)
+
+    monkeypatch.setattr(layers, "_has_bzmpop", counting)
+    layer = make_layer()
+    for _ in range(3):
+        await layer.send("work", {"type": "job"})
+        assert len(await layer.receive_batch("work", 5, 1.0)) == 1
+    assert asked == 1
+
+    # The server drops the connection (as on a restart): it is reconnected when next taken,
+    # and whatever server answers then is asked again.
+    shard = layer._shard(0)
+    conn = await shard.take()
+    client_id = await layers._command(conn, "CLIENT", "ID")
+    await shard.give(conn)
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.client_kill_filter(_id=client_id)
+    await admin.aclose()
+    await asyncio.sleep(0.1)
+    await layer.send("work", {"type": "job"})
+    assert len(await layer.receive_batch("work", 5, 1.0)) == 1
+    assert asked == 2
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_kept_connections_are_replaced_after_a_redis_restart(private_redis: Any, prefix: str) -> None:
+    layer = RedisBusLayer(hosts=[private_redis.url], prefix=prefix)
+    await layer.send("work", {"type": "job", "n": 1})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 1}]
+
+    # Restarted while the layer sat idle: its kept connection is dead, and the next calls
+    # get a fresh one instead of an error. (The loop keeps running while Redis restarts.)
+    await asyncio.to_thread(private_redis.stop)
+    await asyncio.to_thread(private_redis.start)
+    await asyncio.sleep(0.1)
+    await layer.send("work", {"type": "job", "n": 2})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 2}]
+
+    # Restarted under a receive waiting in BZMPOP: that caller gets the error and retries.
+    waiting = asyncio.ensure_future(layer.receive_batch("work", 5, 10.0))
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(private_redis.stop)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await waiting
+    await asyncio.to_thread(private_redis.start)
+    await layer.send("work", {"type": "job", "n": 3})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 3}]
+    await layer.close_pools()
+
+
+def test_each_event_loop_keeps_its_own_connections_and_closes_them(redis_url: str, prefix: str) -> None:
+    layer = RedisBusLayer(hosts=[redis_url], prefix=prefix)
+
+    async def round_trip(n: int) -> list[dict[str, Any]]:
+        await layer.send("work", {"type": "job", "n": n})
+        return await layer.receive_batch("work", 5, 1.0)
+
+    kept = []
+    for n in range(3):
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(round_trip(n)) == [{"type": "job", "n": n}]
+        shard = layer._shards[loop][0]
+        assert shard._idle and all(conn.is_connected for conn in shard._idle)
+        kept.append(shard)
+        # channels-redis closes the loop's pool when the loop closes, and ours with it.
+        loop.close()
+        assert not any(conn.is_connected for conn in shard._idle)
+    assert len({id(shard) for shard in kept}) == 3
+    asyncio.run(layer.flush())
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_close_pools_closes_kept_connections_and_layer_goes_on(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    await layer.send("work", {"type": "job", "n": 1})
+    assert len(await layer.receive_batch("work", 5, 1.0)) == 1
+    before = layer._shard(0)
+    idle = list(before._idle)
+    await layer.close_pools()
+    assert idle and not any(conn.is_connected for conn in idle)
+    assert layer._shard(0) is not before
+    await layer.send("work", {"type": "job", "n": 2})
+    assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 2}]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_burst_of_receives_gives_extra_connections_back_to_the_pool(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    burst = layers._MAX_IDLE_CONNECTIONS + 4
+    await asyncio.gather(*(layer.receive_batch(f"idle{n}", 1, 0.2) for n in range(burst)))
+    shard = layer._shard(0)
+    assert len(shard._idle) == layers._MAX_IDLE_CONNECTIONS
+    assert len(shard.pool._available_connections) == 4
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(15)
+async def test_expired_messages_do_not_count_against_capacity(make_layer: MakeLayer) -> None:
+    layer = make_layer(capacity=2, expiry=1)
+    local = await layer.new_channel()
+    for channel in ("work", local):
+        await layer.send(channel, {"type": "old"})
+        await layer.send(channel, {"type": "old"})
+    await asyncio.sleep(1.2)
+    # Full of expired messages: the send trims them, then stores.
+    await layer.send("work", {"type": "new"})
+    await layer.send(local, {"type": "new"})
+    assert await layer.receive_batch("work", 5, 0) == [{"type": "new"}]
+    assert await layer.receive(local) == {"type": "new"}
+
+
+def test_hosts_carry_driver_info_so_new_connections_skip_the_metadata_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layer = RedisBusLayer(hosts=["redis://h1:6379", {"host": "h2", "lib_name": "mine", "lib_version": "1"}])
+    pool = layer.create_pool(0)
+
+    def no_lookup(name: str) -> str:
+        raise AssertionError(f"importlib.metadata.version({name!r}) called")
+
+    monkeypatch.setattr(importlib.metadata, "version", no_lookup)
+    info = pool.make_connection().driver_info
+    assert info is not None and (info.name, info.lib_version) == ("redis-py", redis.__version__)
+    assert "driver_info" not in layer.create_pool(1).connection_kwargs  # the host's own choice wins
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""`manage.py up`: the whole system with one command; topology is configuration.
+
+Without REDIS_URL (the in-memory layer): ONE process: daphne serves HTTP and WebSockets and every
+domain's worker runs in the same event loop. With REDIS_URL: daphne and `runworker` per domain as
+separate processes, supervised (see bus.supervisor). Either way settings.BUS["UP_COMMANDS"] run
+first (migrations, demo data), and the URL is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from channels.routing import get_default_application
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from bus.conf import bus_setting
+from bus.supervisor import Child, Supervisor
+
+
+def domains(application: Any) -> list[str]:
+    """The channel names of the routing table's `channel` entry: the domains to serve."""
+    mapping = getattr(application, "application_mapping", {})
+    router = mapping.get("channel")
+    return sorted(getattr(router, "application_mapping", {}))
+
+
+def _count(text: str) -> tuple[str, int]:
+    name, _, number = text.partition("=")
+    if not number.isdigit() or int(number) < 1:
+        raise CommandError(f"--workers takes DOMAIN=COUNT with a count of at least 1, not {text!r}.")
+    return name, int(number)
+
+
+class Command(BaseCommand):
+    help = "Run everything: one process without REDIS_URL, supervised processes with it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="address daphne listens on")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--workers",
+            action="append",
+            default=[],
+            metavar="DOMAIN=COUNT",
+            help="worker processes of a domain",
+        )
+        parser.add_argument("--no-setup", action="store_true", help='skip settings.BUS["UP_COMMANDS"]')
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        application = get_default_application()
+        served = domains(application)
+        counts = dict(_count(text) for text in options["workers"])
+        unknown = set(counts) - set(served)
+        if unknown:
+            raise CommandError(
+                f"--workers names {sorted(unknown)}, which routing.py does not serve ({served})."
+            )
+        if not options["no_setup"]:
+            for command in bus_setting("UP_COMMANDS"):
+                call_command(command, verbosity=0)
+        url = f"http://{options['host']}:{options['port']}/"
+        layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+        if isinstance(layer, InMemoryChannelLayer):
+            self.stdout.write(f"One process (in-memory layer), serving {', '.join(served)}: {url}")
+            self._one_process(application, served, options["host"], options["port"])
+            return
+        children = [
+            Child(
+                "web",
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    options["host"],
+                    "-p",
+                    str(options["port"]),
+                    _asgi_path(),
+                ],
+            )
+        ]
+        for domain in served:
+            for number in range(counts.get(domain, 1)):
+                name = domain if counts.get(domain, 1) == 1 else f"{domain}.{number + 1}"
+                children.append(Child(name, [sys.executable, sys.argv[0], "runworker", domain]))
+        self.stdout.write(f"{len(children)} processes on {type(layer).__name__}: {url}")
+        sys.exit(asyncio.run(Supervisor(children, out=sys.stdout).run()))
+
+    def _one_process(self, application: Any, served: list[str], host: str, port: int) -> None:
+        # daphne's module installs Twisted's asyncio reactor: import it before anything else uses Twisted.
+        from daphne import server as daphne_server
+        from twisted.internet import defer, reactor
+
+        from bus.worker import Worker
+
+        # The setup commands ran their own event loops; the in-memory layer must belong to this one.
+        channel_layers.backends.clear()
+        loop = daphne_server.twisted_loop
+        worker = Worker(application, served, get_channel_layer(bus_setting("CHANNEL_LAYER")))
+        running: list[asyncio.Task[None]] = []
+
+        def start_workers() -> None:
+            running.append(loop.create_task(worker.run(install_signal_handlers=False)))
+
+        async def finish() -> None:
+            worker.stop()
+            await asyncio.gather(*running)
+
+        def drain() -> defer.Deferred[None]:
+            """On Ctrl-C or SIGTERM, let in-flight messages finish before the reactor stops."""
+            return defer.Deferred.fromFuture(loop.create_task(finish()))
+
+        # Twisted's interface stub takes the phase for `self`; the call is the documented one.
+        reactor.addSystemEventTrigger("before", "shutdown", drain)  # type: ignore[arg-type]
+        daphne_server.Server(
+            application, endpoints=[f"tcp:port={port}:interface={host}"], ready_callable=start_workers
+        ).run()
+
+
+def _asgi_path() -> str:
+    """settings.ASGI_APPLICATION ("project.asgi.application") as daphne takes it ("module:name")."""
+    module, _, name = str(settings.ASGI_APPLICATION).rpartition(".")
+    return f"{module}:{name}"
