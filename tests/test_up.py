@@ -1,0 +1,120 @@
+"""`manage.py up` as a real process, in both topologies: the same journey, then restarts and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, RedisServer, free_port
+from tests.site import Visitor, confirmed, frames_until, wait_ready
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+class Up:
+    """`manage.py up` in its own process group, with its output in a file."""
+
+    def __init__(self, tmp_path: Path, redis_url: str | None) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "up.log"
+        env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL") and k != "REDIS_URL"}
+        env.update(
+            DJANGO_SETTINGS_MODULE="project.settings", DJANGO_DATA_DIR=str(tmp_path), PYTHONUNBUFFERED="1"
+        )
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        self.output = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(self.port), "--workers", "orders=2"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.visitor = Visitor(f"http://127.0.0.1:{self.port}")
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.output.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def checkout_over_http_and_websocket(visitor: Visitor) -> None:
+    """Sign in, listen on the socket, place an order over HTTP, see it confirmed on the socket."""
+    visitor.sign_in("ada", "ada-demo-1815")
+    async with visitor.socket() as socket:
+        await socket.send(json.dumps({"type": "resume", "cursor": None}))
+        hello = json.loads(await socket.recv())
+        assert hello["type"] == "hello" and hello["topics"] == ["stock", "orders:ada"]
+        status, order = visitor.place([{"sku": "ANVIL-1", "quantity": 1}])
+        assert status == 202 and order["state"] == "pending", order
+        frames = await frames_until(socket, confirmed)
+    states = [f["data"]["state"] for f in frames if f["type"] == "event" and f["kind"] == "orders.updated"]
+    assert states == ["pending", "reserved", "charged", "confirmed"]
+    status, page = visitor.request("GET", "/")
+    assert status == 200 and "shop.js" in page
+
+
+def test_one_process_without_redis(tmp_path: Path) -> None:
+    up = Up(tmp_path, None)
+    try:
+        ready = wait_ready(up.visitor)
+        assert set(ready["domains"]) == {"inventory", "orders", "payments", "presentation"}
+        assert "One process (in-memory layer)" in up.text()
+        assert "ada / ada-demo-1815" in up.text(), "first start seeds demo data and prints the logins"
+        asyncio.run(checkout_over_http_and_websocket(up.visitor))
+        assert up.stop() == 0
+        assert "stopped after handling" in up.text(), "the in-process workers drained"
+    finally:
+        up.close()
+
+
+def test_supervised_processes_with_redis(tmp_path: Path, redis: RedisServer) -> None:
+    up = Up(tmp_path, redis.url)
+    try:
+        ready = wait_ready(up.visitor)
+        assert ready["domains"]["orders"] == 2, "a count per domain"
+        asyncio.run(checkout_over_http_and_websocket(up.visitor))
+        # A worker dies: the supervisor says so and starts it again; the system is ready again.
+        pid = int(re.findall(r"payments\s+\| started \(pid (\d+)\)", up.text())[-1])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "payments      | exited with -9; restarting in" not in up.text():
+            assert time.monotonic() < deadline, up.text()[-2000:]
+            time.sleep(0.1)
+        wait_ready(up.visitor)
+        children = [int(pid) for pid in re.findall(r"started \(pid (\d+)\)", up.text())]
+        assert up.stop() == 0
+        assert "up            | stopped" in up.text()
+        for child in children:
+            with pytest.raises(ProcessLookupError):
+                os.kill(child, 0)
+    finally:
+        up.close()
