@@ -118,3 +118,72 @@ def test_supervised_processes_with_redis(tmp_path: Path, redis: RedisServer) -> 
                 os.kill(child, 0)
     finally:
         up.close()
+
+
+async def resume_after(visitor: Visitor, cursor: str) -> list[dict[str, object]]:
+    async with visitor.socket() as socket:
+        await socket.send(json.dumps({"type": "resume", "cursor": cursor}))
+        return await frames_until(socket, confirmed)
+
+
+def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_events(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    up = Up(tmp_path, redis.url)
+    try:
+        wait_ready(up.visitor)
+        up.visitor.sign_in("ada", "ada-demo-1815")
+
+        async def drop_abruptly() -> str:
+            """The connection dies with no close frame (a pulled cable): the client keeps its cursor."""
+            async with up.visitor.socket() as socket:
+                await socket.send(json.dumps({"type": "resume", "cursor": None}))
+                cursor = str(json.loads(await socket.recv())["cursor"])
+                socket.transport.abort()
+            return cursor
+
+        cursor = asyncio.run(drop_abruptly())
+        status, order = up.visitor.place([{"sku": "TONGS-3", "quantity": 1}])
+        assert status == 202
+        frames = asyncio.run(resume_after(up.visitor, cursor))
+        replayed = {f["data"]["order_id"] for f in frames if f.get("kind") == "orders.updated"}
+        assert replayed == {order["order_id"]}, "the order placed while the socket was gone comes back"
+
+        # daphne dies while an order goes through: the page's next socket replays what it missed.
+        cursor = str(frames[-1]["cursor"])
+        web = int(re.findall(r"web\s+\| started \(pid (\d+)\)", up.text())[-1])
+        os.kill(web, signal.SIGKILL)
+        placed = subprocess.run(
+            [
+                sys.executable,
+                "manage.py",
+                "bus",
+                "call",
+                "orders.place",
+                json.dumps(
+                    {
+                        "customer_id": "ada",
+                        "items": [{"sku": "HAMMER-4", "quantity": 1}],
+                        "idempotency_key": "x",
+                    }
+                ),
+            ],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "REDIS_URL": redis.url,
+                "DJANGO_DATA_DIR": str(tmp_path),
+                "DJANGO_SETTINGS_MODULE": "project.settings",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert placed.returncode == 0, placed.stderr
+        missed = json.loads(placed.stdout)["order_id"]
+        wait_ready(up.visitor)  # the supervisor started a new daphne
+        frames = asyncio.run(resume_after(up.visitor, cursor))
+        assert {f["data"]["order_id"] for f in frames if f.get("kind") == "orders.updated"} == {missed}
+        assert up.stop() == 0
+    finally:
+        up.close()
