@@ -8,16 +8,18 @@ and close stale connections in that very thread, where Django keeps them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-from . import databases, messages, modes
+from . import databases, deadletters, messages, modes
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Method, lookup_event, lookup_method
@@ -35,6 +37,9 @@ from .services import Service
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
+
+# Retries on their way back to the layer (a task nobody refers to may be collected).
+_retries: set[asyncio.Future[None]] = set()
 
 
 def _context(envelope: messages.Envelope) -> MessageContext:
@@ -91,29 +96,60 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
     async def bus_command(self, envelope: messages.Envelope) -> None:
         try:
             await self.execute(envelope)
+        except RemoteError as exc:
+            await self.retry_or_bury(envelope, exc, lookup_method(envelope["target"]).retries)
         except BusError as exc:
-            logger.error("Command %s failed: %s", envelope["target"], exc.message)
+            # Refused for what it is (invalid, declared error, read-only): trying again changes nothing.
+            logger.error("Command %s refused: %s", envelope["target"], exc.message)
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
-        """Run the subscription's handler; acknowledge it when the sender asked (an outbox relay)."""
-        handler_name = self.service.subscriptions.get(envelope["target"])
+        """Run the subscription's handler. An outbox relay asked for an answer and retries itself;
+        a published event that fails is retried here, then dead-lettered."""
+        subscription = self.service.subscriptions.get(envelope["target"])
         try:
-            if handler_name is None:
+            if subscription is None:
                 raise UnknownTarget(
                     f"{self.service.contract.name} does not subscribe to {envelope['target']}.",
                     target=envelope["target"],
                 )
             payload = lookup_event(envelope["target"]).load(envelope["body"])
-            handler = getattr(self.service(self.message_context), handler_name)
+            handler = getattr(self.service(self.message_context), subscription.handler)
             await in_pool(handler, event=payload)
         except BusError as exc:
             logger.error("Event %s refused: %s", envelope["target"], exc.message)
             await self.reply(envelope, error=exc)
         except Exception as exc:
             logger.exception("Handler for event %s failed.", envelope["target"])
-            await self.reply(envelope, error=_remote(exc))
+            if envelope["reply_to"] is not None or subscription is None:
+                await self.reply(envelope, error=_remote(exc))
+            else:
+                await self.retry_or_bury(envelope, _remote(exc, cause=exc), subscription.retries)
         else:
             await self.reply(envelope)
+
+    async def retry_or_bury(self, envelope: messages.Envelope, error: RemoteError, retries: int) -> None:
+        """Send a failed command or event again later, or keep it as a dead letter after the last try."""
+        attempt = int(envelope["headers"].get("attempt", 1))
+        channel = str(self.scope["channel"])
+        if attempt <= retries:
+            delay = deadletters.backoff(attempt)
+            logger.warning(
+                "%s failed (try %d of %d): %s; trying again in %.1f s.",
+                envelope["target"],
+                attempt,
+                retries + 1,
+                error.message,
+                delay,
+            )
+            again = {**envelope, "headers": {**envelope["headers"], "attempt": attempt + 1}}
+            asyncio.get_running_loop().call_later(delay, _send_later, self.channel_layer, channel, again)
+            return
+        cause = error.__cause__
+        trace = "".join(traceback.format_exception(cause)) if cause is not None else ""
+        await in_pool(deadletters.bury, channel, dict(envelope), error.message, trace, attempt)
+        logger.error(
+            "%s failed %d time(s); kept as a dead letter: %s", envelope["target"], attempt, error.message
+        )
 
     async def execute(self, envelope: messages.Envelope) -> Any:
         """Run the method the envelope names; every failure comes out as a BusError."""
@@ -196,6 +232,22 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 )
 
 
-def _remote(exc: BaseException) -> RemoteError:
+def _remote(exc: BaseException, *, cause: BaseException | None = None) -> RemoteError:
     text = exc.message if isinstance(exc, BusError) else str(exc) or "(no message)"
-    return RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)
+    error = RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)
+    error.__cause__ = cause
+    return error
+
+
+def _send_later(layer: Any, channel: str, message: dict[str, Any]) -> None:
+    """A retry, sent from a timer; if it cannot be sent, it is lost with this log line."""
+
+    async def send() -> None:
+        try:
+            await layer.send(channel, message)
+        except Exception as exc:
+            logger.error("Could not send the retry of %s: %s", message.get("target"), exc)
+
+    task = asyncio.ensure_future(send())
+    _retries.add(task)
+    task.add_done_callback(_retries.discard)

@@ -80,13 +80,14 @@ class _RpcOptions:
 
 
 def rpc(
-    *, errors: Iterable[type[ContractError]] = (), read: bool = False, retries: int = 0
+    *, errors: Iterable[type[ContractError]] = (), read: bool = False, retries: int = 3
 ) -> Callable[[F], F]:
     """Mark a contract method as callable over the bus.
 
     `errors` are the ContractError subclasses it may raise (re-raised on callers as such);
     `read` marks a method that changes nothing (served in read-only mode); `retries` is how many
-    times a failed fire-and-forget `send` of it may be retried.
+    times a `send` of it that fails with an undeclared error is tried again, with exponential
+    backoff, before it becomes a dead letter. Calls are never retried: the caller decides.
     """
     options = _RpcOptions(tuple(errors), read, retries)
     for error in options.errors:

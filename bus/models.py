@@ -13,3 +13,20 @@ class DomainMode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.domain}: {'read-only' if self.read_only else 'read-write'}"
+
+
+class DeadLetter(models.Model):
+    """A command or event whose handler kept failing: kept with its error, to read and replay."""
+
+    message_id = models.CharField(max_length=32, db_index=True)
+    channel = models.CharField(max_length=100)
+    target = models.CharField(max_length=200)
+    envelope = models.JSONField()
+    error = models.TextField()
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.message_id}: {self.error[:60]}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from .context import MessageContext
@@ -49,11 +50,23 @@ def every(seconds: float) -> Callable[[F], F]:
     return mark
 
 
-def subscribe(event: str) -> Callable[[F], F]:
-    """Mark a service method as the handler of another (or its own) domain's event."""
+@dataclass(frozen=True)
+class Subscription:
+    """A service's handler for an event, and how often a failed delivery is tried again."""
+
+    handler: str
+    retries: int
+
+
+def subscribe(event: str, *, retries: int = 3) -> Callable[[F], F]:
+    """Mark a service method as the handler of another (or its own) domain's event.
+
+    A published event whose handler fails is tried again `retries` times with exponential
+    backoff, then kept as a dead letter (`manage.py bus deadletters`).
+    """
 
     def mark(func: F) -> F:
-        func.__bus_subscribe__ = event  # type: ignore[attr-defined]
+        func.__bus_subscribe__ = (event, retries)  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -63,7 +76,7 @@ class Service:
     """Base of a contract's implementation; one is made for every message it serves."""
 
     contract: ClassVar[type[Contract]]
-    subscriptions: ClassVar[dict[str, str]]
+    subscriptions: ClassVar[dict[str, Subscription]]
     periodic: ClassVar[dict[str, float]]
 
     def __init__(self, context: MessageContext) -> None:
@@ -87,9 +100,10 @@ class Service:
         cls.subscriptions = {}
         cls.periodic = {}
         for attribute, value in vars(cls).items():
-            event = getattr(value, "__bus_subscribe__", None)
-            if event is not None:
-                cls.subscriptions[lookup_event(event).target] = attribute
+            subscribed = getattr(value, "__bus_subscribe__", None)
+            if subscribed is not None:
+                event, retries = subscribed
+                cls.subscriptions[lookup_event(event).target] = Subscription(attribute, retries)
             seconds = getattr(value, "__bus_every__", None)
             if seconds is not None:
                 cls.periodic[attribute] = seconds

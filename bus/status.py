@@ -6,6 +6,8 @@ from typing import Any
 
 from .client import default_bus, translate_broker_errors
 from .contracts import contracts
+from .databases import alias_for
+from .models import DeadLetter
 from .modes import read_only_modes
 from .threads import in_pool
 
@@ -25,4 +27,8 @@ async def astatus() -> dict[str, Any]:
                     "read_only": read_only.get(name),
                 }
             )
-    return {"layer": type(layer).__name__, "domains": domains}
+    return {"layer": type(layer).__name__, "domains": domains, "dead_letters": await in_pool(_dead_letters)}
+
+
+def _dead_letters() -> int:
+    return int(DeadLetter.objects.using(alias_for("bus", write=False)).filter(replayed_at=None).count())

@@ -159,6 +159,7 @@ def process_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def migrated(data_dir: Path, **extra: str) -> Path:
     """Create and migrate every database alias of a process configured by `extra`, in `data_dir`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "migrate_all", "-v0"],
         cwd=ROOT,

@@ -60,3 +60,6 @@ class Echo(Contract, name="echo"):
 
     @rpc()
     async def bad_result(self) -> int: ...
+
+    @rpc(retries=2)
+    async def flaky(self, *, key: str, failures: int) -> int: ...

@@ -79,8 +79,20 @@ class EchoService(Service, contract=Echo):
     def bad_result(self) -> int:
         return "not a number"  # type: ignore[return-value]
 
-    @subscribe("echo.happened")
+    def flaky(self, *, key: str, failures: int) -> int:
+        """Fail the first `failures` tries (a file named flaky-<key>.failures overrides it)."""
+        directory = Path(os.environ["BUS_TEST_RECORD_DIR"])
+        _append(f"flaky-{key}", self.context.message_id)
+        tries = len((directory / f"flaky-{key}-{os.getpid()}.txt").read_text().split())
+        override = directory / f"flaky-{key}.failures"
+        if tries <= (int(override.read_text()) if override.exists() else failures):
+            raise RuntimeError(f"flaky {key} fails try {tries}")
+        return tries
+
+    @subscribe("echo.happened", retries=1)
     def on_happened(self, event: Happened) -> None:
+        if event.text == "explode":
+            raise ValueError("this event always fails")
         _append("event", event.text)
 
     @subscribe("orders.updated")

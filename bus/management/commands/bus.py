@@ -7,6 +7,7 @@
     manage.py bus status [--json]
     manage.py bus readonly payments on [--reason "moving to new hardware"] | off
     manage.py bus cleanup [--older-than SECONDS]
+    manage.py bus deadletters [list | show ID | replay ID... | replay --all | purge]
 
 Exit codes: 0 success; 2 bad usage or JSON; 3 invalid arguments (ValidationError) or malformed
 message; 4 a declared domain error; 5 a remote error; 6 deadline exceeded; 7 unavailable (no
@@ -24,9 +25,11 @@ from typing import Any
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from bus.client import default_bus
+from bus import deadletters
+from bus.client import default_bus, translate_broker_errors
 from bus.conf import bus_setting
 from bus.contracts import contracts
+from bus.databases import alias_for
 from bus.exceptions import (
     BadMessage,
     BusError,
@@ -37,6 +40,7 @@ from bus.exceptions import (
     UnknownTarget,
     ValidationError,
 )
+from bus.models import DeadLetter
 from bus.modes import set_read_only
 from bus.outbox import purge
 from bus.status import astatus
@@ -81,6 +85,10 @@ class Command(BaseCommand):
             default=None,
             help="seconds to keep (settings.BUS['RETENTION_SECONDS'])",
         )
+        letters = actions.add_parser("deadletters", help="list, show, replay or purge dead letters")
+        letters.add_argument("verb", nargs="?", default="list", choices=["list", "show", "replay", "purge"])
+        letters.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, replay)")
+        letters.add_argument("--all", action="store_true", help="replay every waiting dead letter")
         readonly = actions.add_parser("readonly", help="switch a domain's read-only mode")
         readonly.add_argument("domain")
         readonly.add_argument("mode", choices=["on", "off"])
@@ -96,6 +104,9 @@ class Command(BaseCommand):
         action = options["action"]
         if action in ("services", "status"):
             getattr(self, action)(as_json=options["json"])
+            return
+        if action == "deadletters":
+            self.deadletters(options["verb"], options["ids"], replay_all=options["all"])
             return
         if action == "cleanup":
             self.cleanup(options["older_than"])
@@ -151,6 +162,50 @@ class Command(BaseCommand):
             for name in schema["events"]:
                 self.stdout.write(f"  event {schema['service']}.{name}")
 
+    def deadletters(self, verb: str, ids: list[int], *, replay_all: bool) -> None:
+        if verb == "list":
+            for letter in deadletters.waiting():
+                self.stdout.write(
+                    f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M:%S}  {letter.target}  "
+                    f"x{letter.attempts}  {letter.error[:80]}"
+                )
+            return
+        if verb == "purge":
+            deleted, _ = DeadLetter.objects.using(alias_for("bus", write=True)).all().delete()
+            self.stdout.write(f"Deleted {deleted} dead letter(s).")
+            return
+        if verb == "replay" and replay_all:
+            ids = [letter.id for letter in deadletters.waiting()]
+        if not ids:
+            raise CommandError(
+                f"`bus deadletters {verb}` needs dead letter ids (see `bus deadletters list`)."
+            )
+        for letter_id in ids:
+            if verb == "show":
+                found = DeadLetter.objects.using(alias_for("bus", write=False)).filter(id=letter_id).first()
+                if found is None:
+                    raise CommandError(f"No dead letter has id {letter_id}.")
+                self.stdout.write(
+                    json.dumps(
+                        {
+                            "id": found.id,
+                            "channel": found.channel,
+                            "attempts": found.attempts,
+                            "error": found.error,
+                            "envelope": found.envelope,
+                            "replayed_at": str(found.replayed_at),
+                        },
+                        indent=2,
+                    )
+                )
+                self.stdout.write(found.traceback)
+                continue
+            taken = deadletters.take_for_replay(letter_id)
+            if taken is None:
+                raise CommandError(f"Dead letter {letter_id} does not exist or was replayed already.")
+            asyncio.run(_replay(taken.channel, deadletters.fresh_attempt(taken.envelope)))
+            self.stdout.write(f"Replayed {letter_id} ({taken.target}) onto {taken.channel!r}.")
+
     def cleanup(self, older_than: float | None) -> None:
         seconds = older_than if older_than is not None else bus_setting("RETENTION_SECONDS")
         for model in apps.get_models():
@@ -177,6 +232,7 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps(report, indent=2))
             return
+        self.stdout.write(f"dead letters: {report['dead_letters']} (manage.py bus deadletters)")
         for row in report["domains"]:
             mode = f", READ-ONLY ({row['read_only']})" if row["read_only"] is not None else ""
             self.stdout.write(
@@ -185,3 +241,8 @@ class Command(BaseCommand):
             for worker_id, info in sorted(row["workers"].items()):
                 load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
                 self.stdout.write(f"  {worker_id}  {load}, handled {info.get('handled')}")
+
+
+async def _replay(channel: str, envelope: dict[str, Any]) -> None:
+    with translate_broker_errors():
+        await default_bus.layer.send(channel, envelope)
