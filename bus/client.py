@@ -28,12 +28,13 @@ from channels.exceptions import ChannelFull as LayerChannelFull
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
-from . import context, databases, messages
+from . import context, databases, messages, metrics
 from .conf import bus_setting
 from .contracts import lookup_event, lookup_method
 from .exceptions import (
     BadMessage,
     BrokerUnreachable,
+    BusError,
     ChannelFull,
     DeadlineExceeded,
     NoWorker,
@@ -101,6 +102,26 @@ class Bus:
         message_id: str | None = None,
     ) -> Any:
         """Send an envelope that asks for a reply, and wait for the reply until the deadline."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._exchange(channel, type, target, body, timeout, message_id)
+        except BusError as error:
+            outcome = error.kind
+            raise
+        finally:
+            metrics.calls.labels(target, outcome).inc()
+            metrics.call_duration.labels(target).observe(time.perf_counter() - started)
+
+    async def _exchange(
+        self,
+        channel: str,
+        type: str,
+        target: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        message_id: str | None,
+    ) -> Any:
         await self._require_worker(channel)
         listener = self._listener()
         request = self._envelope(

@@ -13,6 +13,8 @@ BUS = {
     "STALE_FOR_SECONDS": 86400,     # how long acall_cached keeps a value to serve when stale
     "RETENTION_SECONDS": 604800,    # what `bus cleanup` keeps: delivered outbox, dedup, finished sagas
     "UP_COMMANDS": ["migrate_all"], # management commands `manage.py up` runs before it starts
+    "METRICS_ALLOWED_NETWORKS": ["127.0.0.1/32", "::1/128"],  # who may read /metrics
+    "METRICS_TOKEN": None,          # or anyone with `Authorization: Bearer <token>`
 }
 """
 
@@ -38,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "STALE_FOR_SECONDS": 86400,
     "RETENTION_SECONDS": 7 * 86400,
     "UP_COMMANDS": ["migrate_all"],
+    "METRICS_ALLOWED_NETWORKS": ["127.0.0.1/32", "::1/128"],
+    "METRICS_TOKEN": None,
 }
 
 _POSITIVE_NUMBERS = (

@@ -19,7 +19,7 @@ from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-from . import databases, deadletters, messages, modes
+from . import databases, deadletters, messages, metrics, modes
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Method, lookup_event, lookup_method
@@ -81,9 +81,15 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             )
             return
         self.message_context = _context(envelope)
+        started = time.perf_counter()
+        self.outcome = "ok"
         with handling(self.message_context), databases.consistency_scope(envelope["headers"].get("pins")):
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
+        metrics.handled.labels(envelope["target"], envelope["type"], self.outcome).inc()
+        metrics.handle_duration.labels(envelope["target"], envelope["type"]).observe(
+            time.perf_counter() - started
+        )
 
     async def bus_request(self, envelope: messages.Envelope) -> None:
         try:
@@ -97,9 +103,11 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         try:
             await self.execute(envelope)
         except RemoteError as exc:
+            self.outcome = exc.kind
             await self.retry_or_bury(envelope, exc, lookup_method(envelope["target"]).retries)
         except BusError as exc:
             # Refused for what it is (invalid, declared error, read-only): trying again changes nothing.
+            self.outcome = exc.kind
             logger.error("Command %s refused: %s", envelope["target"], exc.message)
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
@@ -123,6 +131,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             if envelope["reply_to"] is not None or subscription is None:
                 await self.reply(envelope, error=_remote(exc))
             else:
+                self.outcome = "remote"
                 await self.retry_or_bury(envelope, _remote(exc, cause=exc), subscription.retries)
         else:
             await self.reply(envelope)
@@ -147,6 +156,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         cause = error.__cause__
         trace = "".join(traceback.format_exception(cause)) if cause is not None else ""
         await in_pool(deadletters.bury, channel, dict(envelope), error.message, trace, attempt)
+        metrics.dead_letters.labels(envelope["target"]).inc()
         logger.error(
             "%s failed %d time(s); kept as a dead letter: %s", envelope["target"], attempt, error.message
         )
@@ -196,6 +206,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
     async def reply(
         self, envelope: messages.Envelope, *, result: Any = None, error: BusError | None = None
     ) -> None:
+        if error is not None:
+            self.outcome = error.kind
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return

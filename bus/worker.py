@@ -28,7 +28,7 @@ from channels.exceptions import StopConsumer
 from channels.layers import BaseChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 
-from . import databases, messages
+from . import databases, messages, metrics
 from .client import default_bus, receive_batch
 from .conf import bus_setting
 from .context import MessageContext, handling
@@ -224,9 +224,11 @@ class Worker:
                 "in_flight": len(self._tasks),
                 "handled": self.handled,
             }
+            metrics.in_flight.labels(",".join(self.channels)).set(len(self._tasks))
             try:
                 for channel in self.channels:
                     await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)
+                    metrics.queue_depth.labels(channel).set(await self.layer.queue_depth(channel))
                 for group, channel in groups:
                     await self.layer.group_add(group, channel)
             except Exception as exc:

@@ -29,6 +29,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from bus import metrics
 from bus.threads import in_pool
 
 from . import events
@@ -67,9 +68,12 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         self.tokens = float(option("BURST"))
         self.refilled = self.last_heard = time.monotonic()
         await self.accept()
+        metrics.websockets_open.inc()
         self.tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._lifetime())]
 
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "tasks"):
+            metrics.websockets_open.dec()
         for task in getattr(self, "tasks", []):
             task.cancel()
         for group in getattr(self, "groups_joined", []):

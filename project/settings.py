@@ -115,7 +115,10 @@ CHANNEL_LAYERS = channel_layers(
     os.environ.get("REDIS_URL"),
     encryption_keys=[key for key in os.environ.get("BUS_ENCRYPTION_KEYS", "").split(",") if key],
 )
-BUS: dict[str, Any] = {"UP_COMMANDS": ["migrate_all", "seed"]}
+BUS: dict[str, Any] = {
+    "UP_COMMANDS": ["migrate_all", "seed"],
+    "METRICS_TOKEN": os.environ.get("METRICS_TOKEN"),
+}
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

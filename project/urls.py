@@ -1,6 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from bus.views import metrics
 from consumers import api, pages
 
 urlpatterns = [
@@ -16,4 +17,5 @@ urlpatterns = [
     path("api/system", api.system),
     path("healthz", api.healthz),
     path("readyz", api.readyz),
+    path("metrics", metrics),
 ]

@@ -38,6 +38,7 @@ class Browser:
     """Cookies and a CSRF token, like a tab: every request goes through the full ASGI app."""
 
     cookies: dict[str, str] = field(default_factory=dict)
+    address: str = "127.0.0.1"
 
     def _headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
         headers = {"host": "localhost", **extra}
@@ -47,6 +48,7 @@ class Browser:
 
     async def request(self, method: str, path: str, body: bytes = b"", **headers: str) -> Response:
         communicator = HttpCommunicator(get_default_application(), method, path, body, self._headers(headers))
+        communicator.scope["client"] = (self.address, 40000)  # read when the app first runs
         raw = await communicator.get_response(timeout=15)
         # A browser hangs up after the response: let Django's handler see it and finish.
         await communicator.send_input({"type": "http.disconnect"})

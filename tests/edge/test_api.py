@@ -169,3 +169,25 @@ async def test_readiness_names_the_domains_without_workers() -> None:
     async with serving("inventory"):
         body = assert_problem(await Browser().get("/readyz"), 503, "No live worker serves")
     assert "orders" in body["missing"] and "inventory" not in body["missing"]
+
+
+async def test_metrics_count_calls_and_handling_for_allowed_readers_only(
+    shop: None, settings: object
+) -> None:
+    ada = await sign_in("ada")
+    order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
+    await settled(ada, order["order_id"])
+    scraped = await Browser().get("/metrics")
+    assert scraped.status == 200 and scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.body.decode()
+    assert 'bus_calls_total{outcome="ok",target="orders.place"}' in text
+    assert 'bus_messages_total{outcome="ok",target="payments.charge",type="bus.request"}' in text
+    assert 'bus_call_duration_seconds_bucket{le="0.1",target="inventory.reserve"}' in text
+    assert "bus_worker_in_flight{" in text and "bus_queue_depth{" in text
+    assert "bus_websockets_open" in text
+    outsider = Browser(address="10.1.2.3")
+    denied = await outsider.get("/metrics")
+    assert denied.status == 403 and b"METRICS_ALLOWED_NETWORKS" in denied.body
+    settings.BUS = {"METRICS_TOKEN": "s3cret"}  # type: ignore[attr-defined]
+    assert (await outsider.request("GET", "/metrics", authorization="Bearer s3cret")).status == 200
+    assert (await outsider.request("GET", "/metrics", authorization="Bearer wrong")).status == 403

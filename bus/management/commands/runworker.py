@@ -9,6 +9,7 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import start_http_server
 
 from bus.conf import bus_setting
 from bus.worker import Worker
@@ -25,6 +26,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--layer", default=None, help="Channel layer alias, if not settings.BUS['CHANNEL_LAYER']."
         )
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+        )
+        parser.add_argument("--metrics-address", default="127.0.0.1", help="address of the metrics port")
         parser.add_argument(
             "--concurrency",
             type=int,
@@ -46,6 +51,8 @@ class Command(BaseCommand):
             )
         if options["concurrency"] is not None and options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1.")
+        if options["metrics_port"] is not None:
+            start_http_server(options["metrics_port"], addr=options["metrics_address"])
         worker = Worker(
             get_default_application(), options["channels"], layer, concurrency=options["concurrency"]
         )
