@@ -82,6 +82,7 @@ class Bus:
         body: dict[str, Any],
         *,
         message_id: str,
+        correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> None:
         """Deliver event `target` to one subscriber domain and wait until it has processed it.
@@ -89,7 +90,15 @@ class Bus:
         The outbox relay's acknowledged delivery: the same `message_id` on every retry lets the
         subscriber deduplicate. Raises what the subscriber's handler raised.
         """
-        await self._request(channel, messages.EVENT, target, body, timeout, message_id=message_id)
+        await self._request(
+            channel,
+            messages.EVENT,
+            target,
+            body,
+            timeout,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
 
     async def _request(
         self,
@@ -100,12 +109,13 @@ class Bus:
         timeout: float | None,
         *,
         message_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> Any:
         """Send an envelope that asks for a reply, and wait for the reply until the deadline."""
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._exchange(channel, type, target, body, timeout, message_id)
+            return await self._exchange(channel, type, target, body, timeout, message_id, correlation_id)
         except BusError as error:
             outcome = error.kind
             raise
@@ -121,11 +131,18 @@ class Bus:
         body: dict[str, Any],
         timeout: float | None,
         message_id: str | None,
+        correlation_id: str | None,
     ) -> Any:
         await self._require_worker(channel)
         listener = self._listener()
         request = self._envelope(
-            type, target, body, timeout, reply_to=listener.channel, message_id=message_id
+            type,
+            target,
+            body,
+            timeout,
+            reply_to=listener.channel,
+            message_id=message_id,
+            correlation_id=correlation_id,
         )
         answer = listener.expect(request["id"])
         try:
@@ -203,6 +220,7 @@ class Bus:
         *,
         reply_to: str | None,
         message_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> messages.Envelope:
         handling = context.current()
         deadline = None
@@ -215,7 +233,7 @@ class Bus:
             type,
             target,
             body,
-            correlation_id=handling.correlation_id if handling else None,
+            correlation_id=correlation_id or (handling.correlation_id if handling else None),
             deadline=deadline,
             reply_to=reply_to,
             headers={"pins": pins} if pins else None,

@@ -86,9 +86,16 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         with handling(self.message_context), databases.consistency_scope(envelope["headers"].get("pins")):
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
+        elapsed = time.perf_counter() - started
         metrics.handled.labels(envelope["target"], envelope["type"], self.outcome).inc()
-        metrics.handle_duration.labels(envelope["target"], envelope["type"]).observe(
-            time.perf_counter() - started
+        metrics.handle_duration.labels(envelope["target"], envelope["type"]).observe(elapsed)
+        logger.debug(
+            "%s %s: %s in %.1f ms",
+            envelope["type"],
+            envelope["target"],
+            self.outcome,
+            elapsed * 1000,
+            extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
         )
 
     async def bus_request(self, envelope: messages.Envelope) -> None:

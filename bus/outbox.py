@@ -153,7 +153,9 @@ async def arelay(model: type[AbstractOutboxMessage], *, batch: int = 100, bus: B
         outcomes: list[BaseException | None] = []
         for domain in row.pending:
             try:
-                await via.adeliver(domain, row.target, row.body, message_id=row.id)
+                await via.adeliver(
+                    domain, row.target, row.body, message_id=row.id, correlation_id=row.correlation_id
+                )
             except Exception as exc:
                 outcomes.append(exc)
             else:

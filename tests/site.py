@@ -51,7 +51,7 @@ class Visitor:
         status, _ = self.request("POST", "/accounts/login/", form, Referer=self.base + "/accounts/login/")
         assert self.cookie("sessionid"), f"sign-in failed ({status})"
 
-    def place(self, items: list[dict[str, Any]]) -> tuple[int, Any]:
+    def place(self, items: list[dict[str, Any]], correlation: str = "") -> tuple[int, Any]:
         if not self.cookie("csrftoken"):
             self.request("GET", "/")
         return self.request(
@@ -63,6 +63,7 @@ class Visitor:
                 "X-CSRFToken": self.cookie("csrftoken"),
                 "Idempotency-Key": uuid.uuid4().hex,
                 "Referer": self.base + "/",
+                **({"X-Correlation-ID": correlation} if correlation else {}),
             },
         )
 
@@ -100,14 +101,15 @@ def confirmed(frame: dict[str, Any]) -> bool:
     )
 
 
-def wait_ready(visitor: Visitor, timeout: float = 60) -> dict[str, Any]:
+def wait_ready(visitor: Visitor, timeout: float = 60, **workers: int) -> dict[str, Any]:
+    """Wait for /readyz, and for at least `workers[domain]` live workers of the domains named."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             status, body = visitor.request("GET", "/readyz")
         except OSError:
             status, body = 0, None
-        if status == 200:
+        if status == 200 and all(body["domains"].get(name, 0) >= count for name, count in workers.items()):
             return dict(body)
         assert time.monotonic() < deadline, f"not ready within {timeout} s: {body}"
         time.sleep(0.2)

@@ -33,6 +33,7 @@ class Up:
         )
         if redis_url:
             env["REDIS_URL"] = redis_url
+            env["LOG_LEVEL"] = "DEBUG"  # a line per message, to follow a correlation id
         self.output = self.log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(self.port), "--workers", "orders=2"],
@@ -66,14 +67,14 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-async def checkout_over_http_and_websocket(visitor: Visitor) -> None:
+async def checkout_over_http_and_websocket(visitor: Visitor, correlation: str = "") -> None:
     """Sign in, listen on the socket, place an order over HTTP, see it confirmed on the socket."""
     visitor.sign_in("ada", "ada-demo-1815")
     async with visitor.socket() as socket:
         await socket.send(json.dumps({"type": "resume", "cursor": None}))
         hello = json.loads(await socket.recv())
         assert hello["type"] == "hello" and hello["topics"] == ["stock", "orders:ada"]
-        status, order = visitor.place([{"sku": "ANVIL-1", "quantity": 1}])
+        status, order = visitor.place([{"sku": "ANVIL-1", "quantity": 1}], correlation=correlation)
         assert status == 202 and order["state"] == "pending", order
         frames = await frames_until(socket, confirmed)
     states = [f["data"]["state"] for f in frames if f["type"] == "event" and f["kind"] == "orders.updated"]
@@ -99,9 +100,13 @@ def test_one_process_without_redis(tmp_path: Path) -> None:
 def test_supervised_processes_with_redis(tmp_path: Path, redis: RedisServer) -> None:
     up = Up(tmp_path, redis.url)
     try:
-        ready = wait_ready(up.visitor)
+        ready = wait_ready(up.visitor, orders=2)
         assert ready["domains"]["orders"] == 2, "a count per domain"
-        asyncio.run(checkout_over_http_and_websocket(up.visitor))
+        asyncio.run(checkout_over_http_and_websocket(up.visitor, correlation="trace-4711"))
+        # One user action, followed by its correlation id through the logs of every process.
+        lines = [line for line in up.text().splitlines() if "[trace-4711 " in line]
+        processes = {line.split("|")[0].strip().split(".")[0] for line in lines}
+        assert processes >= {"web", "orders", "inventory", "payments", "presentation"}, lines
         # A worker dies: the supervisor says so and starts it again; the system is ready again.
         pid = int(re.findall(r"payments\s+\| started \(pid (\d+)\)", up.text())[-1])
         os.kill(pid, signal.SIGKILL)

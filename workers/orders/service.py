@@ -13,6 +13,7 @@ the sweep in every orders worker picks the order up again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 import bus
 from bus import Service, every
+from bus.context import handling
 from bus.databases import alias_for
 from bus.outbox import emit, relay
 from workers.inventory.contract import OutOfStock, ReservationClosed, UnknownProduct
@@ -97,6 +99,7 @@ class OrdersService(Service, contract=Orders):
         try:
             with transaction.atomic(using=alias):
                 order = models.Order.objects.using(alias).create(
+                    correlation_id=self.context.correlation_id,
                     customer_id=customer_id,
                     idempotency_key=idempotency_key,
                     fingerprint=fingerprint,
@@ -128,7 +131,9 @@ class OrdersService(Service, contract=Orders):
         if order.state in (State.CONFIRMED, State.FAILED) or not self._claim(order_id):
             return _snapshot(order)
         try:
-            self._run(order)
+            # Whichever worker runs it (a kick, the sweep), the saga speaks for the original request.
+            with handling(dataclasses.replace(self.context, correlation_id=order.correlation_id or order.id)):
+                self._run(order)
         except bus.BusError as exc:
             self._postpone(order, exc)
         finally:
