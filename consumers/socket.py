@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -50,7 +51,9 @@ DEFAULTS = {
 
 
 def option(name: str) -> Any:
-    return {**DEFAULTS, **getattr(settings, "EDGE_WEBSOCKET", {})}[name]
+    """One of settings.EDGE_WEBSOCKET, falling back to DEFAULTS (read per use: tests override it)."""
+    configured: dict[str, Any] = getattr(settings, "EDGE_WEBSOCKET", {})
+    return configured[name] if name in configured else DEFAULTS[name]
 
 
 class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
@@ -70,6 +73,15 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         await self.accept()
         metrics.websockets_open.inc()
         self.tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._lifetime())]
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its thread hop to close database connections before every
+        message: a broadcast would queue one hop per socket. Database work here runs through
+        `in_pool`, which closes stale connections in its own threads."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "tasks"):

@@ -84,5 +84,5 @@ def test_contract_exports_json_schema() -> None:
 
 def test_lookup_names_the_method_and_its_flags() -> None:
     method = lookup_method("echo.add")
-    assert (method.target, method.read, method.retries) == ("echo.add", True, 0)
+    assert (method.target, method.read, method.retries) == ("echo.add", True, 3)
     assert issubclass(Refused, ContractError)
