@@ -26,3 +26,11 @@ for database in DATABASES.values():  # noqa: F405
 
 # A killed worker's claim on a saga runs out this soon in tests that kill workers on purpose.
 ORDERS_LEASE_SECONDS = float(os.environ.get("ORDERS_TEST_LEASE_SECONDS", "20"))
+
+# --- Browser tests (tests/browser) --------------------------------------------------------------
+# The daphne they start may get EDGE_WEBSOCKET as JSON in EDGE_TEST_WEBSOCKET (a short LIFETIME,
+# say) and the stock cache's EDGE_STOCK_TTL in seconds in EDGE_TEST_STOCK_TTL. Unset: as configured.
+if os.environ.get("EDGE_TEST_WEBSOCKET"):
+    EDGE_WEBSOCKET = json.loads(os.environ["EDGE_TEST_WEBSOCKET"])
+if os.environ.get("EDGE_TEST_STOCK_TTL"):
+    EDGE_STOCK_TTL = float(os.environ["EDGE_TEST_STOCK_TTL"])

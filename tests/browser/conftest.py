@@ -1,0 +1,346 @@
+"""The shop as real processes, driven by headless Chromium.
+
+Each test gets its own stack: a flushed private redis-server, fresh migrated and seeded SQLite
+files, one `runworker` process per domain (inventory, payments, orders, presentation, and the
+test-only echo, which every orders.updated event is also delivered to), and daphne serving
+`tests.browser.asgi` on a free loopback port. The browser is Debian's Chromium through the
+`playwright` package (no browser of Playwright's own is downloaded). On a failure, a screenshot,
+the page's console and the processes' logs go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
+
+from tests.conftest import ROOT, WorkerProcess, free_port, migrated, process_env, wait_for_worker
+
+CHROMIUM = os.environ.get("BROWSER_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DOMAINS = ("inventory", "payments", "orders", "presentation", "echo")
+SEEDED_PRODUCTS = 6  # consumers/management/commands/seed.py: one stock_changed event each
+PASSWORDS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
+
+# Counts every close of every WebSocket the page opens, with its code (the page's own handlers
+# are untouched): lets a test tell a server-side 4000 close from a dropped connection (1006).
+RECORD_SOCKET_CLOSES = """
+(() => {
+  const Native = window.WebSocket;
+  window.__socketCloses = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("close", (event) => window.__socketCloses.push(event.code));
+    }
+  };
+})();
+"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "browser: drives the shop page in headless Chromium against real processes"
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item (rep_setup, rep_call), for the fixtures' teardown."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")
+    )
+
+
+def artifact_path(request: pytest.FixtureRequest, suffix: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name) + suffix)
+
+
+@dataclass
+class Shop:
+    """The processes of one test's shop, and ways to reach it from the test."""
+
+    redis_url: str
+    data_dir: Path
+    logs: Path
+    start_worker: Callable[..., WorkerProcess]
+    edge_env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    workers: dict[str, WorkerProcess] = field(default_factory=dict)
+    daphne: subprocess.Popen[str] | None = None
+    daphne_starts: int = 0
+    _log_files: list[IO[str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return process_env(
+            self.data_dir, BUS_TEST_REDIS_URL=self.redis_url, PYTHONUNBUFFERED="1", **self.edge_env
+        )
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        for domain in DOMAINS:
+            self.workers[domain] = self.start_worker(
+                self.redis_url, domain, data_dir=self.data_dir, wait=False
+            )
+        for domain, worker in self.workers.items():
+            wait_for_worker(worker, self.redis_url, (domain,))
+
+    def manage(self, *arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *arguments],  # tests.settings: from process_env
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def bus_call(self, target: str, **arguments: Any) -> Any:
+        """`manage.py bus call TARGET JSON` as an operator would run it; its JSON result."""
+        done = self.manage("bus", "call", target, json.dumps(arguments))
+        assert done.returncode == 0, (
+            f"bus call {target} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+        return json.loads(done.stdout)
+
+    def seed(self) -> None:
+        done = self.manage("seed", timeout=90)
+        assert done.returncode == 0, f"seed exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        # The seed's stock_changed events leave through inventory's outbox: let them reach the
+        # event log before any page loads, so none arrives after the page's first state.
+        self.wait_for(
+            lambda: self.log_offset() >= SEEDED_PRODUCTS, 30, "the seed's stock events to reach the log"
+        )
+
+    def start_daphne(self) -> None:
+        """daphne on this shop's port (the same one after a restart), ready when /healthz answers."""
+        assert self.daphne is None or self.daphne.poll() is not None, "daphne is running already"
+        self.daphne_starts += 1
+        log = (self.logs / f"daphne-{self.daphne_starts}.log").open("w")
+        self._log_files.append(log)
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        self.daphne = subprocess.Popen(
+            [*command, "tests.browser.asgi:application"],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.daphne.poll() is not None:
+                pytest.fail(f"daphne exited with {self.daphne.returncode}:\n{self.daphne_log()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"daphne did not answer /healthz within 30 s:\n{self.daphne_log()}")
+
+    def kill_daphne(self) -> None:
+        """SIGKILL: every socket drops at once, with no close frame."""
+        assert self.daphne is not None
+        self.daphne.kill()
+        self.daphne.wait(10)
+
+    def daphne_log(self) -> str:
+        return (self.logs / f"daphne-{self.daphne_starts}.log").read_text()
+
+    def stop(self) -> None:
+        if self.daphne is not None and self.daphne.poll() is None:
+            self.daphne.terminate()
+            try:
+                self.daphne.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daphne.kill()
+                self.daphne.wait(10)
+        for log in self._log_files:
+            log.close()
+
+    # -- HTTP, as a client that is not the page ---------------------------------------------------
+
+    def get(self, path: str, *, cookie: str = "") -> tuple[int, Any]:
+        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
+        if cookie:
+            request.add_header("Cookie", cookie)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read() or b"null")
+
+    def log_offset(self) -> int:
+        """The offset of the newest event in the presentation log (`GET /api/events`)."""
+        status, body = self.get("/api/events")
+        assert status == 200, body
+        return int(body["cursor"].rpartition(":")[2])
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            return self.get("/readyz")[0] == 200
+
+        self.wait_for(ready, 30, f"/readyz to answer 200 (last: {self.get('/readyz')})")
+
+    @staticmethod
+    def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"Waited {timeout} s for {what}.")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def edge(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment for this test's processes; parametrize indirectly to override, e.g.
+    `@pytest.mark.parametrize("edge", [{"EDGE_TEST_STOCK_TTL": "1"}], indirect=True)`."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture(scope="module")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SQLite files migrated once per module; each test works on a copy of its own."""
+    return migrated(tmp_path_factory.mktemp("browser-migrated"))
+
+
+@pytest.fixture
+def shop(
+    request: pytest.FixtureRequest,
+    redis_layer: str,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    migrated_template: Path,
+    edge: dict[str, str],
+) -> Iterator[Shop]:
+    """Redis (flushed), fresh migrated SQLite files, a worker per domain, demo data, and daphne."""
+    logs, data = tmp_path / "logs", tmp_path / "data"
+    logs.mkdir()
+    shutil.copytree(migrated_template, data)
+    stack = Shop(redis_layer, data, logs, start_worker, edge)
+    try:
+        stack.start_workers()
+        stack.start_daphne()
+        stack.seed()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+        if failed(request):
+            for log in logs.glob("*.log"):
+                shutil.copy(log, artifact_path(request, f".{log.name}"))
+            for domain, worker in stack.workers.items():
+                shutil.copy(worker.log, artifact_path(request, f".worker-{domain}.log"))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set BROWSER_TEST_CHROMIUM).")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@dataclass
+class Tab:
+    """A page and what it reported that a test may assert on."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)  # uncaught exceptions (pageerror)
+    console: list[str] = field(default_factory=list)
+    frames: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # ("sent"|"received", frame)
+
+    def watch_socket(self, socket: WebSocket) -> None:
+        for direction in ("sent", "received"):
+            socket.on(f"frame{direction}", lambda payload, way=direction: self._frame(way, payload))
+
+    def _frame(self, direction: str, payload: str | bytes) -> None:
+        try:
+            self.frames.append((direction, json.loads(payload)))
+        except ValueError:
+            self.frames.append((direction, {"type": "(not JSON)", "payload": str(payload)}))
+
+
+@pytest.fixture
+async def tab(request: pytest.FixtureRequest, browser: Browser, shop: Shop) -> AsyncIterator[Tab]:
+    """A fresh browser context on the shop; a screenshot and the console on failure."""
+    context = await browser.new_context(base_url=shop.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    await context.add_init_script(RECORD_SOCKET_CLOSES)
+    page = await context.new_page()
+    opened = Tab(page)
+    page.on("pageerror", lambda error: opened.errors.append(f"{error.name}: {error.message}\n{error.stack}"))
+    page.on("console", lambda message: opened.console.append(f"{message.type}: {message.text}"))
+    page.on("websocket", opened.watch_socket)
+    try:
+        yield opened
+    finally:
+        if failed(request):
+            try:
+                await page.screenshot(path=str(artifact_path(request, ".png")), full_page=True)
+            except Exception as error:  # a dead page must not hide the test's own failure
+                opened.console.append(f"(no screenshot: {error})")
+            artifact_path(request, ".console.txt").write_text("\n".join(opened.console + opened.errors))
+        await context.close()
+
+
+async def sign_in(page: Page, username: str) -> None:
+    """Through the real login form, as a person would; lands on the shop."""
+    await page.goto("/accounts/login/?next=/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", PASSWORDS[username])
+    async with page.expect_navigation():
+        await page.click("form button[type=submit]")
+    assert urlsplit(page.url).path == "/", f"sign-in as {username} landed on {page.url}"
+    await expect(page.locator(".who-name")).to_have_text(username)
+
+
+async def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Blocking process work, off the loop that drives the browser."""
+    return await asyncio.to_thread(function, *args, **kwargs)
