@@ -63,12 +63,6 @@ RECORD_SOCKET_CLOSES = """
 """
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "browser: drives the shop page in headless Chromium against real processes"
-    )
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item (rep_setup, rep_call), for the fixtures' teardown."""
