@@ -79,7 +79,6 @@ def _database(alias: str) -> dict[str, Any]:
     url = os.environ.get(variable, f"sqlite:///{DATA_DIR / alias}.sqlite3")
     config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        config["CONN_MAX_AGE"] = 0
         # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
         # (up to the timeout) instead of failing with "database is locked" half-way through.
         config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
