@@ -28,7 +28,7 @@ from channels.exceptions import ChannelFull as LayerChannelFull
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
-from . import context, databases, messages, metrics
+from . import context, databases, messages, metrics, tracing
 from .conf import bus_setting
 from .contracts import lookup_event, lookup_method
 from .exceptions import (
@@ -115,7 +115,8 @@ class Bus:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._exchange(channel, type, target, body, timeout, message_id, correlation_id)
+            with tracing.span(f"call {target}", "client"):
+                return await self._exchange(channel, type, target, body, timeout, message_id, correlation_id)
         except BusError as error:
             outcome = error.kind
             raise
@@ -228,7 +229,13 @@ class Bus:
             deadline = time.time() + (timeout if timeout is not None else bus_setting("TIMEOUT"))
             if handling is not None and handling.deadline is not None:
                 deadline = min(deadline, handling.deadline)
+        headers: dict[str, Any] = {}
         pins = databases.current_pins()
+        if pins:
+            headers["pins"] = pins
+        trace = tracing.carrier()
+        if trace:
+            headers["trace"] = trace
         return messages.envelope(
             type,
             target,
@@ -236,7 +243,7 @@ class Bus:
             correlation_id=correlation_id or (handling.correlation_id if handling else None),
             deadline=deadline,
             reply_to=reply_to,
-            headers={"pins": pins} if pins else None,
+            headers=headers,
             message_id=message_id,
         )
 

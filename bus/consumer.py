@@ -19,7 +19,7 @@ from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-from . import databases, deadletters, messages, metrics, modes
+from . import databases, deadletters, messages, metrics, modes, tracing
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Method, lookup_event, lookup_method
@@ -83,7 +83,13 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         self.message_context = _context(envelope)
         started = time.perf_counter()
         self.outcome = "ok"
-        with handling(self.message_context), databases.consistency_scope(envelope["headers"].get("pins")):
+        with (
+            handling(self.message_context),
+            databases.consistency_scope(envelope["headers"].get("pins")),
+            tracing.span(
+                f"{envelope['type']} {envelope['target']}", "consumer", envelope["headers"].get("trace")
+            ),
+        ):
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
         elapsed = time.perf_counter() - started

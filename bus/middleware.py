@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
-from . import databases, messages
+from . import databases, messages, tracing
 from .context import MessageContext, handling
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class CorrelationMiddleware:
         if iscoroutinefunction(self):
             return self._acall(request)
         context = _context(request)
-        with handling(context), databases.consistency_scope():
+        with handling(context), databases.consistency_scope(), tracing.span(_name(request), "server"):
             response: HttpResponseBase = self.get_response(request)
             _log(request, response)
         response["X-Correlation-ID"] = context.correlation_id
@@ -54,12 +54,16 @@ class CorrelationMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         context = _context(request)
-        with handling(context), databases.consistency_scope():
+        with handling(context), databases.consistency_scope(), tracing.span(_name(request), "server"):
             call: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
             response = await call(request)
             _log(request, response)
         response["X-Correlation-ID"] = context.correlation_id
         return response
+
+
+def _name(request: HttpRequest) -> str:
+    return f"{request.method} {request.path}"
 
 
 def _log(request: HttpRequest, response: HttpResponseBase) -> None:

@@ -1,0 +1,47 @@
+"""OpenTelemetry trace context in the envelope, when the `tracing` extra is installed.
+
+With opentelemetry-api present, every call opens a client span and carries the trace context in
+`headers["trace"]`; the worker continues the trace in a span around the handler, and the HTTP
+middleware opens the request's span, so one trace spans HTTP -> orders -> inventory and payments.
+Without it, these functions cost nothing and change nothing. Exporting the spans is configured the
+usual OpenTelemetry way (a TracerProvider with an exporter), outside the bus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from opentelemetry import propagate, trace
+except ImportError:  # pragma: no cover - the extra is not installed
+    trace = None  # type: ignore[assignment]
+    propagate = None  # type: ignore[assignment]
+
+
+def enabled() -> bool:
+    return trace is not None
+
+
+@contextlib.contextmanager
+def span(name: str, kind: str, parent: dict[str, Any] | None = None) -> Iterator[None]:
+    """A span named `name` (kind: "client", "server" or "consumer"), continuing `parent` if given."""
+    if trace is None:
+        yield
+        return
+    context = propagate.extract(parent) if parent else None
+    span_kind = {"client": trace.SpanKind.CLIENT, "server": trace.SpanKind.SERVER}.get(
+        kind, trace.SpanKind.CONSUMER
+    )
+    with trace.get_tracer("bus").start_as_current_span(name, context=context, kind=span_kind):
+        yield
+
+
+def carrier() -> dict[str, str]:
+    """The current trace context, to put in an envelope's headers (empty without tracing)."""
+    if propagate is None:
+        return {}
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
