@@ -157,6 +157,18 @@ def process_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "DJANGO_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "tests.settings", **extra}
 
 
+def run_bus(data_dir: Path, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`manage.py bus ARGS` as another process would run it, on `data_dir`'s databases."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "bus", *args],
+        cwd=ROOT,
+        env=process_env(data_dir, BUS_TEST_REDIS_URL=redis_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def migrated(data_dir: Path, **extra: str) -> Path:
     """Create and migrate every database alias of a process configured by `extra`, in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,22 +13,11 @@ import pytest
 
 import bus
 from bus.client import default_bus
-from tests.conftest import ROOT, WorkerProcess, migrated, process_env, read_records
+from tests.conftest import WorkerProcess, migrated, read_records, run_bus
 
 pytestmark = [pytest.mark.redis]
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def run_bus(data_dir: Path, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "bus", *args],
-        cwd=ROOT,
-        env=process_env(data_dir, BUS_TEST_REDIS_URL=redis_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +14,7 @@ from channels.layers import get_channel_layer
 
 import bus
 from bus.client import default_bus
-from tests.conftest import ROOT, RedisServer, WorkerProcess, presence, read_records, wait_for_worker
+from tests.conftest import RedisServer, WorkerProcess, presence, read_records, run_bus, wait_for_worker
 
 pytestmark = [pytest.mark.redis]
 
@@ -176,43 +174,28 @@ def test_sync_call_inside_an_event_loop_is_refused_with_the_async_twin_named() -
         asyncio.run(inside())
 
 
-def run_bus(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "bus", *args],
-        cwd=ROOT,
-        env={
-            "BUS_TEST_REDIS_URL": redis_url,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_bus_command_line(redis_layer: str, start_worker: StartWorker) -> None:
+def test_bus_command_line(redis_layer: str, start_worker: StartWorker, worker_data_dir: Path) -> None:
     worker = start_worker(redis_layer, "echo")
-    ok = run_bus(redis_layer, "call", "echo.add", '{"a": 1, "b": 2}')
+    ok = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1, "b": 2}')
     assert (ok.returncode, ok.stdout.strip()) == (0, "3")
-    invalid = run_bus(redis_layer, "call", "echo.add", '{"a": "x"}')
+    invalid = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": "x"}')
     assert invalid.returncode == 3 and "a: Input should be a valid integer" in invalid.stderr
-    declared = run_bus(redis_layer, "call", "echo.refuse", '{"reason": "because"}')
+    declared = run_bus(worker_data_dir, redis_layer, "call", "echo.refuse", '{"reason": "because"}')
     assert declared.returncode == 4 and "Refused: because" in declared.stderr
-    remote = run_bus(redis_layer, "call", "echo.fail", '{"message": "oops"}')
+    remote = run_bus(worker_data_dir, redis_layer, "call", "echo.fail", '{"message": "oops"}')
     assert remote.returncode == 5 and "RuntimeError: oops" in remote.stderr
-    late = run_bus(redis_layer, "call", "echo.sleep", '{"seconds": 2}', "--timeout", "0.2")
+    late = run_bus(worker_data_dir, redis_layer, "call", "echo.sleep", '{"seconds": 2}', "--timeout", "0.2")
     assert late.returncode == 6 and "did not answer within 0.2 s" in late.stderr
-    unknown = run_bus(redis_layer, "call", "echo.nope")
+    unknown = run_bus(worker_data_dir, redis_layer, "call", "echo.nope")
     assert unknown.returncode == 8 and "has no method 'nope'" in unknown.stderr
-    not_json = run_bus(redis_layer, "call", "echo.add", "{a: 1}")
+    not_json = run_bus(worker_data_dir, redis_layer, "call", "echo.add", "{a: 1}")
     assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
-    sent = run_bus(redis_layer, "send", "echo.record", '{"n": 1}')
+    sent = run_bus(worker_data_dir, redis_layer, "send", "echo.record", '{"n": 1}')
     assert sent.returncode == 0 and "message_id" in sent.stdout
-    status = run_bus(redis_layer, "status", "--json")
+    status = run_bus(worker_data_dir, redis_layer, "status", "--json")
     assert status.returncode == 0 and f".{worker.pid}." in status.stdout
-    services = run_bus(redis_layer, "services")
+    services = run_bus(worker_data_dir, redis_layer, "services")
     assert "echo.add(a: integer, b: integer)  [read]" in services.stdout
     worker.terminate()
-    nobody = run_bus(redis_layer, "call", "echo.add", '{"a": 1}')
+    nobody = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1}')
     assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr
