@@ -676,6 +676,8 @@
   function applyStock(data) {
     if (!data || !data.sku) return;
     const known = products.get(data.sku);
+    // Events can arrive out of order (an outbox retries a failed delivery later): keep the newest.
+    if (known && typeof data.version === "number" && data.version <= (known.version ?? -1)) return;
     stockEventAt.set(data.sku, performance.now());
     if (!known) {
       // A product we have not seen: load the catalogue again (once, shortly).
@@ -683,7 +685,13 @@
       unknownSkuTimer = setTimeout(() => loadProducts().catch(() => {}), 300);
       return;
     }
-    products.set(data.sku, { ...known, on_hand: data.on_hand, reserved: data.reserved, available: data.available });
+    products.set(data.sku, {
+      ...known,
+      on_hand: data.on_hand,
+      reserved: data.reserved,
+      available: data.available,
+      version: data.version,
+    });
     updateProductCard(data.sku, true);
     renderCart();
   }

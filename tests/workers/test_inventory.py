@@ -34,6 +34,7 @@ async def test_stock_reports_on_hand_reserved_and_available(inventory: Inventory
         "on_hand": 10,
         "reserved": 0,
         "available": 10,
+        "version": 1,
     }
     await inventory.add_product(sku="A-1", name="Better anvil", price_cents=2499)
     updated = await inventory.stock(sku="A-1")
@@ -126,4 +127,5 @@ async def test_stock_changes_leave_through_the_outbox_in_order(inventory: Invent
             await asyncio.sleep(0.05)
     assert {entry.kind for entry in logged} == {"inventory.stock_changed"}
     assert [entry.data["reserved"] for entry in logged] == [0, 2, 0], "restock, reserve, release"
-    assert logged[1].data == {"sku": "A-1", "on_hand": 10, "reserved": 2, "available": 8}
+    assert logged[1].data == {"sku": "A-1", "on_hand": 10, "reserved": 2, "available": 8, "version": 2}
+    assert [entry.data["version"] for entry in logged] == [1, 2, 3], "every change, a higher version"

@@ -39,6 +39,7 @@ class Stock(Schema):
     on_hand: int
     reserved: int
     available: int
+    version: int
 
 
 class Reservation(Schema):
@@ -55,6 +56,7 @@ class StockChanged(Schema):
     on_hand: int
     reserved: int
     available: int
+    version: int = Field(description="grows with every change: of two figures, the higher version is newer")
 
 
 class Inventory(Contract, name="inventory"):

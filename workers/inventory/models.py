@@ -11,6 +11,8 @@ class Product(models.Model):
     price_cents = models.PositiveBigIntegerField()
     on_hand = models.PositiveIntegerField(default=0)
     reserved = models.PositiveIntegerField(default=0)
+    # Grows with every stock change, so a reader can tell the newer of two figures.
+    version = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -28,6 +28,7 @@ def _stock(product: models.Product) -> Stock:
         on_hand=product.on_hand,
         reserved=product.reserved,
         available=product.available,
+        version=product.version,
     )
 
 
@@ -40,6 +41,12 @@ def _reservation(reservation: models.Reservation) -> Reservation:
     )
 
 
+def _save_stock(product: models.Product, *fields: str) -> None:
+    """Save changed stock figures with a new version, so readers can order the figures they get."""
+    product.version += 1
+    product.save(update_fields=[*fields, "version"])
+
+
 def _announce(products: list[models.Product]) -> None:
     """Write stock_changed events to the outbox, in the transaction that changed the stock."""
     for product in products:
@@ -50,6 +57,7 @@ def _announce(products: list[models.Product]) -> None:
             on_hand=product.on_hand,
             reserved=product.reserved,
             available=product.available,
+            version=product.version,
         )
 
 
@@ -76,7 +84,7 @@ class InventoryService(Service, contract=Inventory):
         with transaction.atomic(using=self.database):
             product = self._product(sku, lock=True)
             product.on_hand += quantity
-            product.save(update_fields=["on_hand"])
+            _save_stock(product, "on_hand")
             _announce([product])
         return _stock(product)
 
@@ -101,7 +109,7 @@ class InventoryService(Service, contract=Inventory):
                     requested=quantity,
                 )
             product.reserved += quantity
-            product.save(update_fields=["reserved"])
+            _save_stock(product, "reserved")
             reservation = hold.reservations.create(product=product, quantity=quantity)
             _announce([product])
         return _reservation(reservation)
@@ -162,7 +170,7 @@ class InventoryService(Service, contract=Inventory):
             product.reserved -= reservation.quantity
             if state == models.Reservation.State.COMMITTED:
                 product.on_hand -= reservation.quantity
-            product.save(update_fields=["reserved", "on_hand"])
+            _save_stock(product, "reserved", "on_hand")
             reservation.state = state
             reservation.save(update_fields=["state"])
             touched.append(product)
