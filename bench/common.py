@@ -287,3 +287,12 @@ def py_spy_executable() -> str | None:
     """py-spy next to this interpreter, or on PATH."""
     local = Path(sys.executable).parent / "py-spy"
     return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def publish(lines: list[str], output: Path | None) -> int:
+    """Print the report, and write it to `output` when one was given; the exit status."""
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if output:
+        output.write_text(report)
+    return 0

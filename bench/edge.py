@@ -65,6 +65,7 @@ from bench.common import (  # noqa: E402  (the repository root must be on sys.pa
     percentile,
     process_cpu,
     progress,
+    publish,
     py_spy_executable,
     py_spy_stacks,
     raw_host,
@@ -1115,11 +1116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             processes.stop_all()
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if arguments.output:
-        arguments.output.write_text(report)
-    return 0
+    return publish(lines, arguments.output)
 
 
 if __name__ == "__main__":

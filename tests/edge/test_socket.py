@@ -9,6 +9,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from tests.edge.conftest import ORDER_ITEMS, Browser, sign_in
+from tests.site import confirmed
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -29,14 +30,6 @@ async def until(socket: WebsocketCommunicator, predicate: Any, timeout: float = 
         seen.append(frame)
         if predicate(frame):
             return seen
-
-
-def confirmed(frame: dict[str, Any]) -> bool:
-    return (
-        frame["type"] == "event"
-        and frame["kind"] == "orders.updated"
-        and frame["data"]["state"] == "confirmed"
-    )
 
 
 async def opened(browser: Browser, cursor: str | None = None) -> tuple[WebsocketCommunicator, dict[str, Any]]:
