@@ -192,10 +192,8 @@ class Bus:
         event = lookup_event(target)
         envelope = self._envelope(messages.EVENT, target, event.validate(payload), None, reply_to=None)
         messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
-        try:
+        with translate_broker_errors():
             await self.layer.group_send(event.group, envelope)
-        except _BROKER_ERRORS as exc:
-            raise _unreachable(exc) from exc
         return envelope["id"]
 
     def publish(self, target: str, /, **payload: Any) -> str:
@@ -250,15 +248,14 @@ class Bus:
     async def _send(self, channel: str, envelope: messages.Envelope) -> None:
         messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
         try:
-            await self.layer.send(channel, envelope)
+            with translate_broker_errors():
+                await self.layer.send(channel, envelope)
         except LayerChannelFull:
             raise ChannelFull(
                 f"The {channel!r} channel is full: its workers are behind. Retry later, or start "
                 f"more `manage.py runworker {channel}` processes.",
                 channel=channel,
             ) from None
-        except _BROKER_ERRORS as exc:
-            raise _unreachable(exc) from exc
 
     async def _require_worker(self, service: str) -> None:
         """Fail at once when no worker serves `service`, instead of waiting out the deadline."""
@@ -273,10 +270,8 @@ class Bus:
         if lookup is None:
             lookup = self._lookups[key] = asyncio.ensure_future(presence(service))
             lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
-        try:
+        with translate_broker_errors():
             members = await asyncio.shield(lookup)
-        except _BROKER_ERRORS as exc:
-            raise _unreachable(exc) from exc
         if members:
             self._alive_until[service] = time.monotonic() + _PRESENCE_CACHE_SECONDS
             return
