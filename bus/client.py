@@ -337,7 +337,11 @@ class _ReplyListener:
         return future
 
     def forget(self, message_id: str) -> None:
-        self.pending.pop(message_id, None)
+        future = self.pending.pop(message_id, None)
+        if future is not None and not future.done():
+            # Nobody waits on it any more (the send failed, the deadline passed): a failing
+            # receive must not set an error that no one will read.
+            future.cancel()
 
     async def close(self) -> None:
         if self.task is not None:

@@ -1,0 +1,252 @@
+"""Faults injected into `manage.py up` (daphne + runworker per domain on a private Redis) under load.
+
+Each test prints a table of what was injected and what was checked (run with -s), and appends it
+to tests/artifacts/chaos-report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import bus
+from bus.exceptions import DeadlineExceeded, NoWorker
+from tests.chaos.conftest import (
+    DOMAIN_CHILDREN,
+    System,
+    chaos_seed,
+    check_invariants,
+    checkouts,
+    join,
+    report,
+    run_load,
+    stock,
+    stock_up,
+    wait_terminal,
+)
+from tests.conftest import RedisServer
+from tests.site import Visitor
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+
+@pytest.mark.timeout(420 + checkouts() // 2)
+def test_domain_workers_killed_repeatedly_during_checkouts(system: System) -> None:
+    count = checkouts()
+    initial = stock_up(count)
+    began = time.monotonic()
+    load, shoppers = run_load(system.base, count, sorted(initial), pace=0.02)
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    # Every domain's worker at least once, in random order, then one to three more at random.
+    victims = rng.sample(DOMAIN_CHILDREN, len(DOMAIN_CHILDREN))
+    victims += rng.choices(DOMAIN_CHILDREN, k=rng.randint(1, 3))
+    kills: list[str] = []
+    for name in victims:
+        time.sleep(rng.uniform(0.7, 1.3))
+        pid = system.pid(name)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            kills.append(f"{name}:{pid}")
+        except ProcessLookupError:
+            kills.append(f"{name}:{pid} (already gone)")
+    chaos_seconds = time.monotonic() - began
+    join(shoppers, timeout=120 + count * 0.5)
+    load_seconds = time.monotonic() - began
+    assert not load.errors, load.errors[:10]
+    assert not load.bad_bodies, load.bad_bodies[:10]
+    placed = load.placed()
+    assert len(placed) == count
+    orders, waited = wait_terminal([c.order_id for c in placed], timeout=180)
+    checked = check_invariants(orders, initial)
+    assert checked.confirmed > 0, "some checkouts must get through"
+    restarts = {name: len(system.pids(name)) - 1 for name in DOMAIN_CHILDREN}
+    report(
+        "kill -9 of random domain workers during checkouts",
+        [
+            ("checkouts (CHAOS_CHECKOUTS)", count),
+            ("seed (CHAOS_SEED)", seed),
+            ("kills (SIGKILL)", ", ".join(kills)),
+            ("kill window / load duration (s)", f"{chaos_seconds:.1f} / {load_seconds:.1f}"),
+            ("restarts by the supervisor", restarts),
+            ("HTTP statuses seen", dict(sorted(load.statuses.items()))),
+            ("POSTs retried with the same key", sum(c.attempts - 1 for c in load.checkouts)),
+            ("confirmed / failed", f"{checked.confirmed} / {checked.failed}"),
+            ("charge / refund ledger lines", f"{checked.charge_lines} / {checked.refund_lines}"),
+            ("units sold", sum(checked.sold.values())),
+            ("seconds until all terminal", f"{waited:.1f}"),
+            (
+                "invariants",
+                "no double charge, failed refunded, ledgers balance, sold+available=in, 0 reserved",
+            ),
+        ],
+    )
+
+
+@pytest.mark.timeout(420)
+def test_redis_restarted_under_load(system: System, chaos_redis: RedisServer) -> None:
+    count = min(checkouts(), 120)
+    initial = stock_up(count)
+    before = system.current()
+    started_lines = system.text().count("| started (pid")
+    load, shoppers = run_load(system.base, count, sorted(initial), pace=0.05)
+    time.sleep(1.5)
+    mark = len(load.failure_seconds)
+    chaos_redis.stop()
+    down = time.monotonic()
+    time.sleep(2.0)
+    chaos_redis.start()
+    gap = time.monotonic() - down
+    join(shoppers, timeout=240)
+    assert not load.errors, load.errors[:10]
+    assert not load.bad_bodies, load.bad_bodies[:10]
+    failures = Counter(s for s in load.statuses.elements() if s >= 500 or s == 0)
+    assert set(failures) <= {503, 504}, f"only 503/504 while Redis is away, saw {failures}"
+    slowest = max(load.failure_seconds, default=0.0)
+    assert slowest < 15, f"a failure took {slowest:.1f} s: not fast"
+    orders, waited = wait_terminal([c.order_id for c in load.placed()], timeout=180)
+    checked = check_invariants(orders, initial)
+    after = system.current()
+    assert after == before, f"no process was restarted: {before} -> {after}"
+    assert system.text().count("| started (pid") == started_lines
+    report(
+        "Redis stopped and started again under load",
+        [
+            ("checkouts", count),
+            ("Redis down (s)", f"{gap:.1f}"),
+            ("HTTP statuses seen", dict(sorted(load.statuses.items()))),
+            ("5xx during/after the gap", len(load.failure_seconds) - mark),
+            ("slowest 5xx (s)", f"{slowest:.2f}"),
+            ("5xx without a problem body", len(load.bad_bodies)),
+            ("processes restarted", 0),
+            ("'Future exception was never retrieved' in logs", system.text().count("never retrieved")),
+            ("confirmed / failed", f"{checked.confirmed} / {checked.failed}"),
+            ("seconds until all terminal", f"{waited:.1f}"),
+            ("invariants", "hold"),
+        ],
+    )
+
+
+@pytest.mark.timeout(420)
+def test_payments_stopped_then_resumed(system: System) -> None:
+    initial = stock()
+    pid = system.pause("payments")
+    stopped = time.monotonic()
+    # Orders placed meanwhile (some while the heartbeat still looks fresh, so their charges are
+    # queued for a worker that does not take them) wait at the charge step.
+    load, shoppers = run_load(system.base, 12, ["TONGS-3", "HAMMER-4"], sessions_per_customer=1, pace=0.5)
+    # At first the worker's heartbeat is still fresh: a call waits out its deadline (exit 6);
+    # once the heartbeat has expired, callers are told at once that no worker serves it (exit 7).
+    early_code, early_output, early_seconds = system.bus_cli(
+        "call", "payments.balance", '{"customer_id": "ada"}', "--timeout", "2"
+    )
+    while True:
+        status = json.loads(system.bus_cli("status", "--json")[1])
+        payments = next(d for d in status["domains"] if d["domain"] == "payments")
+        if not payments["workers"]:
+            break
+        assert time.monotonic() - stopped < 30, "the stopped worker's heartbeat never expired"
+        time.sleep(0.5)
+    code, output, seconds = system.bus_cli("call", "payments.balance", '{"customer_id": "ada"}')
+    began = time.monotonic()
+    with pytest.raises(NoWorker):
+        bus.call("payments.balance", customer_id="ada")
+    in_process = time.monotonic() - began
+    assert early_code in (6, 7), early_output
+    assert code == 7, output
+    assert in_process < 2, f"NoWorker took {in_process:.2f} s"
+    join(shoppers, timeout=120)
+    assert not load.errors, load.errors[:10]
+    queued = []
+    for _ in range(4):
+        status = json.loads(system.bus_cli("status", "--json")[1])
+        queued.append(next(d for d in status["domains"] if d["domain"] == "payments")["queued"])
+    assert max(queued) <= 1000, queued
+    states = Counter(bus.call("orders.get", order_id=c.order_id)["state"] for c in load.placed())
+    assert not states.keys() & {"confirmed", "charged"}, f"nothing can be charged yet: {states}"
+    down = time.monotonic() - stopped
+    system.resume(pid)
+    orders, waited = wait_terminal([c.order_id for c in load.placed()], timeout=120)
+    checked = check_invariants(orders, initial)
+    assert checked.confirmed > 0, "orders resume and confirm once payments is back"
+    assert system.pid("payments") == pid, "the same process carried on"
+    dropped = system.dropped("payments", "payments.charge")
+    report(
+        "payments worker stopped (SIGSTOP), then continued (SIGCONT)",
+        [
+            ("payments down (s)", f"{down:.1f}"),
+            ("bus call while heartbeat fresh", f"exit {early_code} in {early_seconds:.1f} s"),
+            ("bus call after heartbeat expired", f"exit {code} in {seconds:.1f} s (process start incl.)"),
+            ("bus.call in process", f"NoWorker in {in_process:.3f} s"),
+            ("payments queue while down", queued),
+            ("orders placed while down", len(load.placed())),
+            ("expired charges dropped after SIGCONT (log)", dropped),
+            ("states while down", dict(states)),
+            ("confirmed / failed after SIGCONT", f"{checked.confirmed} / {checked.failed}"),
+            ("seconds until all terminal", f"{waited:.1f}"),
+        ],
+    )
+
+
+@pytest.mark.timeout(300)
+def test_expired_requests_are_not_run_late(system: System) -> None:
+    before = bus.call("inventory.stock", sku="TONGS-3")
+    visitor = Visitor(system.base)
+    assert visitor.request("GET", "/api/products/TONGS-3")[0] == 200  # the edge has a value to fall back on
+    pid = system.pause("inventory")
+    stopped = time.monotonic()
+    outcomes: Counter[str] = Counter()
+    try:
+        for _ in range(5):
+            began = time.monotonic()
+            try:
+                bus.call("inventory.restock", sku="TONGS-3", quantity=5, timeout=0.5)
+                outcomes["ran"] += 1
+            except DeadlineExceeded:
+                outcomes[f"DeadlineExceeded in {time.monotonic() - began:.1f} s"] += 1
+        cli_code, cli_output, cli_seconds = system.bus_cli(
+            "call", "inventory.restock", '{"sku": "TONGS-3", "quantity": 7}', "--timeout", "0.5"
+        )
+        # The edge serves the last known stock, marked stale, instead of hanging.
+        edge = []
+        for _ in range(3):
+            began = time.monotonic()
+            status, body = visitor.request("GET", "/api/products/TONGS-3")
+            edge.append(
+                (status, body.get("stale") if isinstance(body, dict) else body, time.monotonic() - began)
+            )
+        time.sleep(2.0)
+    finally:
+        system.resume(pid)
+    stopped_for = time.monotonic() - stopped
+    assert outcomes == Counter({k: v for k, v in outcomes.items() if k.startswith("DeadlineExceeded")})
+    assert cli_code == 6, cli_output
+    # The worker catches up: anything it took off the queue after SIGCONT had expired.
+    threading.Event().wait(0.5)
+    bus.call("inventory.stock", sku="TONGS-3", timeout=10)
+    time.sleep(2.0)
+    after = bus.call("inventory.stock", sku="TONGS-3")
+    assert after["on_hand"] == before["on_hand"], f"an expired restock ran: {before} -> {after}"
+    assert after["version"] == before["version"], f"{before} -> {after}"
+    assert all(status == 200 and stale for status, stale, _ in edge), edge
+    dropped = system.dropped("inventory", "inventory.restock")
+    assert dropped >= 6, f"the worker says it dropped {dropped} expired restocks"
+    report(
+        "inventory stopped (SIGSTOP) while short-deadline writes are sent",
+        [
+            ("inventory stopped (s)", f"{stopped_for:.1f}"),
+            ("bus.call restock timeout 0.5 x5", dict(outcomes)),
+            ("bus call restock --timeout 0.5", f"exit {cli_code} in {cli_seconds:.1f} s"),
+            ("GET /api/products/TONGS-3 while stopped", [(s, stale, f"{t:.2f}s") for s, stale, t in edge]),
+            ("TONGS-3 on_hand before / after SIGCONT", f"{before['on_hand']} / {after['on_hand']}"),
+            ("expired restocks dropped (worker log)", dropped),
+            ("expired requests executed late", 0),
+        ],
+    )
