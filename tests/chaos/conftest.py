@@ -41,7 +41,6 @@ TERMINAL = {"confirmed", "failed"}
 REPORT = ROOT / "tests" / "artifacts" / "chaos-report.md"
 
 
-
 def chaos_seed() -> int:
     """CHAOS_SEED replays a run's choices (which worker dies when); unset, a new one each run."""
     return int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
