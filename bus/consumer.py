@@ -241,20 +241,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             logger.exception("Could not reply to %s on %s.", envelope["target"], reply_to)
 
     async def reject(self, message: Any, error: BusError) -> None:
-        """Log a malformed message and, when it names a reply channel, tell its sender."""
-        logger.warning("Rejected a malformed message: %s", error.message)
-        if (
-            isinstance(message, dict)
-            and isinstance(message.get("reply_to"), str)
-            and isinstance(message.get("id"), str)
-        ):
-            answer = messages.reply(message, error=error)  # type: ignore[arg-type]
-            try:
-                await self.channel_layer.send(message["reply_to"], answer)
-            except Exception:
-                logger.warning(
-                    "Could not tell the sender of the malformed message on %s.", message["reply_to"]
-                )
+        await reject(self.channel_layer, message, error)
 
 
 def _remote(exc: BaseException, *, cause: BaseException | None = None) -> RemoteError:
@@ -276,3 +263,18 @@ def _send_later(layer: Any, channel: str, message: dict[str, Any]) -> None:
     task = asyncio.ensure_future(send())
     _retries.add(task)
     task.add_done_callback(_retries.discard)
+
+
+async def reject(layer: Any, message: Any, error: BusError) -> None:
+    """Log a malformed message and, when it names a reply channel and an id, tell its sender."""
+    logger.warning("Rejected a malformed message: %s", error.message)
+    if (
+        isinstance(message, dict)
+        and isinstance(message.get("reply_to"), str)
+        and isinstance(message.get("id"), str)
+    ):
+        answer = messages.reply(message, error=error)  # type: ignore[arg-type]
+        try:
+            await layer.send(message["reply_to"], answer)
+        except Exception:
+            logger.warning("Could not tell the sender of the malformed message on %s.", message["reply_to"])

@@ -25,12 +25,16 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def span(name: str, kind: str, parent: dict[str, Any] | None = None) -> Iterator[None]:
+def span(name: str, kind: str, parent: Any = None) -> Iterator[None]:
     """A span named `name` (kind: "client", "server" or "consumer"), continuing `parent` if given."""
     if trace is None:
         yield
         return
-    context = propagate.extract(parent) if parent else None
+    valid = isinstance(parent, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parent.items()
+    )
+    # A malformed header from a sender must not cost the message: the span just starts a new trace.
+    context = propagate.extract(parent) if valid and parent else None
     span_kind = {"client": trace.SpanKind.CLIENT, "server": trace.SpanKind.SERVER}.get(
         kind, trace.SpanKind.CONSUMER
     )

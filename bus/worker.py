@@ -31,8 +31,10 @@ from channels.routing import get_default_application
 from . import databases, messages, metrics
 from .client import default_bus, receive_batch
 from .conf import bus_setting
+from .consumer import reject
 from .context import MessageContext, handling
 from .contracts import lookup_event
+from .exceptions import BadMessage
 from .services import Service, implementation
 from .threads import in_pool
 
@@ -170,7 +172,12 @@ class Worker:
 
     async def _handle(self, channel: str, message: Any) -> None:
         if not isinstance(message, dict) or not message.get("type"):
-            logger.warning("Rejected a message on %r without a 'type': %.200r", channel, message)
+            # No application can dispatch it; its sender, if it named a reply channel, is told
+            # everything that is wrong with it.
+            try:
+                messages.parse_envelope(message)
+            except BadMessage as problem:
+                await reject(self.layer, message, problem)
             return
         delivered = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any
@@ -88,8 +89,12 @@ async def place_order(request: HttpRequest) -> HttpResponse:
         return problem(413, "Body too large", f"The body is over {MAX_BODY} bytes; an order is much smaller.")
     try:
         body = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return problem(400, "Body is not JSON", f"The body is not valid JSON ({error}).")
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return problem(
+            400,
+            "Body is not JSON",
+            f"The body is not valid JSON ({str(error)[:200] or 'too deeply nested'}).",
+        )
     if not isinstance(body, dict) or set(body) != {"items"}:
         return problem(
             400,
@@ -127,7 +132,7 @@ async def customer_orders(request: HttpRequest, customer_id: str) -> HttpRespons
     if customer_id != user.get_username():
         return problem(403, "Not your orders", "Customers can list only their own orders.")
     limit = request.GET.get("limit", "20")
-    if not limit.isdigit():
+    if not re.fullmatch(r"[0-9]{1,3}", limit):
         return problem(
             400,
             "Invalid limit",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,15 @@ def orders_topic(customer_id: str) -> str:
 def group_for(topic: str) -> str:
     """The Channels group of a topic's sockets (group names allow only a few characters)."""
     return "ws." + hashlib.sha256(topic.encode()).hexdigest()[:32]
+
+
+_OFFSET = re.compile(r"^[0-9]{1,18}$")
+
+
+def parse_cursor(cursor: str) -> tuple[str, int] | None:
+    """(epoch, offset) of a cursor "epoch:offset", or None when it is not one (ASCII digits only)."""
+    epoch_id, _, offset = cursor.partition(":")
+    return (epoch_id, int(offset)) if _OFFSET.match(offset) else None
 
 
 class CursorGone(Exception):
@@ -92,12 +102,12 @@ def head() -> str:
 def since(cursor: str, topics: list[str], limit: int = 500) -> list[Entry]:
     """Events on `topics` after `cursor`, oldest first; CursorGone when it cannot be resumed."""
     current = _epoch()
-    name, _, offset_text = cursor.partition(":")
-    if name != current.id or not offset_text.isdigit():
+    parsed = parse_cursor(cursor)
+    if parsed is None or parsed[0] != current.id:
         raise CursorGone(
-            f"Cursor {cursor!r} is not from this log (epoch {current.id}); reload the page's state."
+            f"Cursor {cursor[:80]!r} is not from this log (epoch {current.id}); reload the page's state."
         )
-    offset = int(offset_text)
+    offset = parsed[1]
     if offset < current.purged_through:
         raise CursorGone(f"Events after {cursor} were already cleaned up; reload the page's state.")
     alias = alias_for("presentation", write=True)

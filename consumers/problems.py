@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 
 import bus
 from workers.orders.contract import CatalogueUnavailable, IdempotencyConflict, InvalidOrder, OrderNotFound
@@ -56,3 +57,14 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
         f"{reason or 'The CSRF token is missing or wrong'}. Send the csrftoken cookie's value in the "
         "X-CSRFToken header.",
     )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """settings' handler404: problem details under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return problem(
+            404,
+            "Not found",
+            f"No API endpoint at {request.path[:200]!r}; the endpoints are listed in the README.",
+        )
+    return page_not_found(request, exception or Http404())

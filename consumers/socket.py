@@ -95,20 +95,21 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         self.last_heard = time.monotonic()
-        frame = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-        if len(frame) > option("MAX_FRAME") or not self._take_token():
+        raw = text_data.encode() if text_data is not None else (bytes_data or b"")
+        if len(raw) > option("MAX_FRAME") or not self._take_token():
             await self.close(code=POLICY, reason="frames too large or too frequent")
             return
         try:
-            message = json.loads(frame)
+            message = json.loads(raw)
             kind = message["type"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             await self._send(
                 {"type": "error", "message": 'Frames are JSON objects with a "type": resume, ack or pong.'}
             )
             return
         if kind == "resume" and not self.resumed:
-            await self._resume(message.get("cursor"))
+            cursor = message.get("cursor")
+            await self._resume(cursor if isinstance(cursor, str) else None)
         elif kind == "ack":
             self._acknowledge(message.get("cursor"))
         elif kind != "pong":
@@ -201,5 +202,5 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
 
 def _offset(cursor: str) -> int:
-    _, _, offset = cursor.partition(":")
-    return int(offset) if offset.isdigit() else -1
+    parsed = events.parse_cursor(cursor)
+    return parsed[1] if parsed is not None else -1

@@ -19,3 +19,5 @@ urlpatterns = [
     path("readyz", api.readyz),
     path("metrics", metrics),
 ]
+
+handler404 = "consumers.problems.not_found"

@@ -85,7 +85,7 @@ async def test_bad_input_gets_clear_answers_and_the_worker_keeps_serving(
     assert await bus.acall("echo.echo", text="still here") == "still here"
     assert worker.process.poll() is None
     assert "Traceback" in worker.output() and "kaboom" in worker.output()
-    assert "Rejected a message on 'echo' without a 'type'" in worker.output()
+    assert "Rejected a malformed message: Malformed bus message: 'type' must be one of" in worker.output()
     await default_bus.aclose()
 
 
