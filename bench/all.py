@@ -1,0 +1,49 @@
+"""Every benchmark, one after the other, into one Markdown report.
+
+    .venv/bin/python bench/all.py [--quick] [--output bench/results/all.md]
+
+Runs bench/rpc.py (the bus against the raw channels-redis layer and a hand-rolled redis-py
+request/reply) and bench/edge.py (HTTP through the bus against a plain Channels endpoint,
+WebSockets held, broadcast fan-out), each in its own process so that neither warms the other, and
+joins their reports. Every figure in them is a ratio to a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+SUITE = ["rpc.py", "edge.py"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short version of every benchmark")
+    parser.add_argument("--output", type=Path, default=None, help="also write the joined report here")
+    arguments = parser.parse_args(argv)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="bench-all-") as directory:
+        for script in SUITE:
+            output = Path(directory) / f"{script}.md"
+            command = [sys.executable, str(BENCH / script), "--output", str(output)]
+            if arguments.quick:
+                command.append("--quick")
+            print(f"== {script}", file=sys.stderr, flush=True)
+            if subprocess.run(command, cwd=BENCH.parent, stdout=subprocess.DEVNULL).returncode != 0:
+                print(f"{script} failed; its own run shows why: {' '.join(command)}", file=sys.stderr)
+                return 1
+            reports.append(output.read_text())
+    report = "\n\n".join(reports)
+    print(report, end="")
+    if arguments.output:
+        arguments.output.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
