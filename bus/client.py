@@ -290,9 +290,13 @@ class Bus:
 
     def _listener(self) -> _ReplyListener:
         loop = asyncio.get_running_loop()
+        layer = self.layer
         listener = self._listeners.get(loop)
-        if listener is None:
-            listener = self._listeners[loop] = _ReplyListener(self)
+        if listener is None or listener.layer is not layer:
+            # CHANNEL_LAYERS changed (a test, a reconfigured process): replies now come over the new layer.
+            if listener is not None and listener.task is not None:
+                listener.task.cancel()
+            listener = self._listeners[loop] = _ReplyListener(layer)
         return listener
 
 
@@ -317,8 +321,8 @@ class _ReplyListener:
 
     batch = 100
 
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
         self.channel = f"bus.reply.{messages.new_id()}"
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.task: asyncio.Task[None] | None = None
@@ -350,7 +354,7 @@ class _ReplyListener:
                 await self.task
 
     async def _listen(self) -> None:
-        layer = self.bus.layer
+        layer = self.layer
         backoff = 0.0
         while True:
             # Calls that start while this receive is failing send after it, on a fresh connection.
