@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,14 +58,6 @@ class Up:
         self.output.close()
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 async def checkout_over_http_and_websocket(visitor: Visitor, correlation: str = "") -> None:
     """Sign in, listen on the socket, place an order over HTTP, see it confirmed on the socket."""
     visitor.sign_in("ada", "ada-demo-1815")
@@ -97,8 +88,8 @@ def test_one_process_without_redis(tmp_path: Path) -> None:
         up.close()
 
 
-def test_supervised_processes_with_redis(tmp_path: Path, redis: RedisServer) -> None:
-    up = Up(tmp_path, redis.url)
+def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisServer) -> None:
+    up = Up(tmp_path, private_redis.url)
     try:
         ready = wait_ready(up.visitor, orders=2)
         assert ready["domains"]["orders"] == 2, "a count per domain"
@@ -132,9 +123,9 @@ async def resume_after(visitor: Visitor, cursor: str) -> list[dict[str, object]]
 
 
 def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_events(
-    tmp_path: Path, redis: RedisServer
+    tmp_path: Path, private_redis: RedisServer
 ) -> None:
-    up = Up(tmp_path, redis.url)
+    up = Up(tmp_path, private_redis.url)
     try:
         wait_ready(up.visitor)
         up.visitor.sign_in("ada", "ada-demo-1815")
@@ -176,7 +167,7 @@ def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_e
             cwd=ROOT,
             env={
                 **os.environ,
-                "REDIS_URL": redis.url,
+                "REDIS_URL": private_redis.url,
                 "DJANGO_DATA_DIR": str(tmp_path),
                 "DJANGO_SETTINGS_MODULE": "project.settings",
             },

@@ -141,20 +141,12 @@ class System:
 
 
 @pytest.fixture
-def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def system(tmp_path: Path, chaos_redis: RedisServer, settings: Any) -> Iterator[System]:
+def system(tmp_path: Path, private_redis: RedisServer, settings: Any) -> Iterator[System]:
     """The running system, and this test process's bus pointed at its Redis (same "bus:" prefix)."""
-    settings.CHANNEL_LAYERS = layers_for(chaos_redis.url)
+    settings.CHANNEL_LAYERS = layers_for(private_redis.url)
     data = tmp_path / "data"
     data.mkdir()
-    running = System(data, chaos_redis.url)
+    running = System(data, private_redis.url)
     try:
         running.ready()
         yield running

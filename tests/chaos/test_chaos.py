@@ -91,7 +91,7 @@ def test_domain_workers_killed_repeatedly_during_checkouts(system: System) -> No
 
 
 @pytest.mark.timeout(420)
-def test_redis_restarted_under_load(system: System, chaos_redis: RedisServer) -> None:
+def test_redis_restarted_under_load(system: System, private_redis: RedisServer) -> None:
     count = min(checkouts(), 120)
     initial = stock_up(count)
     before = system.current()
@@ -99,10 +99,10 @@ def test_redis_restarted_under_load(system: System, chaos_redis: RedisServer) ->
     load, shoppers = run_load(system.base, count, sorted(initial), pace=0.05)
     time.sleep(1.5)
     mark = len(load.failure_seconds)
-    chaos_redis.stop()
+    private_redis.stop()
     down = time.monotonic()
     time.sleep(2.0)
-    chaos_redis.start()
+    private_redis.start()
     gap = time.monotonic() - down
     join(shoppers, timeout=240)
     assert not load.errors, load.errors[:10]

@@ -1,5 +1,25 @@
-"""The edge's fixtures, for the fuzz tests of the API and the socket."""
+"""Shared by the fuzz tests: the edge's `shop` fixture, and bounded hypothesis settings."""
+
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, settings
 
 from tests.edge.conftest import shop
 
-__all__ = ["shop"]
+__all__ = ["fuzz_settings", "shop"]
+
+
+def fuzz_settings(max_examples: int, *, shrink: bool = True) -> Any:
+    """Bounded runs with no example database; function-scoped fixtures are fine for these tests."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if shrink else [])]
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        phases=phases,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+    )

@@ -11,27 +11,18 @@ import uuid
 from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bus.databases import alias_for
 from bus.threads import in_pool
 from tests.edge.conftest import Browser, Response, sign_in
+from tests.fuzz.conftest import fuzz_settings
 from workers.orders.models import Order
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-FUZZ_SETTINGS = settings(
-    max_examples=100,
-    deadline=None,
-    database=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+FUZZ_SETTINGS = fuzz_settings(100)
 
 json_values = st.recursive(
     st.none()

@@ -18,27 +18,18 @@ from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import bus
 from bus.testing import serving
+from tests.fuzz.conftest import fuzz_settings
 from workers.inventory.contract import Inventory
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-FUZZ_SETTINGS = settings(
-    max_examples=20,
-    deadline=None,
-    database=None,
-    # No shrinking: a missing reply costs a timeout per try; the failing batch is in the message.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+# No shrinking: a missing reply costs a timeout per try; the failing batch is in the message.
+FUZZ_SETTINGS = fuzz_settings(20, shrink=False)
 
 ENVELOPE_TYPES = ("bus.request", "bus.command", "bus.event")
 # The wire format (bus/messages.py `Envelope`): each field and the JSON types it may have.

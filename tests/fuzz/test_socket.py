@@ -11,24 +11,15 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.edge.conftest import Browser
+from tests.fuzz.conftest import fuzz_settings
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-FUZZ_SETTINGS = settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+FUZZ_SETTINGS = fuzz_settings(40)
 MAX_FRAME = 4096  # EDGE_WEBSOCKET["MAX_FRAME"]: bytes in one client frame
 BURST = 30  # frames at once before the rate limit closes the socket
 SERVER_TYPES = {"hello", "event", "reload", "ping", "error"}
