@@ -108,11 +108,16 @@ class Row:
     latencies: list[float] = field(repr=False)  # seconds, sorted
     errors: int = 0
     cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds per process
+    redis_commands: int | None = None  # commands redis-server processed during the row
 
     @property
     def calls(self) -> int:
         """Calls that got their reply."""
         return len(self.latencies)
+
+    def commands_per_call(self) -> str:
+        """Redis commands per call (heartbeats of idle processes add a few per second)."""
+        return "-" if self.redis_commands is None else f"{self.redis_commands / max(self.calls, 1):.1f}"
 
     def cpu_us(self) -> str:
         """CPU microseconds per call of the client, the server and redis-server."""
@@ -137,7 +142,12 @@ def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
 
 
 async def measure(
-    system: str, call: Call, total: int, in_flight: int, pids: Mapping[str, int | None] | None = None
+    system: str,
+    call: Call,
+    total: int,
+    in_flight: int,
+    pids: Mapping[str, int | None] | None = None,
+    commands: Callable[[], int] | None = None,
 ) -> Row:
     """Make `total` calls, `in_flight` at a time, timing each one and the CPU each process used.
 
@@ -162,15 +172,18 @@ async def measure(
     processes = {"client": None, **(pids or {})}
     gc.collect()
     before = cpu_snapshot(processes)
+    commands_before = commands() if commands else None
     start = time.perf_counter()
     await asyncio.gather(*(runner() for _ in range(in_flight)))
     seconds = time.perf_counter() - start
     after = cpu_snapshot(processes)
+    # Minus 1: the INFO command that reads the count is counted too.
+    processed = commands() - commands_before - 1 if commands and commands_before is not None else None
     if len(errors) >= MAX_ERRORS:
         raise BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
     latencies.sort()
     cpu = {name: _minus(after[name], before[name]) for name in processes}
-    return Row(system, in_flight, seconds, latencies, len(errors), cpu)
+    return Row(system, in_flight, seconds, latencies, len(errors), cpu, processed)
 
 
 def _minus(after: float | None, before: float | None) -> float | None:
@@ -178,14 +191,19 @@ def _minus(after: float | None, before: float | None) -> float | None:
 
 
 async def run_system(
-    system: str, call: Call, plan: Plan, pids: Mapping[str, int | None], levels: Sequence[int] = IN_FLIGHT
+    system: str,
+    call: Call,
+    plan: Plan,
+    pids: Mapping[str, int | None],
+    commands: Callable[[], int],
+    levels: Sequence[int] = IN_FLIGHT,
 ) -> list[Row]:
     """Warm up, then measure one row per number of calls in flight."""
     await measure(system, call, plan.warmup, 1)
     await measure(system, call, plan.warmup, max(levels))  # opens the pool's connections too
     rows = []
     for in_flight in levels:
-        row = await measure(system, call, plan.calls(in_flight), in_flight, pids)
+        row = await measure(system, call, plan.calls(in_flight), in_flight, pids, commands)
         progress(
             f"{system:<20} {in_flight:>3} in flight: p50 {row.ms(50):.3f} ms, {row.rate:,.0f} calls/s"
             + (f", {row.errors} errors" if row.errors else "")
@@ -413,24 +431,33 @@ async def run_benchmark(
     url: str, worker: subprocess.Popen[bytes], processes: Processes, plan: Plan
 ) -> list[Row]:
     """Measure the three systems; rows in table order (bus, raw channels-redis, hand-rolled)."""
+    import redis
+
     redis_pid = processes.pid("redis-server")
+    counter = redis.Redis.from_url(url)
+
+    def commands() -> int:
+        return int(counter.info("stats")["total_commands_processed"])
+
     hand = HandClient(url)
     await hand.start()
     try:
         pids = {"server": processes.pid("hand"), "redis": redis_pid}
-        hand_rows = await run_system("hand-rolled redis-py", hand.call, plan, pids)
+        hand_rows = await run_system("hand-rolled redis-py", hand.call, plan, pids, commands)
     finally:
         await hand.close()
     raw = RawClient(url)
     await raw.start()
     try:
         pids = {"server": processes.pid("raw"), "redis": redis_pid}
-        raw_rows = await run_system("raw channels-redis", raw.call, plan, pids)
+        raw_rows = await run_system("raw channels-redis", raw.call, plan, pids, commands)
     finally:
         await raw.close()
     try:
         await wait_for_bus(worker, processes)
-        bus_rows = await run_system("bus", bus_call, plan, {"server": worker.pid, "redis": redis_pid})
+        bus_rows = await run_system(
+            "bus", bus_call, plan, {"server": worker.pid, "redis": redis_pid}, commands
+        )
     finally:
         await close_bus()
     return [*bus_rows, *raw_rows, *hand_rows]
@@ -459,8 +486,8 @@ def table(rows: Sequence[Row]) -> list[str]:
     baseline = {row.in_flight: row for row in rows if row.system == "hand-rolled redis-py"}
     lines = [
         "| system | in flight | calls | errors | p50 ms | p90 ms | p99 ms | calls/s | vs hand-rolled "
-        "| CPU us/call: client / server / redis |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| CPU us/call: client / server / redis | Redis commands/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
         base = baseline.get(row.in_flight)
@@ -474,7 +501,8 @@ def table(rows: Sequence[Row]) -> list[str]:
             versus = f"{row.system} calls/s / hand-rolled calls/s = {row.rate / base.rate:.2f}x"
         lines.append(
             f"| {row.system} | {row.in_flight} | {row.calls:,} | {row.errors} | {row.ms(50):.3f} | "
-            f"{row.ms(90):.3f} | {row.ms(99):.3f} | {row.rate:,.0f} | {versus} | {row.cpu_us()} |"
+            f"{row.ms(90):.3f} | {row.ms(99):.3f} | {row.rate:,.0f} | {versus} | {row.cpu_us()} "
+            f"| {row.commands_per_call()} |"
         )
     return lines
 
