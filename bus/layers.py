@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,8 @@ from redis import asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.driver_info import DriverInfo
 from redis.exceptions import NoScriptError, ResponseError
+
+from bus.inbox import LocalInbox
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "InMemoryBusLayer", "Message", "RedisBusLayer"]
 
@@ -204,14 +207,12 @@ class _Lua:
             return await conn.eval(self.source, len(keys), *keys, *args)
 
 
-# KEYS[1] channel key; ARGV: message, score (now), expiry cutoff, capacity, key ttl (s),
-# always trim (1 or 0). Returns 1 when stored, 0 when the channel is full. Normal channels'
-# receivers skip expired messages, so there they are only trimmed once they could make the
-# channel look full; process-local channels are received by channels-redis's own code, which
-# does not skip them, so those are always trimmed.
+# KEYS[1] channel key; ARGV: message, score (now), expiry cutoff, capacity, key ttl (s).
+# Returns 1 when stored, 0 when the channel is full. Receivers skip expired messages, so they
+# are only trimmed once they could make the channel look full.
 _SEND = _Lua(
     """
-if ARGV[6] == '1' or redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
     if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
         return 0
@@ -254,7 +255,7 @@ return removed
 class _PendingSend:
     channel: str
     key: str
-    args: tuple[bytes, float, float, int, int, int]
+    args: tuple[bytes, float, float, int, int]
     future: asyncio.Future[None] | None = None
 
 
@@ -509,8 +510,9 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     (the version is asked once per host and loop, and again after a reconnect). Sends and
     normal-channel receives run on connections each event loop keeps per host (see
     ``_Shard``) rather than through the pool for every command. Expired messages are skipped
-    on receive from normal channels. Process-local (``!``) channels keep the parent's receive
-    path, which is safe there because only this layer instance reads its own process-local key.
+    on receive. Process-local (``!``) channels, one per Channels consumer, are read by one task
+    per event loop that hands each message to its channel (``bus.inbox``), instead of the
+    parent's turn-taking of every receiver at the shared key.
     Sentinel hosts go through the parent's pool factory (a non-blocking
     ``SentinelConnectionPool``) with the same socket_timeout and max_connections defaults.
     """
@@ -541,6 +543,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         self._shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Shard]] = (
             weakref.WeakKeyDictionary()
         )
+        # This process's process-local keys: their mailboxes and reader (see bus.inbox).
+        self._local: dict[str, LocalInbox] = {}
 
     def create_pool(self, index: int) -> aioredis.ConnectionPool:
         """A blocking pool for URL and plain hosts; Sentinel hosts use the parent's factory."""
@@ -563,11 +567,11 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         self.require_valid_channel_name(channel)
         if "__asgi_channel__" in message:
             raise ValueError("message must not contain the reserved key __asgi_channel__")
-        process_local = "!" in channel
-        if process_local:
+        if "!" in channel:
             message = {**message, "__asgi_channel__": channel}
-            key = self.prefix + self.non_local_name(channel)
-            index: int = self.consistent_hash(channel)
+            shared = self.non_local_name(channel)
+            key = self.prefix + shared
+            index: int = self.consistent_hash(shared)  # where its receiver reads (and group_send sends)
         else:
             key = self.prefix + channel
             index = next(self._send_index_generator)
@@ -578,7 +582,6 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
             now - self.expiry,
             int(self.get_capacity(channel)),
             max(1, math.ceil(self.expiry)),
-            int(process_local),
         )
         await self._shard(index).sends.send(_PendingSend(channel, key, args))
 
@@ -592,6 +595,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     async def close_pools(self) -> None:
         """Close the pools, and with them the hot paths' connections, on every event loop."""
         await super().close_pools()
+        for inbox in self._local.values():
+            inbox.close()
         for per_loop in self._shards.values():
             for shard in per_loop.values():
                 shard.closed = True
@@ -623,12 +628,29 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         """One BZMPOP per attempt on normal channels; no ``$inflight`` backup (see #163)."""
         self.require_valid_channel_name(channel)
         if "!" in channel:
-            message: Message = await super().receive(channel)
-            return message
+            return await self._local_inbox(channel).receive(channel)
         while True:
-            messages = await self._pop(channel, 1, self.brpop_timeout)
+            messages = await self._pop(self.prefix + channel, None, 1, self.brpop_timeout)
             if messages:
-                return messages[0]
+                return _strip_channel_marker(messages[0])
+
+    def _local_inbox(self, channel: str) -> LocalInbox:
+        """The mailboxes and reader of ``channel``'s shared key (see ``bus.inbox``)."""
+        shared = self.non_local_name(channel)
+        if not shared.endswith(self.client_prefix + "!"):
+            raise ValueError(f"{channel!r} is another process's channel; only its own process can receive it")
+        inbox = self._local.get(shared)
+        if inbox is None:
+            key = self.prefix + shared
+            index = self.consistent_hash(shared)
+            inbox = self._local[shared] = LocalInbox(
+                functools.partial(self._pop, key, index),
+                capacity=self.get_capacity,
+                block=self.brpop_timeout,
+                expiry=self.expiry,
+                name=key,
+            )
+        return inbox
 
     async def receive_batch(self, channel: str, max_messages: int, timeout: float) -> list[Message]:
         """Wait up to ``timeout`` s for a message, then take at most ``max_messages`` in all.
@@ -641,14 +663,16 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
-            messages = await self._pop(channel, max_messages, min(remaining, self.brpop_timeout))
+            block = min(remaining, self.brpop_timeout)
+            messages = await self._pop(self.prefix + channel, None, max_messages, block)
             if messages or loop.time() >= deadline:
-                return messages
+                return [_strip_channel_marker(message) for message in messages]
 
-    async def _pop(self, channel: str, count: int, block: float) -> list[Message]:
-        """Pop up to ``count`` live messages, blocking up to ``block`` s for the first."""
-        key = self.prefix + channel
-        shard = self._shard(next(self._receive_index_generator))
+    async def _pop(self, key: str, index: int | None, count: int, block: float) -> list[Message]:
+        """Pop up to ``count`` live messages off ``key`` on host ``index`` (None: the next in
+        turn), blocking up to ``block`` s for the first. Members that do not decode are logged
+        and skipped."""
+        shard = self._shard(next(self._receive_index_generator) if index is None else index)
         conn = await shard.take()
         try:
             if shard.bzmpop is None:
@@ -660,13 +684,15 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         if not popped:
             return []
         cutoff = time.time() - self.expiry
-        messages = [
-            _strip_channel_marker(self.deserialize(member))
-            for member, score in popped
-            if float(score) >= cutoff
-        ]
-        if len(messages) < len(popped):
-            logger.debug("dropped %d expired message(s) from %s", len(popped) - len(messages), key)
+        messages: list[Message] = []
+        for member, score in popped:
+            if float(score) < cutoff:
+                logger.debug("dropped an expired message from %s", key)
+                continue
+            try:
+                messages.append(self.deserialize(member))
+            except Exception as exc:
+                logger.warning("dropped a message from %s that does not decode (%s)", key, exc)
         return messages
 
     # -- bus extension storage ----------------------------------------------------------------

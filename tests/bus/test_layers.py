@@ -655,3 +655,134 @@ async def test_in_memory_groups_and_flush() -> None:
     await layer.flush()
     await layer.send("work", {"type": "after-flush"})
     assert await asyncio.wait_for(waiting, 1) == {"type": "after-flush"}
+
+
+# --------------------------------------------------------------------------------------------
+# Process-local channels: one reader per shared key (bus.inbox)
+# --------------------------------------------------------------------------------------------
+
+
+def _commands_processed(url: str) -> int:
+    return int(redis.Redis.from_url(url).info("stats")["total_commands_processed"])
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_a_group_message_reaches_every_local_receiver_in_a_few_round_trips(
+    make_layer: MakeLayer, redis_url: str
+) -> None:
+    layer = make_layer()
+    channels = [await layer.new_channel() for _ in range(300)]
+    for channel in channels:
+        await layer.group_add("room", channel)
+    receivers = [asyncio.ensure_future(layer.receive(channel)) for channel in channels]
+    await asyncio.sleep(0.2)  # every receiver waits, the reader blocks on the shared key
+    before = _commands_processed(redis_url)
+    await layer.group_send("room", {"type": "news", "n": 1})
+    got = await asyncio.wait_for(asyncio.gather(*receivers), 5)
+    used = _commands_processed(redis_url) - before
+    assert got == [{"type": "news", "n": 1}] * 300
+    assert len({id(message) for message in got}) == 300  # each consumer may change its own copy
+    # group_send's few commands plus one pop; channels-redis's receive took 3 per receiver.
+    assert used < 20, used
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_messages_wait_for_a_local_receiver_that_comes_later(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    early, late = await layer.new_channel(), await layer.new_channel()
+    waiting = asyncio.ensure_future(layer.receive(early))
+    await layer.send(late, {"type": "first"})
+    await layer.send(late, {"type": "second"})
+    await layer.send(early, {"type": "hello"})
+    assert await asyncio.wait_for(waiting, 2) == {"type": "hello"}  # the reader also took late's
+    assert await layer.receive(late) == {"type": "first"}
+    assert await layer.receive(late) == {"type": "second"}
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_local_message_delivered_as_its_receive_is_cancelled_is_kept(make_layer: MakeLayer) -> None:
+    layer = make_layer()
+    channel = await layer.new_channel()
+    for n in range(50):
+        receive = asyncio.ensure_future(layer.receive(channel))
+        await layer.send(channel, {"type": "m", "n": n})
+        await asyncio.sleep(0.0005 * (n % 5))
+        receive.cancel()
+        try:
+            message = await receive
+        except asyncio.CancelledError:
+            message = await asyncio.wait_for(layer.receive(channel), 2)
+        assert message == {"type": "m", "n": n}
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_an_undecodable_message_on_the_shared_key_is_skipped(
+    make_layer: MakeLayer, prefix: str
+) -> None:
+    layer = make_layer()
+    channel = await layer.new_channel()
+    shared = prefix + layer.non_local_name(channel)
+    await layer.connection(0).zadd(shared, {b"\xc1 not msgpack": time.time()})
+    await layer.send(channel, {"type": "fine"})
+    assert await asyncio.wait_for(layer.receive(channel), 2) == {"type": "fine"}
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_only_this_process_receives_its_local_channels(make_layer: MakeLayer) -> None:
+    mine, other = make_layer(), make_layer()
+    theirs = await other.new_channel()
+    with pytest.raises(ValueError, match="another process's channel"):
+        await mine.receive(theirs)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_local_sends_go_to_the_host_their_receiver_reads(redis_url: str, prefix: str) -> None:
+    # Two "hosts" (two databases of one server): the sender picks the host by the shared key,
+    # as the receiver and group_send do, not by the full channel name.
+    base = redis_url.rsplit("/", 1)[0]
+    layer = RedisBusLayer(hosts=[f"{base}/1", f"{base}/2"], prefix=prefix)
+    channels = [await layer.new_channel() for _ in range(20)]
+    for n, channel in enumerate(channels):
+        await layer.send(channel, {"type": "m", "n": n})
+    got = [await asyncio.wait_for(layer.receive(channel), 2) for channel in channels]
+    assert [m["n"] for m in got] == list(range(20))
+    await layer.flush()
+    await layer.close_pools()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_waiting_local_receives_fail_when_redis_goes_and_work_when_it_is_back(
+    private_redis: Any, prefix: str
+) -> None:
+    layer = RedisBusLayer(hosts=[private_redis.url], prefix=prefix)
+    channel = await layer.new_channel()
+    waiting = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0.2)
+    private_redis.stop()
+    # The consumer may have missed messages: it hears so rather than waiting forever.
+    with pytest.raises((redis.exceptions.ConnectionError, OSError)):
+        await asyncio.wait_for(waiting, 5)
+    private_redis.start()
+    again = asyncio.ensure_future(layer.receive(channel))
+    for _ in range(50):  # the reader retries with backoff until Redis answers
+        try:
+            await layer.send(channel, {"type": "back"})
+            break
+        except redis.exceptions.ConnectionError:
+            await asyncio.sleep(0.1)
+    assert await asyncio.wait_for(again, 5) == {"type": "back"}
+    await layer.close_pools()

@@ -3,7 +3,8 @@
 The sdist is fetched once with pip into the git-ignored ``.upstream/`` folder; its
 ``tests/test_core.py`` runs in a pytest subprocess with ``bus_upstream_plugin`` (next to this
 file), which swaps the layer in before the suite imports it, on a redis-server of its own.
-Stock channels-redis gives 26 passed and 2 xpassed there.
+Stock channels-redis gives 26 passed and 2 xpassed there; RedisBusLayer 25 passed, 1 xpassed,
+1 xfailed and 1 known divergence (below).
 
 By hand (after one run of this test has prepared ``.upstream/suite``)::
 
@@ -33,10 +34,17 @@ SUITE = UPSTREAM / "suite"
 SDIST = UPSTREAM / f"channels_redis-{VERSION}.tar.gz"
 TOTAL = 28  # tests collected from test_core.py 4.3.0
 
-#: Upstream tests that fail on purpose with RedisBusLayer, with the reason. Empty: the suite's
-#: cancellation test (test_receive_cancel) uses a process-local channel, whose receive path
-#: (with its $inflight backup) RedisBusLayer keeps unchanged, so nothing it checks was removed.
-KNOWN_DIVERGENCES: dict[str, str] = {}
+#: Upstream tests that fail on purpose with RedisBusLayer, with the reason.
+KNOWN_DIVERGENCES: dict[str, str] = {
+    "test_reject_bad_client_prefix": (
+        "receiving another process's process-local channel raises ValueError naming the "
+        "channel, not a bare AssertionError (asserts vanish under python -O)"
+    ),
+}
+#: Also: test_message_expiry__group_send__one_channel_expires_message, xfail upstream (#348),
+#: passes on the stock layer only because it hands out expired messages; RedisBusLayer skips
+#: them on receive, so it stays an expected failure here.
+
 
 PYTEST_INI = """\
 [pytest]
