@@ -21,6 +21,7 @@ from channels.layers import channel_layers
 
 from bus.conf import channel_layers as layers_for
 from bus.layers import RedisBusLayer
+from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,6 +203,7 @@ def start_worker(
         redis_url: str,
         *channels: str,
         concurrency: int | None = None,
+        metrics_port: int | None = None,
         wait: bool = True,
         extra_env: dict[str, str] | None = None,
         data_dir: Path | None = None,
@@ -217,6 +219,8 @@ def start_worker(
         ]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
+        if metrics_port is not None:
+            command += ["--metrics-port", str(metrics_port)]
         env = process_env(
             data_dir or worker_data_dir,
             BUS_TEST_REDIS_URL=redis_url,
@@ -239,6 +243,54 @@ def start_worker(
         if worker.process.poll() is None:
             worker.kill()
         worker.log_file.close()
+
+
+class UpProcess:
+    """`manage.py up` (web and workers, orders x2) in its own process group, its output in a file.
+
+    The up and chaos tests start the whole system the same way: one launcher keeps them alike.
+    """
+
+    def __init__(self, data_dir: Path, redis_url: str | None, log_level: str | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.visitor = Visitor(self.base)
+        self.log = data_dir / "up.log"
+        # The system gets only the databases and Redis the test gives it, not the developer's.
+        env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL") and k != "REDIS_URL"}
+        env.update(
+            DJANGO_SETTINGS_MODULE="project.settings", DJANGO_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1"
+        )
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        if log_level:
+            env["LOG_LEVEL"] = log_level
+        self.env = env
+        self.log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(self.port), "--workers", "orders=2"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        # Read while `up` is still writing: the last character may be cut in half.
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """Ask `up` to shut down as an operator would (SIGTERM); its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        """Kill the whole process group if it is still running, so no child outlives the test."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.log_file.close()
 
 
 def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:

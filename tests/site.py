@@ -101,6 +101,29 @@ def confirmed(frame: dict[str, Any]) -> bool:
     )
 
 
+#: The states a confirmed checkout's orders.updated events go through.
+SAGA = ("pending", "reserved", "charged", "confirmed")
+
+
+def order_states(frames: list[Any]) -> list[str]:
+    return [f["data"]["state"] for f in frames if f["type"] == "event" and f["kind"] == "orders.updated"]
+
+
+def whole_saga() -> Callable[[dict[str, Any]], bool]:
+    """A `frames_until` predicate, true once every state of a confirmed checkout has arrived.
+
+    Each orders worker relays its outbox on its own, so with two of them one order's updates
+    may arrive out of order (pages keep the newest by updated_at); the end is when all are in.
+    """
+    seen: set[str] = set()
+
+    def done(frame: dict[str, Any]) -> bool:
+        seen.update(order_states([frame]))
+        return seen >= set(SAGA)
+
+    return done
+
+
 def wait_ready(visitor: Visitor, timeout: float = 60, **workers: int) -> dict[str, Any]:
     """Wait for /readyz, and for at least `workers[domain]` live workers of the domains named."""
     deadline = time.monotonic() + timeout

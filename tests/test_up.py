@@ -14,48 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, RedisServer, free_port
-from tests.site import Visitor, confirmed, frames_until, wait_ready
+from tests.conftest import ROOT, RedisServer, UpProcess
+from tests.site import SAGA, Visitor, frames_until, order_states, wait_ready, whole_saga
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-class Up:
-    """`manage.py up` in its own process group, with its output in a file."""
-
-    def __init__(self, tmp_path: Path, redis_url: str | None) -> None:
-        self.port = free_port()
-        self.log = tmp_path / "up.log"
-        env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL") and k != "REDIS_URL"}
-        env.update(
-            DJANGO_SETTINGS_MODULE="project.settings", DJANGO_DATA_DIR=str(tmp_path), PYTHONUNBUFFERED="1"
-        )
-        if redis_url:
-            env["REDIS_URL"] = redis_url
-            env["LOG_LEVEL"] = "DEBUG"  # a line per message, to follow a correlation id
-        self.output = self.log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(self.port), "--workers", "orders=2"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.visitor = Visitor(f"http://127.0.0.1:{self.port}")
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.output.close()
 
 
 async def checkout_over_http_and_websocket(visitor: Visitor, correlation: str = "") -> None:
@@ -67,15 +29,14 @@ async def checkout_over_http_and_websocket(visitor: Visitor, correlation: str = 
         assert hello["type"] == "hello" and hello["topics"] == ["stock", "orders:ada"]
         status, order = visitor.place([{"sku": "ANVIL-1", "quantity": 1}], correlation=correlation)
         assert status == 202 and order["state"] == "pending", order
-        frames = await frames_until(socket, confirmed)
-    states = [f["data"]["state"] for f in frames if f["type"] == "event" and f["kind"] == "orders.updated"]
-    assert states == ["pending", "reserved", "charged", "confirmed"]
+        frames = await frames_until(socket, whole_saga())
+    assert sorted(order_states(frames), key=SAGA.index) == list(SAGA), "each state once"
     status, page = visitor.request("GET", "/")
     assert status == 200 and "shop.js" in page
 
 
 def test_one_process_without_redis(tmp_path: Path) -> None:
-    up = Up(tmp_path, None)
+    up = UpProcess(tmp_path, None)
     try:
         ready = wait_ready(up.visitor)
         assert set(ready["domains"]) == {"inventory", "orders", "payments", "presentation"}
@@ -89,7 +50,8 @@ def test_one_process_without_redis(tmp_path: Path) -> None:
 
 
 def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisServer) -> None:
-    up = Up(tmp_path, private_redis.url)
+    # DEBUG: a line per message, to follow a correlation id.
+    up = UpProcess(tmp_path, private_redis.url, log_level="DEBUG")
     try:
         ready = wait_ready(up.visitor, orders=2)
         assert ready["domains"]["orders"] == 2, "a count per domain"
@@ -119,13 +81,13 @@ def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisSer
 async def resume_after(visitor: Visitor, cursor: str) -> list[dict[str, object]]:
     async with visitor.socket() as socket:
         await socket.send(json.dumps({"type": "resume", "cursor": cursor}))
-        return await frames_until(socket, confirmed)
+        return await frames_until(socket, whole_saga())
 
 
 def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_events(
     tmp_path: Path, private_redis: RedisServer
 ) -> None:
-    up = Up(tmp_path, private_redis.url)
+    up = UpProcess(tmp_path, private_redis.url, log_level="DEBUG")
     try:
         wait_ready(up.visitor)
         up.visitor.sign_in("ada", "ada-demo-1815")

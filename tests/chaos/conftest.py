@@ -32,7 +32,7 @@ import bus
 from bus.client import default_bus, run_sync
 from bus.conf import channel_layers as layers_for
 from bus.exceptions import BusError
-from tests.conftest import ROOT, RedisServer, free_port
+from tests.conftest import ROOT, RedisServer, UpProcess
 from tests.site import Visitor, wait_ready
 
 CUSTOMERS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
@@ -50,37 +50,12 @@ def checkouts() -> int:
     return int(os.environ.get("CHAOS_CHECKOUTS", "200"))
 
 
-class System:
+class System(UpProcess):
     """`manage.py up` with REDIS_URL (daphne + a runworker per domain, orders x2), on its own data."""
 
     def __init__(self, data_dir: Path, redis_url: str) -> None:
-        self.data_dir = data_dir
-        self.redis_url = redis_url
-        self.port = free_port()
-        self.log = data_dir / "up.log"
-        env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL") and k != "REDIS_URL"}
-        env.update(
-            DJANGO_SETTINGS_MODULE="project.settings",
-            DJANGO_DATA_DIR=str(data_dir),
-            PYTHONUNBUFFERED="1",
-            REDIS_URL=redis_url,
-            LOG_LEVEL="INFO",
-        )
-        self.env = env
-        self.output = self.log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(self.port), "--workers", "orders=2"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(data_dir, redis_url, log_level="INFO")
         self.stopped: set[int] = set()
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def pids(self, name: str) -> list[int]:
         """Every pid the supervisor started for child `name`, oldest first."""
@@ -127,17 +102,14 @@ class System:
         return done.returncode, done.stdout + done.stderr, time.monotonic() - began
 
     def close(self) -> None:
+        """Resume paused children and let the system stop gracefully; kill it only if it will not."""
         for pid in list(self.stopped):
             with contextlib.suppress(ProcessLookupError):
                 self.resume(pid)
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.output.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.stop(30)
+        super().close()
 
 
 @pytest.fixture
