@@ -21,13 +21,13 @@ from .context import MessageContext, handling
 
 logger = logging.getLogger(__name__)
 
-_VALID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _context(request: HttpRequest) -> MessageContext:
     offered = request.headers.get("X-Correlation-ID") or request.headers.get("X-Request-ID") or ""
     request_id = messages.new_id()
-    correlation = offered if _VALID.match(offered) else request_id
+    correlation = offered if _VALID.fullmatch(offered) else request_id
     return MessageContext(message_id=request_id, correlation_id=correlation, target=f"http {request.path}")
 
 

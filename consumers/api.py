@@ -10,8 +10,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET, require_POST
 
 import bus
 from bus.cache import acall_cached
@@ -32,17 +32,34 @@ def stock_ttl() -> float:
     return ttl
 
 
-def api(view: View) -> View:
-    """Turn bus errors into problem details; nothing reaches the client as a traceback."""
+def api(method: str) -> Callable[[View], View]:
+    """An API view for one HTTP method (HEAD with GET): other methods get a 405 problem, and bus
+    errors become problem details, so nothing reaches the client as HTML or a traceback."""
+    allowed = {method, "HEAD"} if method == "GET" else {method}
 
-    @wraps(view)
-    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return await view(request, *args, **kwargs)
-        except bus.BusError as error:
-            return from_bus_error(error)
+    def decorate(view: View) -> View:
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in allowed:
+                response = problem(
+                    405, "Method not allowed", f"{request.path} takes {method} only (see /api/openapi.json)."
+                )
+                response["Allow"] = ", ".join(sorted(allowed))
+                return response
+            try:
+                return await view(request, *args, **kwargs)
+            except bus.BusError as error:
+                return from_bus_error(error)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+def integral(text: str) -> int | float:
+    """JSON has one number type: 2.0 is the integer 2 (as in JSON Schema), 2.5 stays a float."""
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 async def signed_in(request: HttpRequest) -> AbstractBaseUser | None:
@@ -54,15 +71,13 @@ def _sign_in_first() -> JsonResponse:
     return problem(401, "Sign in first", "This needs a signed-in customer: sign in at /accounts/login/.")
 
 
-@require_GET
-@api
+@api("GET")
 async def products(request: HttpRequest) -> HttpResponse:
     listing = await acall_cached("inventory.products", ttl=stock_ttl())
     return JsonResponse({"products": listing.value, "stale": listing.stale, "age": round(listing.age, 3)})
 
 
-@require_GET
-@api
+@api("GET")
 async def product(request: HttpRequest, sku: str) -> HttpResponse:
     try:
         stock = await acall_cached("inventory.stock", ttl=stock_ttl(), sku=sku)
@@ -71,8 +86,7 @@ async def product(request: HttpRequest, sku: str) -> HttpResponse:
     return JsonResponse({**stock.value, "stale": stock.stale, "age": round(stock.age, 3)})
 
 
-@require_POST
-@api
+@api("POST")
 async def place_order(request: HttpRequest) -> HttpResponse:
     user = await signed_in(request)
     if user is None:
@@ -85,10 +99,14 @@ async def place_order(request: HttpRequest) -> HttpResponse:
             "Send an Idempotency-Key header (a new random value per order, the same on a retry).",
             errors=[{"field": "Idempotency-Key", "message": "required"}],
         )
-    if len(request.body) > MAX_BODY:
+    try:
+        too_big = len(request.body) > MAX_BODY
+    except RequestDataTooBig:  # over Django's DATA_UPLOAD_MAX_MEMORY_SIZE, so over ours too
+        too_big = True
+    if too_big:
         return problem(413, "Body too large", f"The body is over {MAX_BODY} bytes; an order is much smaller.")
     try:
-        body = json.loads(request.body)
+        body = json.loads(request.body, parse_float=integral)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return problem(
             400,
@@ -110,8 +128,7 @@ async def place_order(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@require_GET
-@api
+@api("GET")
 async def order(request: HttpRequest, order_id: str) -> HttpResponse:
     user = await signed_in(request)
     if user is None:
@@ -123,8 +140,7 @@ async def order(request: HttpRequest, order_id: str) -> HttpResponse:
     return JsonResponse(found)
 
 
-@require_GET
-@api
+@api("GET")
 async def customer_orders(request: HttpRequest, customer_id: str) -> HttpResponse:
     user = await signed_in(request)
     if user is None:
@@ -154,8 +170,7 @@ async def topics_for(request: HttpRequest) -> list[str]:
     return topics
 
 
-@require_GET
-@api
+@api("GET")
 async def event_log(request: HttpRequest) -> HttpResponse:
     since = request.GET.get("since")
     if not since:
@@ -174,19 +189,18 @@ async def event_log(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_GET
-@api
+@api("GET")
 async def system(request: HttpRequest) -> HttpResponse:
     return JsonResponse(await astatus())
 
 
-@require_GET
+@api("GET")
 async def healthz(request: HttpRequest) -> HttpResponse:
     """The process is up and serving HTTP; whether it can do its work is /readyz."""
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@api("GET")
 async def readyz(request: HttpRequest) -> HttpResponse:
     """Ready when Redis answers and every domain has a live worker; the body says what is missing."""
     try:

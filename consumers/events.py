@@ -36,13 +36,13 @@ def group_for(topic: str) -> str:
     return "ws." + hashlib.sha256(topic.encode()).hexdigest()[:32]
 
 
-_OFFSET = re.compile(r"^[0-9]{1,18}$")
+_OFFSET = re.compile(r"[0-9]{1,18}")
 
 
 def parse_cursor(cursor: str) -> tuple[str, int] | None:
     """(epoch, offset) of a cursor "epoch:offset", or None when it is not one (ASCII digits only)."""
     epoch_id, _, offset = cursor.partition(":")
-    return (epoch_id, int(offset)) if _OFFSET.match(offset) else None
+    return (epoch_id, int(offset)) if _OFFSET.fullmatch(offset) else None
 
 
 class CursorGone(Exception):

@@ -54,8 +54,8 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
     return problem(
         403,
         "CSRF check failed",
-        f"{reason or 'The CSRF token is missing or wrong'}. Send the csrftoken cookie's value in the "
-        "X-CSRFToken header.",
+        f"{reason.rstrip('.') or 'The CSRF token is missing or wrong'}. Send the csrftoken cookie's "
+        "value in the X-CSRFToken header.",
     )
 
 

@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from bus.views import metrics
-from consumers import api, pages
+from consumers import api, openapi, pages
 
 urlpatterns = [
     path("", pages.shop, name="shop"),
@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/customers/<str:customer_id>/orders", api.customer_orders),
     path("api/events", api.event_log),
     path("api/system", api.system),
+    path("api/openapi.json", openapi.openapi_json),
     path("healthz", api.healthz),
     path("readyz", api.readyz),
     path("metrics", metrics),
