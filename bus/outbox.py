@@ -10,9 +10,10 @@ database and share its transactions:
         order.save(...)
         emit(Outbox, "orders.updated", **snapshot)     # same transaction: both or neither
 
-`relay(Outbox)` (run it from an `@every` method) delivers each event to every domain that
-subscribes to it, as a request that the subscriber acknowledges once its handler has run, and
-re-sends with backoff until each has.
+`relay(Outbox)` (run it from an `@every(seconds, woken_by=bus.wakeups.OUTBOX)` method, which
+then also runs as soon as an emitting transaction commits in this process) delivers each event
+to every domain that subscribes to it, as a request that the subscriber acknowledges once its
+handler has run, and re-sends with backoff until each has.
 Subscribers deduplicate with `first_delivery(Processed, message_id)` inside their own
 transaction, since a relay that dies between delivering and recording will deliver again.
 """
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from . import context, messages
+from . import context, messages, wakeups
 from .client import Bus, default_bus, run_sync
 from .contracts import lookup_event
 from .databases import alias_for
@@ -87,13 +88,15 @@ def emit(model: type[OutboxT], target: str, /, **payload: Any) -> OutboxT:
     event = lookup_event(target)
     handling = context.current()
     message_id = messages.new_id()
-    row: OutboxT = model._default_manager.using(alias_for(model._meta.app_label, write=True)).create(
+    alias = alias_for(model._meta.app_label, write=True)
+    row: OutboxT = model._default_manager.using(alias).create(
         id=message_id,
         target=event.target,
         body=event.validate(payload),
         correlation_id=handling.correlation_id if handling else message_id,
         pending=subscribers(event.target),
     )
+    transaction.on_commit(lambda: wakeups.wake(wakeups.OUTBOX), using=alias)
     return row
 
 

@@ -33,18 +33,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 _services: dict[str, type[Service]] = {}
 
 
-def every(seconds: float) -> Callable[[F], F]:
+@dataclass(frozen=True)
+class Periodic:
+    """How often an `@every` method runs, and the `bus.wakeups` signal that runs it sooner."""
+
+    seconds: float
+    woken_by: str | None = None
+
+
+def every(seconds: float, *, woken_by: str | None = None) -> Callable[[F], F]:
     """Mark a service method to run every `seconds` in each worker that serves the service.
 
     For sweeps and relays that must go on when no message arrives: resuming stuck work,
     re-sending an outbox. Every worker of the domain runs it, so it must be safe to run
-    concurrently (claim rows before working on them).
+    concurrently (claim rows before working on them). With `woken_by`, it also runs as soon
+    as `bus.wakeups.wake(woken_by)` is called in this process (an outbox row committed).
     """
     if seconds <= 0:
         raise ValueError(f"every() takes a positive number of seconds, not {seconds!r}.")
 
     def mark(func: F) -> F:
-        func.__bus_every__ = seconds  # type: ignore[attr-defined]
+        func.__bus_every__ = Periodic(seconds, woken_by)  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -77,7 +86,7 @@ class Service:
 
     contract: ClassVar[type[Contract]]
     subscriptions: ClassVar[dict[str, Subscription]]
-    periodic: ClassVar[dict[str, float]]
+    periodic: ClassVar[dict[str, Periodic]]
 
     def __init__(self, context: MessageContext) -> None:
         self.context = context
@@ -104,9 +113,9 @@ class Service:
             if subscribed is not None:
                 event, retries = subscribed
                 cls.subscriptions[lookup_event(event).target] = Subscription(attribute, retries)
-            seconds = getattr(value, "__bus_every__", None)
-            if seconds is not None:
-                cls.periodic[attribute] = seconds
+            periodic = getattr(value, "__bus_every__", None)
+            if periodic is not None:
+                cls.periodic[attribute] = periodic
         _services[contract.name] = cls
 
     @classmethod

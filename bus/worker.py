@@ -28,14 +28,14 @@ from channels.exceptions import StopConsumer
 from channels.layers import BaseChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 
-from . import databases, messages, metrics
+from . import databases, messages, metrics, wakeups
 from .client import default_bus, receive_batch
 from .conf import bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
 from .contracts import lookup_event
 from .exceptions import BadMessage
-from .services import Service, implementation
+from .services import Periodic, Service, implementation
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
@@ -197,27 +197,31 @@ class Worker:
         except Exception:
             logger.exception("The application for %r failed on a %s message.", channel, message.get("type"))
 
-    def _periodic(self) -> list[tuple[type[Service], str, float]]:
-        """(service, method name, interval) of every `@every` method of the served services."""
+    def _periodic(self) -> list[tuple[type[Service], str, Periodic]]:
+        """(service, method name, schedule) of every `@every` method of the served services."""
         services = [service for service in map(implementation, self.channels) if service is not None]
         return [
-            (service, name, seconds) for service in services for name, seconds in service.periodic.items()
+            (service, name, periodic) for service in services for name, periodic in service.periodic.items()
         ]
 
-    async def _repeat(self, service: type[Service], name: str, seconds: float) -> None:
+    async def _repeat(self, service: type[Service], name: str, periodic: Periodic) -> None:
         """Run one periodic method until the worker stops; a failure is logged, never fatal."""
         target = f"{service.contract.name}.{name}"
-        while not self._stopping.is_set():
-            await self._sleep(seconds)
-            if self._stopping.is_set():
-                return
-            message_id = messages.new_id()
-            context = MessageContext(message_id=message_id, correlation_id=message_id, target=target)
-            with handling(context), databases.consistency_scope():
-                try:
-                    await in_pool(getattr(service(context), name))
-                except Exception:
-                    logger.exception("Periodic %s failed; it runs again in %.1f s.", target, seconds)
+        signal = periodic.woken_by
+        with wakeups.listening(signal) if signal else contextlib.nullcontext() as woken:
+            while not self._stopping.is_set():
+                await self._sleep(periodic.seconds, woken)
+                if self._stopping.is_set():
+                    return
+                message_id = messages.new_id()
+                context = MessageContext(message_id=message_id, correlation_id=message_id, target=target)
+                with handling(context), databases.consistency_scope():
+                    try:
+                        await in_pool(getattr(service(context), name))
+                    except Exception:
+                        logger.exception(
+                            "Periodic %s failed; it runs again in %.1f s.", target, periodic.seconds
+                        )
 
     async def _beat(self) -> None:
         interval = bus_setting("HEARTBEAT_INTERVAL")
@@ -258,9 +262,18 @@ class Worker:
             except Exception as exc:
                 logger.warning("Could not withdraw presence on %r: %s", channel, exc)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _sleep(self, seconds: float, woken: asyncio.Event | None = None) -> None:
+        """Wait `seconds`, less if the worker stops or `woken` is set (which is then cleared)."""
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if woken is not None:
+            waits.append(asyncio.ensure_future(woken.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if woken is not None:
+            woken.clear()
 
 
 @asynccontextmanager

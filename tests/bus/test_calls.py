@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
 import bus
+from bus import wakeups
 from bus.testing import serving
 from tests.conftest import read_records
 from tests.echo.contract import Echo, Refused
@@ -218,3 +219,17 @@ async def test_worker_side_validation_guards_against_callers_that_skip_it() -> N
     assert reply["error"]["details"]["errors"] == [
         {"field": "a", "message": "Input should be a valid integer"}
     ]
+
+
+async def test_a_wakeup_runs_a_periodic_method_before_its_period(
+    record_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
+    async with serving("echo"):
+        await asyncio.sleep(0.1)  # the periodic task is waiting for its hour
+        await asyncio.to_thread(wakeups.wake, "echo.poked")  # from another thread, as on_commit is
+        for _ in range(200):
+            if read_records(record_dir, "poked"):
+                break
+            await asyncio.sleep(0.05)
+    assert len(read_records(record_dir, "poked")) == 1

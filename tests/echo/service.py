@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 
 import bus
-from bus import Service, subscribe
+from bus import Service, every, subscribe
 from bus.databases import alias_for
 from bus.outbox import first_delivery
 from workers.orders.contract import OrderUpdated
@@ -101,3 +101,8 @@ class EchoService(Service, contract=Echo):
         with transaction.atomic(using=alias_for("echo", write=True)):
             if first_delivery(Processed, self.context.message_id):
                 _append("order", f"{event.order.order_id}:{event.order.state}")
+
+    @every(3600, woken_by="echo.poked")
+    def on_poke(self) -> None:
+        # Hourly: a test sees it run only because wake("echo.poked") ran it early.
+        _append("poked", self.context.message_id)

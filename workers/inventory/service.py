@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from bus import Service, every
+from bus import Service, every, wakeups
 from bus.databases import alias_for
 from bus.outbox import emit, relay
 
@@ -176,7 +176,7 @@ class InventoryService(Service, contract=Inventory):
             touched.append(product)
         _announce(touched)
 
-    @every(0.5)
+    @every(0.5, woken_by=wakeups.OUTBOX)
     def relay_outbox(self) -> None:
         """Deliver stock_changed events written by committed changes."""
         relay(models.Outbox)

@@ -26,7 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 import bus
-from bus import Service, every
+from bus import Service, every, wakeups
 from bus.context import handling
 from bus.databases import alias_for
 from bus.outbox import emit, relay
@@ -156,7 +156,7 @@ class OrdersService(Service, contract=Orders):
         for order_id in due:
             self.advance(order_id=order_id)
 
-    @every(0.5)
+    @every(0.5, woken_by=wakeups.OUTBOX)
     def relay_outbox(self) -> None:
         """Deliver orders.updated events written by committed changes."""
         relay(models.Outbox)
