@@ -4,7 +4,8 @@
 
 HTTP:
     /bench/plain      a Channels AsyncHttpConsumer answering {"ok": true}: no bus call (baseline)
-    /bench/bus?sku=S  an AsyncHttpConsumer making exactly one uncached bus call, inventory.stock
+    /bench/echo       an AsyncHttpConsumer making exactly one bus call, echo.add (a coroutine handler)
+    /bench/bus?sku=S  the same with inventory.stock (the worker reads the product through the ORM)
     anything else     the project's Django app
 WebSocket:
     /bench/raw/       a plain Channels consumer in one group of the stock channels-redis layer
@@ -33,6 +34,7 @@ from django.urls import path, re_path  # noqa: E402
 import bus  # noqa: E402
 import routing  # noqa: E402
 from bench.common import RAW_GROUP, RAW_PREFIX, raw_host  # noqa: E402
+from project.collector import tune_for_a_server  # noqa: E402
 
 RAW_ALIAS = "bench_raw"
 JSON = [(b"Content-Type", b"application/json")]
@@ -53,19 +55,35 @@ class Plain(AsyncHttpConsumer):  # type: ignore[misc]  # channels ships no type 
         await self.send_response(200, b'{"ok": true}', headers=JSON)
 
 
-class BusStock(AsyncHttpConsumer):  # type: ignore[misc]
-    """Exactly one bus call per request, not cached: inventory.stock for ?sku=."""
+class OneBusCall(AsyncHttpConsumer):  # type: ignore[misc]
+    """Exactly one bus call per request, not cached; its JSON result is the answer."""
+
+    async def call(self, query: dict[str, list[str]]) -> Any:
+        raise NotImplementedError
 
     async def handle(self, body: bytes) -> None:
-        """Answer the stock as JSON, or 503 with the bus error."""
+        """Answer the call's result as JSON, or 503 with the bus error."""
         query = parse_qs(self.scope.get("query_string", b"").decode())
-        sku = query.get("sku", ["BENCH-1"])[0]
         try:
-            stock = await bus.acall("inventory.stock", sku=sku)
+            result = await self.call(query)
         except bus.BusError as error:
             await self.send_response(503, json.dumps({"error": str(error)}).encode(), headers=JSON)
             return
-        await self.send_response(200, json.dumps(stock).encode(), headers=JSON)
+        await self.send_response(200, json.dumps(result).encode(), headers=JSON)
+
+
+class BusEcho(OneBusCall):
+    """echo.add, a coroutine handler: the bus's own cost, as in bench/rpc.py."""
+
+    async def call(self, query: dict[str, list[str]]) -> Any:
+        return await bus.acall("echo.add", a=1, b=2)
+
+
+class BusStock(OneBusCall):
+    """inventory.stock for ?sku=: the worker also reads the product through the ORM."""
+
+    async def call(self, query: dict[str, list[str]]) -> Any:
+        return await bus.acall("inventory.stock", sku=query.get("sku", ["BENCH-1"])[0])
 
 
 class RawFanout(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -94,6 +112,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 path("bench/plain", Plain.as_asgi()),
+                path("bench/echo", BusEcho.as_asgi()),
                 path("bench/bus", BusStock.as_asgi()),
                 re_path(r"", _project["http"]),
             ]
@@ -106,3 +125,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+tune_for_a_server()  # as project/asgi.py does for the project's daphne and workers
