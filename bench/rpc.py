@@ -71,6 +71,8 @@ HAND_PREFIX = "benchhand:"
 HAND_QUEUE = f"{HAND_PREFIX}requests"
 READY_KEY = "benchready:{}"
 IN_FLIGHT = (1, 10, 100)
+#: Each row is measured in this many slices, taking turns with the other systems.
+SLICES = 5
 CALL_TIMEOUT = 10.0  # seconds a baseline call waits for its reply before it counts as failed
 MAX_ERRORS = 10  # failed calls after which a row is abandoned
 READY_TIMEOUT = 60.0
@@ -135,6 +137,20 @@ class Row:
         """The latency percentile `percent`, in milliseconds."""
         return percentile(self.latencies, percent) * 1000
 
+    def joined(self, other: Row) -> Row:
+        """This row and another slice of the same system and level, as one row."""
+        cpu = {name: _plus(value, other.cpu.get(name)) for name, value in self.cpu.items()}
+        commands = (
+            None
+            if self.redis_commands is None or other.redis_commands is None
+            else self.redis_commands + other.redis_commands
+        )
+        latencies = sorted(self.latencies + other.latencies)
+        return Row(
+            self.system, self.in_flight, self.seconds + other.seconds, latencies,
+            self.errors + other.errors, cpu, commands,
+        )  # fmt: skip
+
 
 def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
     """CPU seconds used so far by each named process (None: this one)."""
@@ -190,26 +206,44 @@ def _minus(after: float | None, before: float | None) -> float | None:
     return None if after is None or before is None else after - before
 
 
-async def run_system(
-    system: str,
-    call: Call,
-    plan: Plan,
-    pids: Mapping[str, int | None],
-    commands: Callable[[], int],
-    levels: Sequence[int] = IN_FLIGHT,
-) -> list[Row]:
-    """Warm up, then measure one row per number of calls in flight."""
-    await measure(system, call, plan.warmup, 1)
-    await measure(system, call, plan.warmup, max(levels))  # opens the pool's connections too
-    rows = []
-    for in_flight in levels:
-        row = await measure(system, call, plan.calls(in_flight), in_flight, pids, commands)
-        progress(
-            f"{system:<20} {in_flight:>3} in flight: p50 {row.ms(50):.3f} ms, {row.rate:,.0f} calls/s"
-            + (f", {row.errors} errors" if row.errors else "")
-        )
-        rows.append(row)
-    return rows
+def _plus(one: float | None, other: float | None) -> float | None:
+    return None if one is None or other is None else one + other
+
+
+@dataclass(frozen=True)
+class System:
+    """One request/reply stack under test: how to call it, and its server processes."""
+
+    name: str
+    call: Call
+    pids: Mapping[str, int | None]
+
+
+async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[[], int]) -> list[Row]:
+    """Warm each up, then measure every level in SLICES slices, the systems taking turns.
+
+    Taking turns spreads whatever else the machine does over all three alike: measured one
+    after the other, the same stack's sequential p50 moved by 40% between runs.
+    """
+    for system in systems:
+        await measure(system.name, system.call, plan.warmup, 1)
+        await measure(system.name, system.call, plan.warmup, max(IN_FLIGHT))  # opens the pools too
+    rows: dict[tuple[str, int], Row] = {}
+    for in_flight in IN_FLIGHT:
+        for _ in range(SLICES):
+            for system in systems:
+                calls = plan.calls(in_flight) // SLICES
+                part = await measure(system.name, system.call, calls, in_flight, system.pids, commands)
+                key = (system.name, in_flight)
+                rows[key] = rows[key].joined(part) if key in rows else part
+        for system in systems:
+            row = rows[(system.name, in_flight)]
+            errors = f", {row.errors} errors" if row.errors else ""
+            progress(
+                f"{system.name:<20} {in_flight:>3} in flight: p50 {row.ms(50):.3f} ms, "
+                f"{row.rate:,.0f} calls/s{errors}"
+            )
+    return [rows[(system.name, in_flight)] for system in systems for in_flight in IN_FLIGHT]
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,28 +473,21 @@ async def run_benchmark(
     def commands() -> int:
         return int(counter.info("stats")["total_commands_processed"])
 
-    hand = HandClient(url)
+    hand, raw = HandClient(url), RawClient(url)
     await hand.start()
-    try:
-        pids = {"server": processes.pid("hand"), "redis": redis_pid}
-        hand_rows = await run_system("hand-rolled redis-py", hand.call, plan, pids, commands)
-    finally:
-        await hand.close()
-    raw = RawClient(url)
     await raw.start()
     try:
-        pids = {"server": processes.pid("raw"), "redis": redis_pid}
-        raw_rows = await run_system("raw channels-redis", raw.call, plan, pids, commands)
-    finally:
-        await raw.close()
-    try:
         await wait_for_bus(worker, processes)
-        bus_rows = await run_system(
-            "bus", bus_call, plan, {"server": worker.pid, "redis": redis_pid}, commands
-        )
+        systems = [
+            System("bus", bus_call, {"server": worker.pid, "redis": redis_pid}),
+            System("raw channels-redis", raw.call, {"server": processes.pid("raw"), "redis": redis_pid}),
+            System("hand-rolled redis-py", hand.call, {"server": processes.pid("hand"), "redis": redis_pid}),
+        ]
+        return await run_systems(systems, plan, commands)
     finally:
         await close_bus()
-    return [*bus_rows, *raw_rows, *hand_rows]
+        await raw.close()
+        await hand.close()
 
 
 def header(url: str, plan: Plan) -> list[str]:
