@@ -383,6 +383,10 @@ class _ReplyListener:
                 future = self.pending.pop(str(reply.get("in_reply_to")), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():
                     future.set_result(reply)
+            if replies:
+                # Let the callers go on (and send their next requests) before this blocks on
+                # Redis again: re-arming the receive is not on anyone's critical path.
+                await asyncio.sleep(0)
 
 
 async def receive_batch(

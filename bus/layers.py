@@ -670,8 +670,8 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
 
     async def _pop(self, key: str, index: int | None, count: int, block: float) -> list[Message]:
         """Pop up to ``count`` live messages off ``key`` on host ``index`` (None: the next in
-        turn), blocking up to ``block`` s for the first. Members that do not decode are logged
-        and skipped."""
+        turn), blocking up to ``block`` s for the first. Members that do not decode to a dict
+        are logged and skipped."""
         shard = self._shard(next(self._receive_index_generator) if index is None else index)
         conn = await shard.take()
         try:
@@ -690,9 +690,14 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
                 logger.debug("dropped an expired message from %s", key)
                 continue
             try:
-                messages.append(self.deserialize(member))
+                message = self.deserialize(member)
             except Exception as exc:
                 logger.warning("dropped a message from %s that does not decode (%s)", key, exc)
+                continue
+            if not isinstance(message, dict):
+                logger.warning("dropped a message from %s that decodes to a %s", key, type(message).__name__)
+                continue
+            messages.append(message)
         return messages
 
     # -- bus extension storage ----------------------------------------------------------------
