@@ -12,7 +12,9 @@ The server sends:
     {"type": "ping"}                                        every `heartbeat` seconds
     {"type": "error", "message"}                            a frame it could not use; the socket stays
 Close codes: 4000 lifetime reached (reconnect and resume at once), 4001 heartbeat missed,
-4002 too slow (too many unacknowledged events; resume), 4008 frames too large or too frequent.
+4002 too slow (too many unacknowledged events; resume), 4003 the channel layer's server was lost
+(live events may have been missed: reconnect with backoff and resume), 4008 frames too large or
+too frequent.
 A handshake from a foreign Origin is refused before the socket opens (HTTP 403).
 """
 
@@ -24,11 +26,14 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus import metrics
 from bus.threads import in_pool
@@ -37,7 +42,9 @@ from . import events
 
 logger = logging.getLogger(__name__)
 
-LIFETIME_REACHED, HEARTBEAT_MISSED, TOO_SLOW, POLICY = 4000, 4001, 4002, 4008
+LIFETIME_REACHED, HEARTBEAT_MISSED, TOO_SLOW, LAYER_LOST, POLICY = 4000, 4001, 4002, 4003, 4008
+#: What the channel layer raises when its server cannot be reached.
+LAYER_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 DEFAULTS = {
     "HEARTBEAT": 15.0,  # seconds between pings; silence for twice that closes the socket
@@ -83,13 +90,40 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    # Channels sets `channel_receive` to the layer's receive for this socket's channel just before
+    # it starts reading; the setter keeps that and reads through `_receive_or_lost` instead.
+    @property
+    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return self._receive_or_lost
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._layer_receive = receive
+
+    async def _receive_or_lost(self) -> dict[str, Any]:
+        """The layer's next message; its server gone becomes a message, not a crashed consumer."""
+        try:
+            return await self._layer_receive()
+        except LAYER_ERRORS as exc:
+            return {"type": "layer.lost", "error": f"{type(exc).__name__}: {exc}"}
+
+    async def layer_lost(self, message: dict[str, Any]) -> None:
+        """Live events may have been missed: close, so the page resumes from its cursor."""
+        if not getattr(self, "closing_for_layer", False):
+            self.closing_for_layer = True
+            logger.info("Closing a socket: the channel layer was lost (%s).", message["error"])
+            await self.close(code=LAYER_LOST, reason="events interrupted: reconnect and resume")
+
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "tasks"):
             metrics.websockets_open.dec()
         for task in getattr(self, "tasks", []):
             task.cancel()
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        try:
+            for group in getattr(self, "groups_joined", []):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except LAYER_ERRORS:
+            pass  # the layer's server is gone; group memberships expire there on their own
 
     # -- frames from the client -------------------------------------------------
 

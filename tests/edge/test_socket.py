@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from channels.testing import WebsocketCommunicator
 
+from bus.conf import channel_layers as layers_for
+from tests.conftest import RedisServer
 from tests.edge.conftest import ORDER_ITEMS, Browser, sign_in
 from tests.site import confirmed
 
@@ -175,3 +177,20 @@ async def test_hostile_frames_get_an_error_or_a_policy_close(shop: None, setting
         await flooding.send_to(text_data=json.dumps({"type": "pong"}))
     closed = await flooding.receive_output(5)
     assert closed["type"] == "websocket.close" and closed["code"] == 4008
+
+
+@pytest.mark.redis
+async def test_losing_the_channel_layer_closes_the_socket_so_the_page_resumes(
+    private_redis: RedisServer, settings: object
+) -> None:
+    settings.CHANNEL_LAYERS = layers_for(private_redis.url)  # type: ignore[attr-defined]
+    socket, _ = await opened(Browser())
+    private_redis.stop()
+    # Live events may be lost with the server: the page hears so and resumes from its cursor,
+    # instead of a socket that stays open and silent (or a consumer that dies with a traceback).
+    closed = await past_events(socket)
+    assert closed == {
+        "type": "websocket.close",
+        "code": 4003,
+        "reason": "events interrupted: reconnect and resume",
+    }
