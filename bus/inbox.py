@@ -35,6 +35,9 @@ class _Mailbox:
     #: Loop time of the last receive that returned or gave up; a box nobody came back to for
     #: ``expiry`` seconds belongs to a consumer that is gone.
     idle_since: float = 0.0
+    #: The error that interrupted reading while this box's consumer was busy: its next receive
+    #: raises it, so every consumer that may have missed messages hears so.
+    lost: Exception | None = None
 
 
 class LocalInbox:
@@ -50,9 +53,10 @@ class LocalInbox:
     receive buffers do. A mailbox goes when its receiver gives up (a cancelled receive with
     nothing buffered: the consumer is gone) or when nobody has received from it for ``expiry``
     seconds (what it held has expired). It keeps at most ``capacity(channel)`` messages,
-    dropping the oldest. When the key cannot be read, the receives waiting at that moment fail
-    with the error: their consumers may have missed messages and should say so (a WebSocket
-    closes, and its client resumes from its cursor).
+    dropping the oldest. When the key cannot be read, every receiver fails with the error (now
+    if it waits, at its next receive if it is busy): its consumer may have missed messages and
+    should say so (a WebSocket closes, and its client resumes from its cursor). The reader stops
+    by itself once no mailbox is left, after its current pop (at most ``block`` seconds).
     """
 
     def __init__(
@@ -77,6 +81,9 @@ class LocalInbox:
         """The next message for ``channel``, waiting for it as long as it takes."""
         loop = asyncio.get_running_loop()
         box = self._mailbox(channel, loop)
+        if box.lost is not None:
+            self._forget(channel)
+            raise box.lost
         if box.messages:
             box.idle_since = loop.time()
             return box.messages.popleft()
@@ -128,10 +135,6 @@ class LocalInbox:
 
     def _forget(self, channel: str) -> None:
         self._mailboxes.pop(channel, None)
-        if not self._mailboxes and self._reader is not None:
-            # Nobody left to read for: stop rather than hold a blocking connection (and leave
-            # no task behind on a loop that is about to close).
-            self._reader.cancel()
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,15 +142,15 @@ class LocalInbox:
         while self._mailboxes:
             try:
                 messages = await self._pop(_BATCH, self._block)
+                for message in messages:
+                    self._deliver(message, loop)
+                self._sweep(loop)
             except Exception as exc:
                 failures += 1
-                self._fail_waiters(exc)
+                self._fail_receivers(exc)
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
                 continue
             failures = 0
-            for message in messages:
-                self._deliver(message, loop)
-            self._sweep(loop)
 
     def _deliver(self, message: Message, loop: asyncio.AbstractEventLoop) -> None:
         target = message.pop("__asgi_channel__", None)
@@ -169,15 +172,18 @@ class LocalInbox:
                     logger.warning("%s is full: dropped its oldest message", channel)
                 box.messages.append(copy)
 
-    def _fail_waiters(self, exc: Exception) -> None:
-        logger.warning("cannot read process-local channels (%s): failing their waiting receives", exc)
+    def _fail_receivers(self, exc: Exception) -> None:
+        logger.warning(
+            "cannot read process-local channels (%s: %s): failing their receives", type(exc).__name__, exc
+        )
         for channel, box in list(self._mailboxes.items()):
             if box.waiters:
                 for waiter in box.waiters:
                     if not waiter.done():
                         waiter.set_exception(exc)
-                box.waiters.clear()
                 self._forget(channel)
+            else:
+                box.lost = exc
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()

@@ -594,9 +594,9 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
 
     async def close_pools(self) -> None:
         """Close the pools, and with them the hot paths' connections, on every event loop."""
-        await super().close_pools()
         for inbox in self._local.values():
-            inbox.close()
+            inbox.close()  # first: a reader whose connection closed under it would fail receivers
+        await super().close_pools()
         for per_loop in self._shards.values():
             for shard in per_loop.values():
                 shard.closed = True

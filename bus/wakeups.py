@@ -9,6 +9,7 @@ as the safety net (retries that fall due, rows committed by other processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,5 +41,5 @@ def wake(signal: str) -> None:
     with _lock:
         entries = list(_listeners.get(signal, ()))
     for loop, event in entries:
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to wake
             loop.call_soon_threadsafe(event.set)

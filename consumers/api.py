@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from functools import wraps
 from typing import Any
 
@@ -57,9 +58,14 @@ def api(method: str) -> Callable[[View], View]:
 
 
 def integral(text: str) -> int | float:
-    """JSON has one number type: 2.0 is the integer 2 (as in JSON Schema), 2.5 stays a float."""
-    number = float(text)
-    return int(number) if number.is_integer() else number
+    """JSON has one number type: 2.0 is the integer 2 (as in JSON Schema), 2.5 stays a float.
+
+    Decided on the exact decimal, so 1.0000000000000001 is not taken for 1; past 18 digits
+    (no quantity is that large) it stays a float rather than become a huge int (1e999999999).
+    """
+    number = Decimal(text)
+    whole = number.is_finite() and number.adjusted() < 18 and number == number.to_integral_value()
+    return int(number) if whole else float(text)
 
 
 async def signed_in(request: HttpRequest) -> AbstractBaseUser | None:

@@ -12,6 +12,9 @@ import django
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 django.setup()  # before the routing table imports the domains' models
 
+from project.collector import tune_for_a_server  # noqa: E402
 from tests.routing import application  # noqa: E402
+
+tune_for_a_server()  # as project/asgi.py does
 
 __all__ = ["application"]
