@@ -159,14 +159,19 @@ async def test_acknowledged_events_keep_a_slow_limit_from_closing_the_socket(
 
 async def test_hostile_frames_get_an_error_or_a_policy_close(shop: None, settings: object) -> None:
     socket, _ = await opened(Browser())
+
+    async def answer() -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads((await past_events(socket))["text"])
+        return frame
+
     await socket.send_to(text_data="{not json")
-    assert "Frames are JSON objects" in (await receive(socket))["message"]
+    assert "Frames are JSON objects" in (await answer())["message"]
     await socket.send_to(text_data=json.dumps({"type": "subscribe-everything"}))
-    assert "Unknown or repeated frame type 'subscribe-everything'" in (await receive(socket))["message"]
+    assert "Unknown or repeated frame type 'subscribe-everything'" in (await answer())["message"]
     await socket.send_to(bytes_data=b"\xff\xfe binary")
-    assert (await receive(socket))["type"] == "error"
+    assert (await answer())["type"] == "error"
     await socket.send_to(text_data="x" * 5000)
-    assert await socket.receive_output(5) == {
+    assert await past_events(socket) == {
         "type": "websocket.close",
         "code": 4008,
         "reason": "frames too large or too frequent",
@@ -175,7 +180,7 @@ async def test_hostile_frames_get_an_error_or_a_policy_close(shop: None, setting
     flooding, _ = await opened(Browser())
     for _ in range(10):
         await flooding.send_to(text_data=json.dumps({"type": "pong"}))
-    closed = await flooding.receive_output(5)
+    closed = await past_events(flooding)
     assert closed["type"] == "websocket.close" and closed["code"] == 4008
 
 
