@@ -68,9 +68,13 @@ class Entry:
 
 def _epoch() -> Epoch:
     alias = alias_for("presentation", write=True)
-    current = Epoch.objects.using(alias).order_by("created_at").first()
+    current = Epoch.objects.using(alias).first()
     if current is None:
-        current, _ = Epoch.objects.using(alias).get_or_create(id=secrets.token_hex(4))
+        try:
+            with transaction.atomic(using=alias):
+                current = Epoch.objects.using(alias).create(id=secrets.token_hex(4))
+        except IntegrityError:  # another process created it first: that one is the epoch
+            current = Epoch.objects.using(alias).get()
     return current
 
 

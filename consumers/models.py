@@ -13,6 +13,8 @@ class Epoch(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # Events up to this offset were cleaned up: cursors before it cannot be resumed.
     purged_through = models.BigIntegerField(default=0)
+    # There is one epoch: two processes creating the first one at once cannot both succeed.
+    singleton = models.BooleanField(default=True, unique=True, editable=False)
 
     def __str__(self) -> str:
         return self.id

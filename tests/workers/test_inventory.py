@@ -139,3 +139,25 @@ async def test_a_committed_stock_change_wakes_the_outbox_relay(inventory: Invent
     with wakeups.listening(wakeups.OUTBOX) as committed:
         await inventory.restock(sku="A-1", quantity=1)
         await asyncio.wait_for(committed.wait(), 10)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default"])
+def test_processes_that_start_the_event_log_at_once_agree_on_its_epoch() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    start = threading.Barrier(8)
+
+    def first_use() -> str:
+        try:
+            start.wait()  # all at once, as daphne and the presentation worker may on a new log
+            return events.epoch()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(8) as pool:
+        epochs = set(pool.map(lambda _: first_use(), range(8)))
+    assert len(epochs) == 1, epochs
+    assert epochs == {events.epoch()}
