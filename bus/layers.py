@@ -389,9 +389,13 @@ class _Shard:
         conn = self._idle.pop()
         if conn.is_connected and await conn.can_read():
             # Bytes nobody asked for, or end of stream, on an idle connection: the server
-            # closed it (a restart). Drop the socket; sending reconnects. The pool's own
-            # check is off while redis-py's maintenance notifications are on ("auto").
+            # closed it (a restart). Drop the socket. The pool's own check is off while
+            # redis-py's maintenance notifications are on ("auto").
             await conn.disconnect()
+        if not conn.is_connected:
+            # connect(), not the implicit reconnect of send_packed_command: only connect()
+            # makes a Sentinel-managed connection ask Sentinel for the current primary.
+            await conn.connect()
         return conn
 
     async def give(self, conn: AbstractConnection) -> None:

@@ -35,35 +35,28 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the test's own on a free loopback port, which it may stop and restart."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.port = free_port()
         self.directory = directory
+        self.options = options  # more redis-server options, e.g. "--replicaof", host, port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self, executable: str) -> list[str]:
+        return [
+            executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.directory), *self.options,
+        ]  # fmt: skip
+
     def start(self) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server).")
         self.process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(executable), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = redis.Redis(port=self.port)
         for _ in range(200):
