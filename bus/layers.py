@@ -395,7 +395,7 @@ class _Shard:
         if not conn.is_connected:
             # connect(), not the implicit reconnect of send_packed_command: only connect()
             # makes a Sentinel-managed connection ask Sentinel for the current primary.
-            await conn.connect()
+            await conn.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
         return conn
 
     async def give(self, conn: AbstractConnection) -> None:
