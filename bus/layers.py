@@ -549,12 +549,15 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         )
         # This process's process-local keys: their mailboxes and reader (see bus.inbox).
         self._local: dict[str, LocalInbox] = {}
+        self._sentinel_pools: list[Any] = []
 
     def create_pool(self, index: int) -> aioredis.ConnectionPool:
         """A blocking pool for URL and plain hosts; Sentinel hosts use the parent's factory."""
         host = dict(self.hosts[index])
         if "master_name" in host:
             pool: aioredis.ConnectionPool = super().create_pool(index)
+            # Its Sentinel clients are not the pool's connections: close_pools closes them.
+            self._sentinel_pools.append(pool)
             return pool
         wait = self._pool_waits[index]
         address = host.pop("address", None)
@@ -601,6 +604,10 @@ class RedisBusLayer(_BusExtensions, RedisChannelLayer):  # type: ignore[misc]
         for inbox in self._local.values():
             inbox.close()  # first: a reader whose connection closed under it would fail receivers
         await super().close_pools()
+        sentinel_pools, self._sentinel_pools = self._sentinel_pools, []
+        for pool in sentinel_pools:
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
         for per_loop in self._shards.values():
             for shard in per_loop.values():
                 shard.closed = True
