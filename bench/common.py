@@ -18,7 +18,7 @@ import sys
 import sysconfig
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,22 @@ def process_cpu(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
+    """CPU seconds used so far by each named process (None: this one)."""
+    return {name: process_cpu(pid) for name, pid in pids.items()}
+
+
+def cpu_used(
+    before: Mapping[str, float | None], after: Mapping[str, float | None]
+) -> dict[str, float | None]:
+    """CPU seconds each process used between two snapshots; None where /proc could not tell."""
+    used: dict[str, float | None] = {}
+    for name, start in before.items():
+        end = after[name]
+        used[name] = None if end is None or start is None else end - start
+    return used
 
 
 def progress(text: str) -> None:

@@ -62,9 +62,10 @@ from bench.common import (  # noqa: E402  (the repository root must be on sys.pa
     SETTINGS,
     BenchmarkError,
     Processes,
+    cpu_snapshot,
+    cpu_used,
     free_port,
     percentile,
-    process_cpu,
     progress,
     publish,
     py_spy_executable,
@@ -407,20 +408,15 @@ async def measure_http(stack: Cluster, plan: Plan) -> list[HttpRow]:
         if worker is not None:
             pids["worker"] = stack.pid(worker)
         await load(name, port, path, plan.warmup)
-        before = {process: process_cpu(pid) for process, pid in pids.items()}
+        before = cpu_snapshot(pids)
         row = await load(name, port, path, plan.seconds)
-        after = {process: process_cpu(pid) for process, pid in pids.items()}
-        row.cpu = {p: _minus(after[p], before[p]) for p in pids}
+        row.cpu = cpu_used(before, cpu_snapshot(pids))
         progress(
             f"HTTP {name:<5}: {row.rate:,.0f} requests/s, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms, "
             f"{row.non_2xx} non-2xx, {row.errors} socket errors ({row.tool})"
         )
         rows.append(row)
     return rows
-
-
-def _minus(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
 
 
 # --------------------------------------------------------------------------------------------
@@ -913,7 +909,7 @@ def header(stack: Cluster, plan: Plan, http_tool: str, open_files: int, app: str
         f"`runworker presentation`, three daphne processes serving `{app}` (HTTP; /ws/; "
         "the raw baseline), settings tests.settings with DEBUG off, SQLite",
         f"- HTTP: {http_tool}, {CONNECTIONS} connections, {plan.seconds:.0f} s per endpoint after "
-        f"{plan.warmup:.0f} s of warm-up; CPU us/request: daphne / inventory worker / redis-server",
+        f"{plan.warmup:.0f} s of warm-up; CPU us/request: daphne / the worker the row calls / redis-server",
         f"- WebSockets: {plan.sockets:,} clients (`websockets` library, asyncio, in this process, "
         f"{OPEN_AT_ONCE} handshakes at a time); latency per socket from just before the trigger to "
         "the frame's arrival at the client, so it includes this client's own CPU on the same 2 cores; "

@@ -52,8 +52,9 @@ from bench.common import (  # noqa: E402  (the repository root must be on sys.pa
     BenchmarkError,
     Processes,
     Stack,
+    cpu_snapshot,
+    cpu_used,
     percentile,
-    process_cpu,
     progress,
     publish,
     py_spy_executable,
@@ -152,11 +153,6 @@ class Row:
         )  # fmt: skip
 
 
-def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
-    """CPU seconds used so far by each named process (None: this one)."""
-    return {name: process_cpu(pid) for name, pid in pids.items()}
-
-
 async def measure(
     system: str,
     call: Call,
@@ -198,12 +194,8 @@ async def measure(
     if len(errors) >= MAX_ERRORS:
         raise BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
     latencies.sort()
-    cpu = {name: _minus(after[name], before[name]) for name in processes}
+    cpu = cpu_used(before, after)
     return Row(system, in_flight, seconds, latencies, len(errors), cpu, processed)
-
-
-def _minus(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
 
 
 def _plus(one: float | None, other: float | None) -> float | None:
