@@ -18,7 +18,8 @@ from .base import Action, Options, Stop
 def readonly(command: BaseCommand, options: Options) -> None:
     domain, on = options["domain"], options["mode"] == "on"
     if domain not in contracts():
-        raise Stop(f"No contract is named {domain!r}; the domains are {', '.join(sorted(contracts()))}.", 2)
+        known = ", ".join(sorted(contracts()))
+        raise Stop(f"No service is named {domain!r}; the services are {known}.", returncode=8)
     set_read_only(domain, on, options["reason"])
     state = "read-only" if on else "read-write"
     command.stdout.write(f"{domain} is {state}; workers follow within {bus_setting('MODE_CACHE_SECONDS')} s.")

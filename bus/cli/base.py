@@ -69,6 +69,9 @@ class Action:
 class Stop(CommandError):
     """End the action with `message` on stderr and exit status `returncode`, without a traceback."""
 
+    def __init__(self, message: str, returncode: int = 1) -> None:
+        super().__init__(message, returncode=returncode)
+
 
 def exit_code(error: BusError) -> int:
     """The exit status for a bus error (see EXIT_CODES)."""
