@@ -13,9 +13,13 @@ from bus.client import default_bus, translate_broker_errors
 from bus.databases import alias_for
 from bus.models import DeadLetter
 
-from .base import Action, Options, Stop
+from .base import Action, Options, Stop, per_process_layer
 
 NONE_WAITING = "No dead letters are waiting."
+REPLAY_NEEDS_REDIS = (
+    "Not replayed: REDIS_URL is not set, so this process has its own in-memory channel layer, "
+    "where no worker would receive the messages. Set the REDIS_URL that the workers use."
+)
 
 
 def list_letters(command: BaseCommand, options: Options) -> None:
@@ -52,7 +56,10 @@ def replay(command: BaseCommand, options: Options) -> None:
         command.stderr.write(f"{NONE_WAITING} Nothing to replay.")
         return
     if not ids:
-        raise Stop("Name the dead letters to replay (ids from `bus deadletters`) or give --all.", 2)
+        raise Stop("Name the dead letters to replay (ids from `bus deadletters`), or --all.", returncode=2)
+    if per_process_layer():
+        # Sent into this process's own layer, where no worker listens, a replay would be lost.
+        raise Stop(REPLAY_NEEDS_REDIS, returncode=7)
     for letter_id in ids:
         taken = deadletters.take_for_replay(letter_id)
         if taken is None:
@@ -92,7 +99,7 @@ VERBS = (
         "replay",
         "send dead letters again, with the same message id",
         replay,
-        lambda parser: _replay_arguments(parser),
+        _replay_arguments,
     ),
     Action("purge", "delete every dead letter, replayed or not", purge),
 )

@@ -41,10 +41,8 @@ def require_member(action: str, target: str) -> None:
     else:
         what, lines, has = "a method", method_lines(schema), "has"
     plural = what.split()[-1] + "s"
-    if not lines:
-        raise Stop(f"`bus {action} {target}` names a service, not {what}; {service} {has} no {plural}.", 2)
-    listing = "\n".join([f"{service} {has} these {plural}:", *lines])
-    raise Stop(f"`bus {action} {target}` names a service, not {what}; {listing}", returncode=2)
+    listing = [f"{service} {has} these {plural}:", *lines] if lines else [f"{service} {has} no {plural}."]
+    raise Stop(f"`bus {action} {target}` names a service, not {what}; " + "\n".join(listing), returncode=2)
 
 
 def _runner(action: str, send: Callable[..., Any]) -> Callable[[BaseCommand, Options], None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from bus import deadletters
 from bus.cli import Stop
 from bus.management.commands.bus import Command
 from tests.conftest import UpProcess, WorkerProcess, run_bus
@@ -110,9 +111,23 @@ def test_empty_listings_say_so_on_stderr_and_keep_stdout_empty() -> None:
     out, err = io.StringIO(), io.StringIO()
     call_command("bus", "deadletters", "replay", "--all", stdout=out, stderr=err)
     assert (out.getvalue(), err.getvalue()) == ("", "No dead letters are waiting. Nothing to replay.\n")
-    with pytest.raises(Stop, match=r"Name the dead letters to replay .* or give --all\.") as bare:
+    with pytest.raises(Stop, match=r"Name the dead letters to replay .*, or --all\.") as bare:
         call_command("bus", "deadletters", "replay")
     assert bare.value.returncode == 2
+
+
+@pytest.mark.db
+@pytest.mark.django_db(databases="__all__")
+def test_a_replay_into_the_in_memory_layer_is_refused_and_the_letter_kept() -> None:
+    letter = deadletters.bury("echo", {"id": "m-1", "target": "echo.record"}, "RuntimeError", "", 3)
+    with pytest.raises(Stop) as refused:
+        call_command("bus", "deadletters", "replay", str(letter.id))
+    assert refused.value.returncode == 7
+    assert str(refused.value) == (
+        "Not replayed: REDIS_URL is not set, so this process has its own in-memory channel layer, "
+        "where no worker would receive the messages. Set the REDIS_URL that the workers use."
+    )
+    assert [waiting.id for waiting in deadletters.waiting()] == [letter.id], "still there to replay"
 
 
 def test_bus_help_lists_every_action_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
