@@ -20,9 +20,11 @@ _Entry = tuple[float, Message]  # (expires_at, message), as the parent stores th
 class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[misc]
     """Channels' ``InMemoryChannelLayer`` with the bus extension API, for tests and dev.
 
-    The parent's ``receive`` drops the channel's queue from ``self.channels`` whenever it is
-    empty, even while another receiver still waits on that queue object; messages sent
-    afterwards go to a fresh queue nobody waits on. Here a channel's queue stays registered
+    It works around a bug of Channels' own layer (channels 4.3, ``receive``): the ``finally``
+    after its wait drops the channel's queue from ``self.channels`` whenever it is empty, even
+    while another receiver still waits on that queue object, so messages sent afterwards go to
+    a fresh queue nobody waits on and are lost. (No upstream issue names it as of channels 4.3.2;
+    django/channels#1976 reworked the layer around it.) Here a channel's queue stays registered
     while anyone waits on it, and expired messages are skipped on receive. Everything lives
     in this process and is bound to the event loop that first waits on it.
     """
