@@ -64,7 +64,7 @@ def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisSer
         pid = int(re.findall(r"payments\s+\| started \(pid (\d+)\)", up.text())[-1])
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while "payments      | exited with -9; restarting in" not in up.text():
+        while "payments      | killed by SIGKILL; restarting in" not in up.text():
             assert time.monotonic() < deadline, up.text()[-2000:]
             time.sleep(0.1)
         wait_ready(up.visitor)
