@@ -75,7 +75,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             logger.warning(
                 "Dropped %s %s: its deadline passed %.3f s ago, so its caller has given up.",
                 envelope["type"],
-                envelope["target"],
+                messages.clip(envelope["target"]),
                 time.time() - deadline,
                 extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
             )
@@ -93,12 +93,14 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
         elapsed = time.perf_counter() - started
-        metrics.handled.labels(envelope["target"], envelope["type"], self.outcome).inc()
-        metrics.handle_duration.labels(envelope["target"], envelope["type"]).observe(elapsed)
+        # A target nobody serves is any string a sender made up: one label for all, not one each.
+        label = "(unknown)" if self.outcome == UnknownTarget.kind else envelope["target"]
+        metrics.handled.labels(label, envelope["type"], self.outcome).inc()
+        metrics.handle_duration.labels(label, envelope["type"]).observe(elapsed)
         logger.debug(
             "%s %s: %s in %.1f ms",
             envelope["type"],
-            envelope["target"],
+            messages.clip(envelope["target"]),
             self.outcome,
             elapsed * 1000,
             extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
@@ -121,7 +123,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         except BusError as exc:
             # Refused for what it is (invalid, declared error, read-only): trying again changes nothing.
             self.outcome = exc.kind
-            logger.error("Command %s refused: %s", envelope["target"], exc.message)
+            logger.error("Command %s refused: %s", messages.clip(envelope["target"]), _said(exc))
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
         """Run the subscription's handler. An outbox relay asked for an answer and retries itself;
@@ -137,7 +139,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             handler = getattr(self.service(self.message_context), subscription.handler)
             await in_pool(handler, event=payload)
         except BusError as exc:
-            logger.error("Event %s refused: %s", envelope["target"], exc.message)
+            logger.error("Event %s refused: %s", messages.clip(envelope["target"]), _said(exc))
             await self.reply(envelope, error=exc)
         except Exception as exc:
             logger.exception("Handler for event %s failed.", envelope["target"])
@@ -224,6 +226,11 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return
+        try:
+            messages.check_name(reply_to, "reply channel")
+        except BadMessage as exc:
+            logger.warning("Could not reply to %s: %s", messages.clip(envelope["target"]), exc.message)
+            return
         pins = databases.current_pins()
         answer = messages.reply(
             envelope, result=result, error=error, headers={"pins": pins} if pins else None
@@ -242,6 +249,11 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
 
     async def reject(self, message: Any, error: BusError) -> None:
         await reject(self.channel_layer, message, error)
+
+
+def _said(error: BusError) -> str:
+    """An error's message for a log line: bounded, since it may quote what a sender wrote."""
+    return messages.clip(error.message, 4 * messages.QUOTE_LIMIT)
 
 
 def _remote(exc: BaseException, *, cause: BaseException | None = None) -> RemoteError:
@@ -267,7 +279,7 @@ def _send_later(layer: Any, channel: str, message: dict[str, Any]) -> None:
 
 async def reject(layer: Any, message: Any, error: BusError) -> None:
     """Log a malformed message and, when it names a reply channel and an id, tell its sender."""
-    logger.warning("Rejected a malformed message: %s", error.message)
+    logger.warning("Rejected a malformed message: %s", _said(error))
     if (
         isinstance(message, dict)
         and isinstance(message.get("reply_to"), str)
@@ -277,4 +289,7 @@ async def reject(layer: Any, message: Any, error: BusError) -> None:
         try:
             await layer.send(message["reply_to"], answer)
         except Exception:
-            logger.warning("Could not tell the sender of the malformed message on %s.", message["reply_to"])
+            logger.warning(
+                "Could not tell the sender of the malformed message on %s.",
+                messages.quote(message["reply_to"]),
+            )

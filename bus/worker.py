@@ -195,7 +195,9 @@ class Worker:
         try:
             await self.application({"type": "channel", "channel": channel}, receive, send)
         except Exception:
-            logger.exception("The application for %r failed on a %s message.", channel, message.get("type"))
+            logger.exception(
+                "The application for %r failed on a %s message.", channel, messages.quote(message.get("type"))
+            )
 
     def _periodic(self) -> list[tuple[type[Service], str, Periodic]]:
         """(service, method name, schedule) of every `@every` method of the served services."""

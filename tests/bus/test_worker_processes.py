@@ -13,6 +13,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 import bus
+from bus import messages
 from bus.client import default_bus
 from tests.conftest import RedisServer, WorkerProcess, presence, read_records, run_bus, wait_for_worker
 
@@ -86,6 +87,30 @@ async def test_bad_input_gets_clear_answers_and_the_worker_keeps_serving(
     assert worker.process.poll() is None
     assert "Traceback" in worker.output() and "kaboom" in worker.output()
     assert "Rejected a malformed message: Malformed bus message: 'type' must be one of" in worker.output()
+    await default_bus.aclose()
+
+
+async def test_log_lines_about_malformed_messages_quote_a_bounded_prefix(
+    redis_layer: str, start_worker: StartWorker
+) -> None:
+    # One slot: the worker handles these in order, so once the last call is answered, every line
+    # about the ones before it is written.
+    worker = start_worker(redis_layer, "echo", concurrency=1)
+    layer = get_channel_layer()
+    huge = "t" * 200_000
+    for _ in range(4):
+        await layer.send("echo", {"type": huge})
+    command = messages.envelope(messages.COMMAND, "echo." + huge, {})
+    await layer.send("echo", dict(command))
+    request = messages.envelope(messages.REQUEST, "echo.echo", {"text": "hi"}, reply_to="r." + huge)
+    await layer.send("echo", dict(request))
+    assert await bus.acall("echo.echo", text="still here") == "still here"
+    output = worker.output()
+    assert output.count("Rejected a malformed message: Malformed bus message: 'type' must be one of") == 4
+    assert f"(got '{'t' * 200}'… (200,000 bytes))" in output
+    assert "Command echo.tttt" in output and "Could not reply to echo.echo: Reply channel 'r.ttt" in output
+    longest = max(output.splitlines(), key=len)
+    assert len(longest) < 2_000, longest[:300]
     await default_bus.aclose()
 
 
