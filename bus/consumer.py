@@ -8,7 +8,6 @@ and close stale connections in that very thread, where Django keeps them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -38,8 +37,9 @@ from .threads import in_pool
 
 logger = logging.getLogger(__name__)
 
-# Retries on their way back to the layer (a task nobody refers to may be collected).
-_retries: set[asyncio.Future[None]] = set()
+# Retries of consumers that no bus Worker runs (the Worker passes its own in the scope, and hands
+# them on when it stops).
+_unattended = deadletters.Retries()
 
 
 def _context(envelope: messages.Envelope) -> MessageContext:
@@ -61,6 +61,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+        retries = scope.get("retries")
+        self.retries = retries if isinstance(retries, deadletters.Retries) else _unattended
         with contextlib.suppress(StopConsumer):
             await self.dispatch(await receive())
 
@@ -79,6 +81,11 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 time.time() - deadline,
                 extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
             )
+            return
+        due = deadletters.not_before(envelope["headers"])
+        if due is not None:
+            # A retry handed on by a worker that stopped: it is tried when it is due, not before.
+            self.retries.later(self.channel_layer, str(self.scope["channel"]), dict(envelope), due)
             return
         self.message_context = _context(envelope)
         started = time.perf_counter()
@@ -166,7 +173,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 delay,
             )
             again = {**envelope, "headers": {**envelope["headers"], "attempt": attempt + 1}}
-            asyncio.get_running_loop().call_later(delay, _send_later, self.channel_layer, channel, again)
+            self.retries.later(self.channel_layer, channel, again, time.time() + delay)
             return
         cause = error.__cause__
         trace = "".join(traceback.format_exception(cause)) if cause is not None else ""
@@ -261,20 +268,6 @@ def _remote(exc: BaseException, *, cause: BaseException | None = None) -> Remote
     error = RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)
     error.__cause__ = cause
     return error
-
-
-def _send_later(layer: Any, channel: str, message: dict[str, Any]) -> None:
-    """A retry, sent from a timer; if it cannot be sent, it is lost with this log line."""
-
-    async def send() -> None:
-        try:
-            await layer.send(channel, message)
-        except Exception as exc:
-            logger.error("Could not send the retry of %s: %s", message.get("target"), exc)
-
-    task = asyncio.ensure_future(send())
-    _retries.add(task)
-    task.add_done_callback(_retries.discard)
 
 
 async def reject(layer: Any, message: Any, error: BusError) -> None:

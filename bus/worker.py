@@ -25,10 +25,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from channels.exceptions import StopConsumer
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 
-from . import databases, messages, metrics, wakeups
+from . import databases, deadletters, messages, metrics, wakeups
 from .client import default_bus, receive_batch
 from .conf import bus_setting
 from .consumer import reject
@@ -71,6 +71,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self.retries = deadletters.Retries()
 
     def stop(self) -> None:
         """Stop taking messages; `run` returns once in-flight messages finish or the grace ends."""
@@ -107,6 +108,7 @@ class Worker:
                         len(pending),
                         self.grace,
                     )
+            await self._hand_on_retries()
             background[-1].cancel()
             await asyncio.gather(background[-1], return_exceptions=True)
             await self._leave()
@@ -114,6 +116,18 @@ class Worker:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
         logger.info("Worker %s stopped after handling %d message(s).", self.worker_id, self.handled)
+
+    async def _hand_on_retries(self) -> None:
+        """Retries waiting in this worker go back to their channel for the next worker (see
+        bus.deadletters); the in-memory layer ends with this process, so there they are kept."""
+        durable = not isinstance(self.layer, InMemoryChannelLayer)
+        handed = await self.retries.hand_on(self.channels, durable=durable)
+        if handed:
+            logger.info(
+                "Handed on %d retry(ies) waiting in this worker: %s.",
+                handed,
+                "back on their channels, each due when it was" if durable else "kept as dead letters",
+            )
 
     async def _receive(self, channel: str) -> None:
         backoff = 0.1
@@ -193,7 +207,8 @@ class Worker:
             raise NotImplementedError("A worker's application replies through the channel layer, not send().")
 
         try:
-            await self.application({"type": "channel", "channel": channel}, receive, send)
+            scope = {"type": "channel", "channel": channel, "retries": self.retries}
+            await self.application(scope, receive, send)
         except Exception:
             logger.exception(
                 "The application for %r failed on a %s message.", channel, messages.quote(message.get("type"))
