@@ -41,6 +41,13 @@ from .threads import in_pool
 logger = logging.getLogger(__name__)
 
 
+def served_channels(application: Any) -> list[str]:
+    """The channel names of the routing table's `channel` entry: the domains a worker can serve."""
+    mapping = getattr(application, "application_mapping", {})
+    router = mapping.get("channel")
+    return sorted(getattr(router, "application_mapping", {}))
+
+
 class Worker:
     """Serves the named channels of `application` (the `channel` entry of routing.py)."""
 
@@ -131,6 +138,7 @@ class Worker:
 
     async def _receive(self, channel: str) -> None:
         backoff = 0.1
+        lost: float | None = None  # since when receiving fails
         while not self._stopping.is_set():
             slots = await self._take_slots()
             if slots == 0:
@@ -139,6 +147,7 @@ class Worker:
                 batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
             except Exception as exc:
                 self._give_back(slots)
+                lost = lost or time.monotonic()
                 logger.warning(
                     "Receiving on %r failed (%s: %s); retrying in %.1f s.",
                     channel,
@@ -149,6 +158,13 @@ class Worker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if lost is not None:
+                logger.info(
+                    "Receiving on %r works again, after %.1f s without the channel layer.",
+                    channel,
+                    time.monotonic() - lost,
+                )
+                lost = None
             backoff = 0.1
             self._give_back(slots - len(batch))
             for message in batch:
@@ -243,6 +259,7 @@ class Worker:
     async def _beat(self) -> None:
         interval = bus_setting("HEARTBEAT_INTERVAL")
         groups = self._subscriptions()
+        failing = False
         while True:
             info = {
                 "pid": os.getpid(),
@@ -260,7 +277,12 @@ class Worker:
                 for group, channel in groups:
                     await self.layer.group_add(group, channel)
             except Exception as exc:
+                failing = True
                 logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
+            else:
+                if failing:
+                    logger.info("Heartbeat works again: %s is seen as live.", ", ".join(self.channels))
+                failing = False
             await asyncio.sleep(interval)
 
     def _subscriptions(self) -> list[tuple[str, str]]:

@@ -18,18 +18,11 @@ from bus import deadletters, messages
 from bus.client import default_bus
 from bus.testing import serving
 from bus.threads import in_pool
-from tests.conftest import WorkerProcess, migrated, read_records, run_bus
+from tests.conftest import WorkerProcess, migrated, read_records, run_bus, wait_until
 
 pytestmark = [pytest.mark.redis]
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_a_failing_command_is_retried_then_dead_lettered_and_replayed(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +17,17 @@ from channels.layers import get_channel_layer
 import bus
 from bus import messages
 from bus.client import default_bus
-from tests.conftest import RedisServer, WorkerProcess, presence, read_records, run_bus, wait_for_worker
+from tests.conftest import (
+    ROOT,
+    RedisServer,
+    WorkerProcess,
+    presence,
+    process_env,
+    read_records,
+    run_bus,
+    wait_for_worker,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.redis]
 
@@ -224,3 +236,39 @@ def test_bus_command_line(redis_layer: str, start_worker: StartWorker, worker_da
     worker.terminate()
     nobody = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1}')
     assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr
+
+
+def test_a_worker_says_when_it_loses_redis_and_when_redis_is_back(
+    private_redis: RedisServer, start_worker: StartWorker
+) -> None:
+    worker = start_worker(private_redis.url, "echo")
+    private_redis.stop()
+    wait_until(lambda: "Receiving on 'echo' failed" in worker.output())
+    wait_until(lambda: "Heartbeat failed" in worker.output())
+    private_redis.start()
+    wait_until(lambda: "Receiving on 'echo' works again, after" in worker.output())
+    wait_until(lambda: "Heartbeat works again: echo is seen as live." in worker.output())
+    assert worker.process.poll() is None
+
+
+def test_runworker_refuses_a_domain_that_routing_py_does_not_serve(worker_data_dir: Path) -> None:
+    def runworker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", "runworker", *args],
+            cwd=ROOT,
+            env=process_env(worker_data_dir),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    domains = "echo, inventory, orders, payments, presentation"
+    for name, hint in [("shipping", ""), ("Inventory", " Did you mean 'inventory'?")]:
+        refused = runworker(name)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.strip() == (
+            f"CommandError: routing.py serves no domain named {name!r}; the domains are: {domains}.{hint}"
+        )
+    shown = " ".join(runworker("--help").stdout.split())
+    assert "DOMAIN [DOMAIN ...]" in shown and f"domains to serve, one or more of: {domains}" in shown
+    assert "messages handled at once (default: 64, from the BUS setting)" in shown
