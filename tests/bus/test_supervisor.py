@@ -153,6 +153,29 @@ async def test_a_watcher_that_fails_watches_its_child_again(caplog: pytest.LogCa
     assert "Watching steady failed." in caplog.text and "RuntimeError: terminal hiccup" in caplog.text
 
 
+async def test_output_that_cannot_be_written_is_dropped_and_the_children_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Gone(Terminal):
+        """A terminal that was closed: every write fails (the lines are kept for the test)."""
+
+        def write(self, text: str) -> int:
+            super().write(text)
+            raise BrokenPipeError(32, "Broken pipe")
+
+    # 2 MB in 20,000 lines: far more than a pipe holds, so the child ends only if it is drained.
+    chatty = Child("chatty", python("for n in range(20_000): print('line', n, 'x' * 90)"))
+    out = Gone()
+    with caplog.at_level(logging.WARNING, logger="bus.supervisor"):
+        async with supervising(chatty, out=out):
+            await out.line("chatty        | exited with 0; restarting in 0.5 s (restart 1)")
+    assert "chatty        | line 19999 " + "x" * 90 in out.lines
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cannot write")]
+    assert failures == [
+        "Cannot write the output of the processes (BrokenPipeError: [Errno 32] Broken pipe); it is dropped."
+    ]
+
+
 async def test_a_stop_ends_every_child_and_says_how() -> None:
     out = Terminal()
     sleeper = Child("sleeper", python("import time; print('up', flush=True); time.sleep(600)"))
