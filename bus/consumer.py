@@ -233,10 +233,14 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return
-        try:
-            messages.check_name(reply_to, "reply channel")
-        except BadMessage as exc:
-            logger.warning("Could not reply to %s: %s", messages.clip(envelope["target"]), exc.message)
+        layer = self.channel_layer
+        if not (layer.match_type_and_length(reply_to) and layer.channel_name_regex.match(reply_to)):
+            # Said here, bounded: the layer's own refusal would quote the whole name in a traceback.
+            logger.warning(
+                "Could not reply to %s: its reply channel %s is not a valid channel name.",
+                messages.clip(envelope["target"]),
+                messages.quote(reply_to),
+            )
             return
         pins = databases.current_pins()
         answer = messages.reply(

@@ -120,7 +120,9 @@ async def test_log_lines_about_malformed_messages_quote_a_bounded_prefix(
     output = worker.output()
     assert output.count("Rejected a malformed message: Malformed bus message: 'type' must be one of") == 4
     assert f"(got '{'t' * 200}'… (200,000 bytes))" in output
-    assert "Command echo.tttt" in output and "Could not reply to echo.echo: Reply channel 'r.ttt" in output
+    assert (
+        "Command echo.tttt" in output and "Could not reply to echo.echo: its reply channel 'r.ttt" in output
+    )
     longest = max(output.splitlines(), key=len)
     assert len(longest) < 2_000, longest[:300]
     await default_bus.aclose()
