@@ -8,7 +8,6 @@ and close stale connections in that very thread, where Django keeps them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -38,8 +37,9 @@ from .threads import in_pool
 
 logger = logging.getLogger(__name__)
 
-# Retries on their way back to the layer (a task nobody refers to may be collected).
-_retries: set[asyncio.Future[None]] = set()
+# Retries of consumers that no bus Worker runs (the Worker passes its own in the scope, and hands
+# them on when it stops).
+_unattended = deadletters.Retries()
 
 
 def _context(envelope: messages.Envelope) -> MessageContext:
@@ -61,6 +61,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+        retries = scope.get("retries")
+        self.retries = retries if isinstance(retries, deadletters.Retries) else _unattended
         with contextlib.suppress(StopConsumer):
             await self.dispatch(await receive())
 
@@ -75,10 +77,15 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             logger.warning(
                 "Dropped %s %s: its deadline passed %.3f s ago, so its caller has given up.",
                 envelope["type"],
-                envelope["target"],
+                messages.clip(envelope["target"]),
                 time.time() - deadline,
                 extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
             )
+            return
+        due = deadletters.not_before(envelope["headers"])
+        if due is not None:
+            # A retry handed on by a worker that stopped: it is tried when it is due, not before.
+            self.retries.later(self.channel_layer, str(self.scope["channel"]), dict(envelope), due)
             return
         self.message_context = _context(envelope)
         started = time.perf_counter()
@@ -93,12 +100,14 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             handler = getattr(self, envelope["type"].replace(".", "_"))
             await handler(envelope)
         elapsed = time.perf_counter() - started
-        metrics.handled.labels(envelope["target"], envelope["type"], self.outcome).inc()
-        metrics.handle_duration.labels(envelope["target"], envelope["type"]).observe(elapsed)
+        # A target nobody serves is any string a sender made up: one label for all, not one each.
+        label = "(unknown)" if self.outcome == UnknownTarget.kind else envelope["target"]
+        metrics.handled.labels(label, envelope["type"], self.outcome).inc()
+        metrics.handle_duration.labels(label, envelope["type"]).observe(elapsed)
         logger.debug(
             "%s %s: %s in %.1f ms",
             envelope["type"],
-            envelope["target"],
+            messages.clip(envelope["target"]),
             self.outcome,
             elapsed * 1000,
             extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
@@ -121,7 +130,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         except BusError as exc:
             # Refused for what it is (invalid, declared error, read-only): trying again changes nothing.
             self.outcome = exc.kind
-            logger.error("Command %s refused: %s", envelope["target"], exc.message)
+            logger.error("Command %s refused: %s", messages.clip(envelope["target"]), _said(exc))
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
         """Run the subscription's handler. An outbox relay asked for an answer and retries itself;
@@ -137,7 +146,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             handler = getattr(self.service(self.message_context), subscription.handler)
             await in_pool(handler, event=payload)
         except BusError as exc:
-            logger.error("Event %s refused: %s", envelope["target"], exc.message)
+            logger.error("Event %s refused: %s", messages.clip(envelope["target"]), _said(exc))
             await self.reply(envelope, error=exc)
         except Exception as exc:
             logger.exception("Handler for event %s failed.", envelope["target"])
@@ -164,7 +173,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 delay,
             )
             again = {**envelope, "headers": {**envelope["headers"], "attempt": attempt + 1}}
-            asyncio.get_running_loop().call_later(delay, _send_later, self.channel_layer, channel, again)
+            self.retries.later(self.channel_layer, channel, again, time.time() + delay)
             return
         cause = error.__cause__
         trace = "".join(traceback.format_exception(cause)) if cause is not None else ""
@@ -224,6 +233,15 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         reply_to = envelope["reply_to"]
         if reply_to is None:
             return
+        layer = self.channel_layer
+        if not (layer.match_type_and_length(reply_to) and layer.channel_name_regex.match(reply_to)):
+            # Said here, bounded: the layer's own refusal would quote the whole name in a traceback.
+            logger.warning(
+                "Could not reply to %s: its reply channel %s is not a valid channel name.",
+                messages.clip(envelope["target"]),
+                messages.quote(reply_to),
+            )
+            return
         pins = databases.current_pins()
         answer = messages.reply(
             envelope, result=result, error=error, headers={"pins": pins} if pins else None
@@ -244,6 +262,11 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         await reject(self.channel_layer, message, error)
 
 
+def _said(error: BusError) -> str:
+    """An error's message for a log line: bounded, since it may quote what a sender wrote."""
+    return messages.clip(error.message, 4 * messages.QUOTE_LIMIT)
+
+
 def _remote(exc: BaseException, *, cause: BaseException | None = None) -> RemoteError:
     text = exc.message if isinstance(exc, BusError) else str(exc) or "(no message)"
     error = RemoteError(f"{type(exc).__name__}: {text}", remote_type=type(exc).__name__)
@@ -251,23 +274,9 @@ def _remote(exc: BaseException, *, cause: BaseException | None = None) -> Remote
     return error
 
 
-def _send_later(layer: Any, channel: str, message: dict[str, Any]) -> None:
-    """A retry, sent from a timer; if it cannot be sent, it is lost with this log line."""
-
-    async def send() -> None:
-        try:
-            await layer.send(channel, message)
-        except Exception as exc:
-            logger.error("Could not send the retry of %s: %s", message.get("target"), exc)
-
-    task = asyncio.ensure_future(send())
-    _retries.add(task)
-    task.add_done_callback(_retries.discard)
-
-
 async def reject(layer: Any, message: Any, error: BusError) -> None:
     """Log a malformed message and, when it names a reply channel and an id, tell its sender."""
-    logger.warning("Rejected a malformed message: %s", error.message)
+    logger.warning("Rejected a malformed message: %s", _said(error))
     if (
         isinstance(message, dict)
         and isinstance(message.get("reply_to"), str)
@@ -277,4 +286,7 @@ async def reject(layer: Any, message: Any, error: BusError) -> None:
         try:
             await layer.send(message["reply_to"], answer)
         except Exception:
-            logger.warning("Could not tell the sender of the malformed message on %s.", message["reply_to"])
+            logger.warning(
+                "Could not tell the sender of the malformed message on %s.",
+                messages.quote(message["reply_to"]),
+            )

@@ -61,6 +61,26 @@ class Reply(TypedDict):
     headers: dict[str, Any]
 
 
+# How much of a value from the wire a log line or an error quotes: enough to recognise it, never a
+# whole message (a 200 KB `type` made one log line of 200 KB).
+QUOTE_LIMIT = 200
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as it is, or its first `limit` characters and its full size in bytes."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text.encode(errors='replace')):,} bytes)"
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value) for a log line or an error, cut to about `limit` characters with the full size."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        size = len(value.encode(errors="replace")) if isinstance(value, str) else len(value)
+        return f"{value[:limit]!r}… ({size:,} bytes)"
+    return clip(repr(value), limit)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -69,7 +89,7 @@ def check_name(name: str, what: str = "channel name") -> str:
     """Refuse a name Channels would refuse, saying why before anything is sent."""
     if not isinstance(name, str) or not _NAME.match(name) or len(name) > _MAX_NAME_LENGTH:
         raise BadMessage(
-            f"{what.capitalize()} {name!r} is not valid: use at most {_MAX_NAME_LENGTH} ASCII "
+            f"{what.capitalize()} {quote(name)} is not valid: use at most {_MAX_NAME_LENGTH} ASCII "
             "letters, digits, '-', '_' or '.'.",
             name=str(name),
         )
@@ -159,7 +179,9 @@ def parse_envelope(message: Any) -> Envelope:
         raise BadMessage(f"A bus message must be a dict, not {type(message).__name__}.")
     problems = []
     if message.get("type") not in ENVELOPE_TYPES:
-        problems.append(f"'type' must be one of {', '.join(ENVELOPE_TYPES)} (got {message.get('type')!r})")
+        problems.append(
+            f"'type' must be one of {', '.join(ENVELOPE_TYPES)} (got {quote(message.get('type'))})"
+        )
     for field, types in _FIELD_TYPES.items():
         if field not in message:
             problems.append(f"'{field}' is missing")

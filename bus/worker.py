@@ -25,10 +25,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from channels.exceptions import StopConsumer
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 
-from . import databases, messages, metrics, wakeups
+from . import databases, deadletters, messages, metrics, wakeups
 from .client import default_bus, receive_batch
 from .conf import bus_setting
 from .consumer import reject
@@ -39,6 +39,13 @@ from .services import Periodic, Service, implementation
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
+
+
+def served_channels(application: Any) -> list[str]:
+    """The channel names of the routing table's `channel` entry: the domains a worker can serve."""
+    mapping = getattr(application, "application_mapping", {})
+    router = mapping.get("channel")
+    return sorted(getattr(router, "application_mapping", {}))
 
 
 class Worker:
@@ -71,6 +78,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self.retries = deadletters.Retries()
 
     def stop(self) -> None:
         """Stop taking messages; `run` returns once in-flight messages finish or the grace ends."""
@@ -107,6 +115,7 @@ class Worker:
                         len(pending),
                         self.grace,
                     )
+            await self._hand_on_retries()
             background[-1].cancel()
             await asyncio.gather(background[-1], return_exceptions=True)
             await self._leave()
@@ -115,8 +124,21 @@ class Worker:
                     loop.remove_signal_handler(signum)
         logger.info("Worker %s stopped after handling %d message(s).", self.worker_id, self.handled)
 
+    async def _hand_on_retries(self) -> None:
+        """Retries waiting in this worker go back to their channel for the next worker (see
+        bus.deadletters); the in-memory layer ends with this process, so there they are kept."""
+        durable = not isinstance(self.layer, InMemoryChannelLayer)
+        handed = await self.retries.hand_on(self.channels, durable=durable)
+        if handed:
+            logger.info(
+                "Handed on %d retry(ies) waiting in this worker: %s.",
+                handed,
+                "back on their channels, each due when it was" if durable else "kept as dead letters",
+            )
+
     async def _receive(self, channel: str) -> None:
         backoff = 0.1
+        lost: float | None = None  # since when receiving fails
         while not self._stopping.is_set():
             slots = await self._take_slots()
             if slots == 0:
@@ -125,6 +147,7 @@ class Worker:
                 batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
             except Exception as exc:
                 self._give_back(slots)
+                lost = lost or time.monotonic()
                 logger.warning(
                     "Receiving on %r failed (%s: %s); retrying in %.1f s.",
                     channel,
@@ -135,6 +158,13 @@ class Worker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if lost is not None:
+                logger.info(
+                    "Receiving on %r works again, after %.1f s without the channel layer.",
+                    channel,
+                    time.monotonic() - lost,
+                )
+                lost = None
             backoff = 0.1
             self._give_back(slots - len(batch))
             for message in batch:
@@ -193,9 +223,12 @@ class Worker:
             raise NotImplementedError("A worker's application replies through the channel layer, not send().")
 
         try:
-            await self.application({"type": "channel", "channel": channel}, receive, send)
+            scope = {"type": "channel", "channel": channel, "retries": self.retries}
+            await self.application(scope, receive, send)
         except Exception:
-            logger.exception("The application for %r failed on a %s message.", channel, message.get("type"))
+            logger.exception(
+                "The application for %r failed on a %s message.", channel, messages.quote(message.get("type"))
+            )
 
     def _periodic(self) -> list[tuple[type[Service], str, Periodic]]:
         """(service, method name, schedule) of every `@every` method of the served services."""
@@ -226,6 +259,7 @@ class Worker:
     async def _beat(self) -> None:
         interval = bus_setting("HEARTBEAT_INTERVAL")
         groups = self._subscriptions()
+        failing = False
         while True:
             info = {
                 "pid": os.getpid(),
@@ -243,7 +277,12 @@ class Worker:
                 for group, channel in groups:
                     await self.layer.group_add(group, channel)
             except Exception as exc:
+                failing = True
                 logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
+            else:
+                if failing:
+                    logger.info("Heartbeat works again: %s is seen as live.", ", ".join(self.channels))
+                failing = False
             await asyncio.sleep(interval)
 
     def _subscriptions(self) -> list[tuple[str, str]]:

@@ -301,6 +301,14 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
         return pool.submit(asyncio.run, look()).result()
 
 
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
+    """Block until `check()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def wait_for_worker(
     worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30
 ) -> None:

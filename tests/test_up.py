@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, RedisServer, UpProcess
+from tests.conftest import ROOT, RedisServer, UpProcess, process_env
 from tests.site import SAGA, Visitor, frames_until, order_states, wait_ready, whole_saga
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -64,7 +64,7 @@ def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisSer
         pid = int(re.findall(r"payments\s+\| started \(pid (\d+)\)", up.text())[-1])
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while "payments      | exited with -9; restarting in" not in up.text():
+        while "payments      | killed by SIGKILL; restarting in" not in up.text():
             assert time.monotonic() < deadline, up.text()[-2000:]
             time.sleep(0.1)
         wait_ready(up.visitor)
@@ -145,3 +145,21 @@ def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_e
         assert up.stop() == 0
     finally:
         up.close()
+
+
+def test_help_shows_the_defaults_and_the_setup_commands_by_name(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "manage.py", "up", "--help"],
+        cwd=ROOT,
+        env=process_env(tmp_path, DJANGO_SETTINGS_MODULE="project.settings"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "address daphne listens on (default: 127.0.0.1)" in text
+    assert "port daphne listens on (default: 8000)" in text
+    assert "(default: one per domain)" in text
+    assert "skip the setup commands (migrate_all, seed) that run first" in text
+    assert "settings.BUS" not in text and "UP_COMMANDS" not in text

@@ -1,4 +1,5 @@
-"""Retries with backoff for commands and published events, then dead letters to list and replay."""
+"""Retries with backoff for commands and published events, then dead letters to list and replay;
+a clean stop hands waiting retries on instead of dropping them."""
 
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from channels.layers import get_channel_layer
 
 import bus
+from bus import deadletters, messages
 from bus.client import default_bus
-from tests.conftest import WorkerProcess, migrated, read_records, run_bus
+from bus.testing import serving
+from bus.threads import in_pool
+from tests.conftest import WorkerProcess, migrated, read_records, run_bus, wait_until
 
 pytestmark = [pytest.mark.redis]
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_a_failing_command_is_retried_then_dead_lettered_and_replayed(
@@ -85,3 +83,69 @@ def test_a_published_event_whose_handler_fails_is_retried_then_dead_lettered(
     purge = run_bus(data_dir, redis_layer, "deadletters", "purge")
     assert "Deleted 1 dead letter(s)." in purge.stdout
     assert os.environ.get("BUS_TEST_RECORD_DIR") is None, "the test process itself records nothing"
+
+
+async def test_a_sigterm_during_a_retry_wait_hands_the_retry_on_to_the_next_worker(
+    tmp_path: Path, redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    data_dir = migrated(tmp_path / "data")
+    first = start_worker(redis_layer, "echo", data_dir=data_dir)
+    # Its fifth try: the retry after it waits 6.4 to 9.6 s, far longer than a stop takes.
+    command = messages.envelope(
+        messages.COMMAND, "echo.stubborn", {"key": "handover", "failures": 1}, headers={"attempt": 5}
+    )
+    await get_channel_layer().send("echo", dict(command))
+    await asyncio.to_thread(wait_until, lambda: "echo.stubborn failed (try 5 of 7)" in first.output())
+    (record_dir / "flaky-handover.failures").write_text("0")  # the cause is fixed: the next try works
+    assert await asyncio.to_thread(first.terminate) == 0
+    assert "Handed on 1 retry(ies) waiting in this worker: back on their channels" in first.output()
+    start_worker(redis_layer, "echo", data_dir=data_dir)
+    await asyncio.to_thread(wait_until, lambda: len(read_records(record_dir, "flaky-handover")) == 2)
+    assert set(read_records(record_dir, "flaky-handover")) == {command["id"]}, "one message, tried twice"
+    dead = await asyncio.to_thread(run_bus, data_dir, redis_layer, "deadletters")
+    assert dead.returncode == 0 and "echo.stubborn" not in dead.stdout
+
+
+async def test_a_waiting_retry_goes_back_to_its_channel_with_its_try_count_and_due_time(
+    redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    # One slot: once the call after it is answered, the worker holds the retry (due in 30 s).
+    worker = start_worker(redis_layer, "echo", concurrency=1)
+    layer = get_channel_layer()
+    due = time.time() + 30
+    retry = messages.envelope(
+        messages.COMMAND, "echo.record", {"n": 7}, headers={"attempt": 2, "not_before": due}
+    )
+    await layer.send("echo", dict(retry))
+    assert await bus.acall("echo.echo", text="after") == "after"
+    assert await asyncio.to_thread(worker.terminate) == 0
+    assert "Handed on 1 retry(ies) waiting in this worker: back on their channels" in worker.output()
+    back = await layer.receive("echo")
+    assert (back["id"], back["headers"]) == (retry["id"], {"attempt": 2, "not_before": due})
+    assert read_records(record_dir, "record") == [], "not tried before it is due"
+
+    # The next worker holds it until it is due, then tries it.
+    back["headers"]["not_before"] = due = time.time() + 1
+    await layer.send("echo", back)
+    start_worker(redis_layer, "echo")
+    await asyncio.to_thread(wait_until, lambda: read_records(record_dir, "record") == ["7"])
+    tried = min(path.stat().st_mtime for path in record_dir.glob("record-*.txt"))  # noqa: ASYNC240
+    assert tried >= due, "tried when due, not before"
+    await default_bus.aclose()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_with_the_in_memory_layer_a_waiting_retry_becomes_a_dead_letter_on_stop() -> None:
+    """The in-memory layer ends with the process: a retry waiting there is kept to replay by hand."""
+    retry = messages.envelope(
+        messages.COMMAND, "echo.record", {"n": 1}, headers={"attempt": 2, "not_before": time.time() + 30}
+    )
+    async with serving("echo", concurrency=1):
+        await get_channel_layer().send("echo", dict(retry))
+        assert await bus.acall("echo.echo", text="after") == "after"
+    letters = await in_pool(deadletters.waiting)
+    assert [(letter.message_id, letter.attempts) for letter in letters] == [(retry["id"], 1)]
+    assert letters[0].error == (
+        "Waiting for try 2, the worker stopped while it waited, and its layer ends with it; "
+        "replay it with `manage.py bus deadletters replay`."
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,8 +15,19 @@ import pytest
 from channels.layers import get_channel_layer
 
 import bus
+from bus import messages
 from bus.client import default_bus
-from tests.conftest import RedisServer, WorkerProcess, presence, read_records, run_bus, wait_for_worker
+from tests.conftest import (
+    ROOT,
+    RedisServer,
+    WorkerProcess,
+    presence,
+    process_env,
+    read_records,
+    run_bus,
+    wait_for_worker,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.redis]
 
@@ -86,6 +99,32 @@ async def test_bad_input_gets_clear_answers_and_the_worker_keeps_serving(
     assert worker.process.poll() is None
     assert "Traceback" in worker.output() and "kaboom" in worker.output()
     assert "Rejected a malformed message: Malformed bus message: 'type' must be one of" in worker.output()
+    await default_bus.aclose()
+
+
+async def test_log_lines_about_malformed_messages_quote_a_bounded_prefix(
+    redis_layer: str, start_worker: StartWorker
+) -> None:
+    # One slot: the worker handles these in order, so once the last call is answered, every line
+    # about the ones before it is written.
+    worker = start_worker(redis_layer, "echo", concurrency=1)
+    layer = get_channel_layer()
+    huge = "t" * 200_000
+    for _ in range(4):
+        await layer.send("echo", {"type": huge})
+    command = messages.envelope(messages.COMMAND, "echo." + huge, {})
+    await layer.send("echo", dict(command))
+    request = messages.envelope(messages.REQUEST, "echo.echo", {"text": "hi"}, reply_to="r." + huge)
+    await layer.send("echo", dict(request))
+    assert await bus.acall("echo.echo", text="still here") == "still here"
+    output = worker.output()
+    assert output.count("Rejected a malformed message: Malformed bus message: 'type' must be one of") == 4
+    assert f"(got '{'t' * 200}'… (200,000 bytes))" in output
+    assert (
+        "Command echo.tttt" in output and "Could not reply to echo.echo: its reply channel 'r.ttt" in output
+    )
+    longest = max(output.splitlines(), key=len)
+    assert len(longest) < 2_000, longest[:300]
     await default_bus.aclose()
 
 
@@ -199,3 +238,39 @@ def test_bus_command_line(redis_layer: str, start_worker: StartWorker, worker_da
     worker.terminate()
     nobody = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1}')
     assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr
+
+
+def test_a_worker_says_when_it_loses_redis_and_when_redis_is_back(
+    private_redis: RedisServer, start_worker: StartWorker
+) -> None:
+    worker = start_worker(private_redis.url, "echo")
+    private_redis.stop()
+    wait_until(lambda: "Receiving on 'echo' failed" in worker.output())
+    wait_until(lambda: "Heartbeat failed" in worker.output())
+    private_redis.start()
+    wait_until(lambda: "Receiving on 'echo' works again, after" in worker.output())
+    wait_until(lambda: "Heartbeat works again: echo is seen as live." in worker.output())
+    assert worker.process.poll() is None
+
+
+def test_runworker_refuses_a_domain_that_routing_py_does_not_serve(worker_data_dir: Path) -> None:
+    def runworker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", "runworker", *args],
+            cwd=ROOT,
+            env=process_env(worker_data_dir),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    domains = "echo, inventory, orders, payments, presentation"
+    for name, hint in [("shipping", ""), ("Inventory", " Did you mean 'inventory'?")]:
+        refused = runworker(name)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.strip() == (
+            f"CommandError: routing.py serves no domain named {name!r}; the domains are: {domains}.{hint}"
+        )
+    shown = " ".join(runworker("--help").stdout.split())
+    assert "DOMAIN [DOMAIN ...]" in shown and f"domains to serve, one or more of: {domains}" in shown
+    assert "messages handled at once (default: 64, from the BUS setting)" in shown

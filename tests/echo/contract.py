@@ -63,3 +63,7 @@ class Echo(Contract, name="echo"):
 
     @rpc(retries=2)
     async def flaky(self, *, key: str, failures: int) -> int: ...
+
+    # Flaky with more retries, so that a test can catch a worker in a long retry wait.
+    @rpc(retries=6)
+    async def stubborn(self, *, key: str, failures: int) -> int: ...

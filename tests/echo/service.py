@@ -89,6 +89,9 @@ class EchoService(Service, contract=Echo):
             raise RuntimeError(f"flaky {key} fails try {tries}")
         return tries
 
+    def stubborn(self, *, key: str, failures: int) -> int:
+        return self.flaky(key=key, failures=failures)
+
     @subscribe("echo.happened", retries=1)
     def on_happened(self, event: Happened) -> None:
         if event.text == "explode":

@@ -2,8 +2,8 @@
 
 Without REDIS_URL (the in-memory layer): ONE process: daphne serves HTTP and WebSockets and every
 domain's worker runs in the same event loop. With REDIS_URL: daphne and `runworker` per domain as
-separate processes, supervised (see bus.supervisor). Either way settings.BUS["UP_COMMANDS"] run
-first (migrations, demo data), and the URL is printed.
+separate processes, supervised (see bus.supervisor). Either way the setup commands run first
+(settings.BUS["UP_COMMANDS"]: migrations, demo data), and the URL is printed.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bus.conf import bus_setting
 from bus.supervisor import Child, Supervisor
-
-
-def domains(application: Any) -> list[str]:
-    """The channel names of the routing table's `channel` entry: the domains to serve."""
-    mapping = getattr(application, "application_mapping", {})
-    router = mapping.get("channel")
-    return sorted(getattr(router, "application_mapping", {}))
+from bus.worker import served_channels as domains
 
 
 def _count(text: str) -> tuple[str, int]:
@@ -40,16 +34,24 @@ class Command(BaseCommand):
     help = "Run everything: one process without REDIS_URL, supervised processes with it."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1", help="address daphne listens on")
-        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address daphne listens on (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--port", type=int, default=8000, help="port daphne listens on (default: %(default)s)"
+        )
         parser.add_argument(
             "--workers",
             action="append",
             default=[],
             metavar="DOMAIN=COUNT",
-            help="worker processes of a domain",
+            help="worker processes of a domain, with REDIS_URL; repeat for more domains "
+            "(default: one per domain)",
         )
-        parser.add_argument("--no-setup", action="store_true", help='skip settings.BUS["UP_COMMANDS"]')
+        setup = ", ".join(bus_setting("UP_COMMANDS")) or "none are configured"
+        parser.add_argument(
+            "--no-setup", action="store_true", help=f"skip the setup commands ({setup}) that run first"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         application = get_default_application()
