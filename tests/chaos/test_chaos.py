@@ -6,9 +6,11 @@ to tests/artifacts/chaos-report.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -250,3 +252,96 @@ def test_expired_requests_are_not_run_late(system: System) -> None:
             ("expired requests executed late", 0),
         ],
     )
+
+
+# Sagas give up on a domain after 3 s, holds expire after 4 s, a killed orders worker's claims
+# after 4 s: faults of a few seconds then reach the refund branch instead of only delaying it.
+SAGA_CLOCKS = {
+    "DJANGO_SETTINGS_MODULE": "tests.chaos.settings",
+    "CHAOS_GIVE_UP_SECONDS": "3",
+    "CHAOS_HOLD_SECONDS": "4",
+    "CHAOS_LEASE_SECONDS": "4",
+}
+
+
+def kill_while_refunds_run(system: System, victims: list[str]) -> str:
+    """Once a refund is due or running (an order undoing its charge, not refunded yet), kill -9
+    the victims; then watch the restarted workers finish the refunds (bounded, not asserted)."""
+    watch_until = time.monotonic() + 15
+    while time.monotonic() < watch_until and len(set(system.undoing_charges())) == 1:
+        time.sleep(0.2)
+    undoing, refunded = system.undoing_charges()
+    for name in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(system.pid(name), signal.SIGKILL)
+    watch_until = time.monotonic() + 30
+    while time.monotonic() < watch_until and len(set(system.undoing_charges())) > 1:
+        time.sleep(0.3)
+    return f"{undoing} undoing a charge, {refunded} refunded, when {' and '.join(victims)} were killed"
+
+
+def freeze_inventory(system: System, rng: random.Random) -> str:
+    """Inventory frozen (SIGSTOP): sagas past their charge cannot commit, give up and refund."""
+    pid = system.pause("inventory")
+    frozen = time.monotonic()
+    try:
+        killed = kill_while_refunds_run(
+            system, rng.sample(["payments", rng.choice(["orders.1", "orders.2"])], 2)
+        )
+    finally:
+        system.resume(pid)
+    return f"inventory frozen {time.monotonic() - frozen:.0f} s; {killed}"
+
+
+def kill_payments(system: System, rng: random.Random) -> str:
+    """Payments killed: orders wait longer than a hold lasts, their commits are refused, refunds follow."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(system.pid("payments"), signal.SIGKILL)
+    return f"payments killed; {kill_while_refunds_run(system, [rng.choice(['orders.1', 'orders.2'])])}"
+
+
+@pytest.mark.parametrize("system", [SAGA_CLOCKS], indirect=True, ids=["give-up-3s"])
+@pytest.mark.timeout(600)
+def test_refunds_run_while_inventory_freezes_and_orders_and_payments_are_killed(system: System) -> None:
+    count = min(checkouts(), 120)
+    initial = stock_up(count)
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    began = time.monotonic()
+    load, shoppers = run_load(system.base, count, sorted(initial), pace=0.3, seed=seed)
+    cycles: list[str] = []
+    while any(thread.is_alive() for thread in shoppers) and len(cycles) < 4:
+        time.sleep(rng.uniform(2.0, 4.0))  # checkouts flow between the faults
+        cycles.append((freeze_inventory, kill_payments)[len(cycles) % 2](system, rng))
+    join(shoppers, timeout=300)
+    load_seconds = time.monotonic() - began
+    assert not load.errors, load.errors[:10]
+    assert not load.bad_bodies, load.bad_bodies[:10]
+    placed = load.placed()
+    assert len(placed) == count
+    orders, waited = wait_terminal([c.order_id for c in placed], timeout=240)
+    checked = check_invariants(orders, initial)
+    refunded = [o for o in orders.values() if any(step["name"] == "refunded" for step in o["steps"])]
+    reasons = Counter(
+        re.sub(r"\d+", "N", o["reason"].split(":")[0]) for o in orders.values() if o["state"] == "failed"
+    )
+    report(
+        "refunds: inventory frozen between charge and commit, orders and payments killed meanwhile",
+        [
+            ("checkouts (CHAOS_CHECKOUTS, at most 120)", count),
+            ("seed (CHAOS_SEED)", seed),
+            ("saga clocks", "give up 3 s, holds 4 s, leases 4 s"),
+            *((f"fault {n}", cycle) for n, cycle in enumerate(cycles, 1)),
+            ("load duration (s)", f"{load_seconds:.1f}"),
+            ("HTTP statuses seen", dict(sorted(load.statuses.items()))),
+            ("confirmed / failed", f"{checked.confirmed} / {checked.failed}"),
+            ("why orders failed", dict(reasons.most_common())),
+            ("refunds (ledger lines) / orders refunded", f"{checked.refund_lines} / {len(refunded)}"),
+            ("charge ledger lines", checked.charge_lines),
+            ("seconds until all terminal", f"{waited:.1f}"),
+            ("invariants", "charged at most once, failed refunded, ledgers balance, sold+available=in"),
+        ],
+    )
+    assert checked.refund_lines > 0, "no refund ran: the faults never reached the refund branch"
+    assert len(refunded) == checked.refund_lines, "each refund shows on its order"
+    assert checked.confirmed > 0, "checkouts still get through between the faults"
