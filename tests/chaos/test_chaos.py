@@ -321,7 +321,10 @@ def test_refunds_run_while_inventory_freezes_and_orders_and_payments_are_killed(
     assert len(placed) == count
     orders, waited = wait_terminal([c.order_id for c in placed], timeout=240)
     checked = check_invariants(orders, initial)
-    refunded = [o for o in orders.values() if any(step["name"] == "refunded" for step in o["steps"])]
+    steps = {order_id: {step["name"] for step in order["steps"]} for order_id, order in orders.items()}
+    refunded = [order_id for order_id, names in steps.items() if "refunded" in names]
+    # The branch this test is for: the saga knew it had charged (a stored step), then failed.
+    after_charge = [order_id for order_id in refunded if "charged" in steps[order_id]]
     reasons = Counter(
         re.sub(r"\d+", "N", o["reason"].split(":")[0]) for o in orders.values() if o["state"] == "failed"
     )
@@ -337,11 +340,16 @@ def test_refunds_run_while_inventory_freezes_and_orders_and_payments_are_killed(
             ("confirmed / failed", f"{checked.confirmed} / {checked.failed}"),
             ("why orders failed", dict(reasons.most_common())),
             ("refunds (ledger lines) / orders refunded", f"{checked.refund_lines} / {len(refunded)}"),
+            (
+                "refunded after their charge step / of a charge that landed unseen",
+                f"{len(after_charge)} / {len(refunded) - len(after_charge)}",
+            ),
             ("charge ledger lines", checked.charge_lines),
             ("seconds until all terminal", f"{waited:.1f}"),
             ("invariants", "charged at most once, failed refunded, ledgers balance, sold+available=in"),
         ],
     )
     assert checked.refund_lines > 0, "no refund ran: the faults never reached the refund branch"
+    assert after_charge, "no saga failed after its charge: the compensation of a charge never ran"
     assert len(refunded) == checked.refund_lines, "each refund shows on its order"
     assert checked.confirmed > 0, "checkouts still get through between the faults"
