@@ -1010,6 +1010,7 @@
       ),
       lines ? h("p", { class: "order-lines muted small", text: lines }) : null,
       buildStepper(order),
+      order.waiting ? h("p", { class: "order-waiting muted small", role: "status", text: order.waiting }) : null,
       order.state === "failed" && order.reason ? h("p", { class: "order-reason", role: "note" }, h("strong", { text: "Why it failed: " }), order.reason) : null
     );
     return row;

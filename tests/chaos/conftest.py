@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -53,8 +54,8 @@ def checkouts() -> int:
 class System(UpProcess):
     """`manage.py up` with REDIS_URL (daphne + a runworker per domain, orders x2), on its own data."""
 
-    def __init__(self, data_dir: Path, redis_url: str) -> None:
-        super().__init__(data_dir, redis_url, log_level="INFO")
+    def __init__(self, data_dir: Path, redis_url: str, **environment: str) -> None:
+        super().__init__(data_dir, redis_url, log_level="INFO", **environment)
         self.stopped: set[int] = set()
 
     def pids(self, name: str) -> list[int]:
@@ -88,6 +89,21 @@ class System(UpProcess):
         os.kill(pid, signal.SIGCONT)
         self.stopped.discard(pid)
 
+    def undoing_charges(self) -> tuple[int, int]:
+        """Orders being compensated after their charge, and how many of those are refunded already.
+
+        Read from the orders database file as an operator would, without asking the orders workers
+        that the test may have just killed.
+        """
+        path = self.log.parent / "orders.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            row = db.execute(
+                "select count(*), coalesce(sum(exists(select 1 from orders_step r where r.order_id = o.id"
+                " and r.name = 'refunded')), 0) from orders_order o where o.state = 'compensating'"
+                " and exists(select 1 from orders_step c where c.order_id = o.id and c.name = 'charged')"
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def bus_cli(self, *args: str, timeout: float = 60) -> tuple[int, str, float]:
         """`manage.py bus ARGS` as an operator runs it: exit code, output, seconds taken."""
         began = time.monotonic()
@@ -113,12 +129,17 @@ class System(UpProcess):
 
 
 @pytest.fixture
-def system(tmp_path: Path, private_redis: RedisServer, settings: Any) -> Iterator[System]:
-    """The running system, and this test process's bus pointed at its Redis (same "bus:" prefix)."""
+def system(
+    tmp_path: Path, private_redis: RedisServer, settings: Any, request: pytest.FixtureRequest
+) -> Iterator[System]:
+    """The running system, and this test process's bus pointed at its Redis (same "bus:" prefix).
+
+    Parametrized indirectly with a dict, it is the system's extra environment (tests/chaos/settings.py).
+    """
     settings.CHANNEL_LAYERS = layers_for(private_redis.url)
     data = tmp_path / "data"
     data.mkdir()
-    running = System(data, private_redis.url)
+    running = System(data, private_redis.url, **getattr(request, "param", {}))
     try:
         running.ready()
         yield running

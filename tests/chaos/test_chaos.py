@@ -6,9 +6,11 @@ to tests/artifacts/chaos-report.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -250,3 +252,110 @@ def test_expired_requests_are_not_run_late(system: System) -> None:
             ("expired requests executed late", 0),
         ],
     )
+
+
+# Sagas give up on a domain after 3 s, holds expire after 2 s, a killed orders worker's claims
+# after 4 s: faults of a few seconds then reach the refund branch instead of only delaying it.
+SAGA_CLOCKS = {
+    "DJANGO_SETTINGS_MODULE": "tests.chaos.settings",
+    "CHAOS_GIVE_UP_SECONDS": "3",
+    "CHAOS_HOLD_SECONDS": "2",
+    "CHAOS_LEASE_SECONDS": "4",
+}
+
+
+def kill_while_refunds_run(system: System, victims: list[str]) -> str:
+    """Once a refund is due or running (an order undoing its charge, not refunded yet), kill -9
+    the victims; then watch the restarted workers finish the refunds (bounded, not asserted)."""
+    watch_until = time.monotonic() + 15
+    while time.monotonic() < watch_until and len(set(system.undoing_charges())) == 1:
+        time.sleep(0.2)
+    undoing, refunded = system.undoing_charges()
+    for name in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(system.pid(name), signal.SIGKILL)
+    watch_until = time.monotonic() + 30
+    while time.monotonic() < watch_until and len(set(system.undoing_charges())) > 1:
+        time.sleep(0.3)
+    return f"{undoing} undoing a charge, {refunded} refunded, when {' and '.join(victims)} were killed"
+
+
+def victims(rng: random.Random) -> list[str]:
+    return rng.sample(["payments", rng.choice(["orders.1", "orders.2"])], 2)
+
+
+def freeze_inventory(system: System, rng: random.Random) -> str:
+    """Inventory frozen (SIGSTOP): sagas past their charge cannot commit, give up and refund."""
+    pid = system.pause("inventory")
+    frozen = time.monotonic()
+    try:
+        killed = kill_while_refunds_run(system, victims(rng))
+    finally:
+        system.resume(pid)
+    return f"inventory frozen {time.monotonic() - frozen:.0f} s; {killed}"
+
+
+def freeze_payments(system: System, rng: random.Random) -> str:
+    """Payments frozen longer than a hold lasts but not past a call's deadline: the queued charges
+    land after their holds expired, the commits are refused, and the sagas refund."""
+    pid = system.pause("payments")
+    try:
+        time.sleep(3.0)  # the fault's length: over CHAOS_HOLD_SECONDS, under BUS["TIMEOUT"]
+    finally:
+        system.resume(pid)
+    return f"payments frozen 3 s; {kill_while_refunds_run(system, victims(rng))}"
+
+
+@pytest.mark.parametrize("system", [SAGA_CLOCKS], indirect=True, ids=["give-up-3s"])
+@pytest.mark.timeout(600)
+def test_refunds_run_while_inventory_freezes_and_orders_and_payments_are_killed(system: System) -> None:
+    count = min(checkouts(), 120)
+    initial = stock_up(count)
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    began = time.monotonic()
+    load, shoppers = run_load(system.base, count, sorted(initial), pace=0.3, seed=seed)
+    cycles: list[str] = []
+    while any(thread.is_alive() for thread in shoppers) and len(cycles) < 4:
+        time.sleep(rng.uniform(2.0, 4.0))  # checkouts flow between the faults
+        cycles.append((freeze_inventory, freeze_payments)[len(cycles) % 2](system, rng))
+    join(shoppers, timeout=300)
+    load_seconds = time.monotonic() - began
+    assert not load.errors, load.errors[:10]
+    assert not load.bad_bodies, load.bad_bodies[:10]
+    placed = load.placed()
+    assert len(placed) == count
+    orders, waited = wait_terminal([c.order_id for c in placed], timeout=240)
+    checked = check_invariants(orders, initial)
+    steps = {order_id: {step["name"] for step in order["steps"]} for order_id, order in orders.items()}
+    refunded = [order_id for order_id, names in steps.items() if "refunded" in names]
+    # The branch this test is for: the saga knew it had charged (a stored step), then failed.
+    after_charge = [order_id for order_id in refunded if "charged" in steps[order_id]]
+    reasons = Counter(
+        re.sub(r"\d+", "N", o["reason"].split(":")[0]) for o in orders.values() if o["state"] == "failed"
+    )
+    report(
+        "refunds: inventory frozen between charge and commit, orders and payments killed meanwhile",
+        [
+            ("checkouts (CHAOS_CHECKOUTS, at most 120)", count),
+            ("seed (CHAOS_SEED)", seed),
+            ("saga clocks", "give up 3 s, holds 2 s, leases 4 s"),
+            *((f"fault {n}", cycle) for n, cycle in enumerate(cycles, 1)),
+            ("load duration (s)", f"{load_seconds:.1f}"),
+            ("HTTP statuses seen", dict(sorted(load.statuses.items()))),
+            ("confirmed / failed", f"{checked.confirmed} / {checked.failed}"),
+            ("why orders failed", dict(reasons.most_common())),
+            ("refunds (ledger lines) / orders refunded", f"{checked.refund_lines} / {len(refunded)}"),
+            (
+                "refunded after their charge step / of a charge that landed unseen",
+                f"{len(after_charge)} / {len(refunded) - len(after_charge)}",
+            ),
+            ("charge ledger lines", checked.charge_lines),
+            ("seconds until all terminal", f"{waited:.1f}"),
+            ("invariants", "charged at most once, failed refunded, ledgers balance, sold+available=in"),
+        ],
+    )
+    assert checked.refund_lines > 0, "no refund ran: the faults never reached the refund branch"
+    assert after_charge, "no saga failed after its charge: the compensation of a charge never ran"
+    assert len(refunded) == checked.refund_lines, "each refund shows on its order"
+    assert checked.confirmed > 0, "checkouts still get through between the faults"

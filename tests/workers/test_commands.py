@@ -30,11 +30,23 @@ def snapshot() -> tuple[list[tuple[str, int, int]], list[tuple[str, int]], int]:
 
 def test_seed_gives_something_to_click_on_and_running_it_again_changes_nothing() -> None:
     out = io.StringIO()
-    call_command("seed", stdout=out)
+    call_command("seed", stdout=out, verbosity=0)  # as `up` runs it on every start
     first = snapshot()
     assert len(first[0]) == 6 and len(first[1]) == 3 and first[2] == 3
-    assert "ada / ada-demo-1815" in out.getvalue()
-    call_command("seed", stdout=io.StringIO())
+    assert out.getvalue().splitlines() == [
+        "Seeded 6 product(s) and 3 customer(s).",
+        "Demo logins (username / password, opening balance):",
+        "  ada / ada-demo-1815   500.00",
+        "  grace / grace-demo-1906   200.00",
+        "  linus / linus-demo-1969   10.00",
+    ]
+    again = io.StringIO()
+    call_command("seed", stdout=again, verbosity=0)
+    assert again.getvalue() == "", "nothing ran, nothing to say at verbosity 0"
+    call_command("seed", stdout=again)
+    assert again.getvalue() == (
+        "Demo data already seeded; nothing changed (`manage.py seed --help` lists the logins).\n"
+    )
     assert snapshot() == first
     assert get_user_model().objects.get(username="ada").check_password("ada-demo-1815")
 

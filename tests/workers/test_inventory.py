@@ -12,6 +12,7 @@ from bus import wakeups
 from bus.testing import serving
 from bus.threads import in_pool
 from consumers import events
+from tests.workers.conftest import poll
 from workers.inventory.contract import Inventory, OutOfStock, ReservationClosed, UnknownProduct
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases=["default", "inventory"])]
@@ -80,7 +81,44 @@ async def test_commit_turns_a_hold_into_a_sale_once(inventory: Inventory) -> Non
     assert await inventory.commit(order_id="o-1") == committed
     stock = await inventory.stock(sku="A-1")
     assert (stock.on_hand, stock.reserved) == (6, 0)
-    assert [r.state for r in await inventory.release(order_id="o-1")] == ["committed"], "a sale is not undone"
+
+
+async def test_a_release_after_the_commit_undoes_the_sale(inventory: Inventory) -> None:
+    """Only a failed order is released: its commit landed unseen (a lost reply, a saga that gave up)."""
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=4)
+    await inventory.commit(order_id="o-1")
+    assert [r.state for r in await inventory.release(order_id="o-1")] == ["released"]
+    assert [r.state for r in await inventory.release(order_id="o-1")] == ["released"], "once"
+    stock = await inventory.stock(sku="A-1")
+    assert (stock.on_hand, stock.reserved) == (10, 0)
+    with pytest.raises(ReservationClosed, match="was released; its stock cannot be committed"):
+        await inventory.commit(order_id="o-1")
+
+
+async def test_a_hold_that_outlived_inventory_hold_seconds_cannot_be_committed(
+    inventory: Inventory, settings: object
+) -> None:
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=4)
+    settings.INVENTORY_HOLD_SECONDS = 0  # type: ignore[attr-defined]
+    # The commit finds it expired (or the sweep released it first): either way it is refused.
+    with pytest.raises(ReservationClosed, match="o-1 was released") as refused:
+        await inventory.commit(order_id="o-1")
+    assert refused.value.details["state"] == "released"
+    stock = await inventory.stock(sku="A-1")
+    assert (stock.on_hand, stock.reserved) == (10, 0), "the expired hold is given back, not sold"
+    with pytest.raises(ReservationClosed):
+        await inventory.reserve(order_id="o-1", sku="A-1", quantity=1)
+
+
+async def test_the_sweep_gives_back_holds_that_outlived_inventory_hold_seconds(
+    inventory: Inventory, settings: object
+) -> None:
+    await inventory.reserve(order_id="o-1", sku="A-1", quantity=4)
+    await inventory.reserve(order_id="o-2", sku="A-1", quantity=1)
+    await inventory.commit(order_id="o-2")
+    settings.INVENTORY_HOLD_SECONDS = 0  # type: ignore[attr-defined]
+    stock = await poll(lambda: inventory.stock(sku="A-1"), lambda s: s.reserved == 0, "the hold released")
+    assert (stock.on_hand, stock.available) == (9, 9), "the expired hold is back, the sale stands"
 
 
 async def test_release_gives_stock_back_and_refuses_late_reserves(inventory: Inventory) -> None:

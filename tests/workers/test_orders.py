@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,44 +13,13 @@ from bus.testing import serving
 from bus.threads import in_pool
 from consumers import events
 from tests.conftest import read_records
+from tests.workers.conftest import balance, settled, stock
 from workers.inventory.contract import Inventory
 from workers.orders import models
-from workers.orders.contract import IdempotencyConflict, InvalidOrder, Order, Orders
+from workers.orders.contract import IdempotencyConflict, InvalidOrder, Orders
 from workers.payments.contract import Payments
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
-
-
-@pytest.fixture
-async def shop() -> AsyncIterator[Orders]:
-    async with serving("inventory", "payments", "orders"):
-        inventory = Inventory.client()
-        await inventory.add_product(sku="A-1", name="Anvil", price_cents=1_000)
-        await inventory.add_product(sku="B-2", name="Bellows", price_cents=2_500)
-        await inventory.restock(sku="A-1", quantity=5)
-        await inventory.restock(sku="B-2", quantity=1)
-        await Payments.client().credit(customer_id="ada", amount_cents=10_000)
-        yield Orders.client()
-
-
-async def settled(orders: Orders, order_id: str, timeout: float = 20) -> Order:
-    """Poll until the saga ends, as a page without a socket would."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        order = await orders.get(order_id=order_id)
-        if order.state in ("confirmed", "failed"):
-            return order
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"order {order_id} is still {order.state} after {timeout} s")
-
-
-async def stock(sku: str) -> tuple[int, int]:
-    current = await Inventory.client().stock(sku=sku)
-    return current.on_hand, current.reserved
-
-
-async def balance() -> int:
-    return (await Payments.client().balance(customer_id="ada")).balance_cents
 
 
 async def test_a_checkout_reserves_charges_and_confirms(shop: Orders) -> None:
@@ -91,7 +59,7 @@ async def test_insufficient_funds_release_the_stock_and_charge_nothing(shop: Ord
     order = await settled(shop, placed.order_id)
     assert order.state == "failed"
     assert order.reason.startswith(
-        "Payment refused: The balance of ada is 10000 cents, 12500 cents were asked"
+        "Payment refused: The balance of ada is 100.00 and 125.00 was asked for; nothing was charged."
     )
     assert [step.name for step in order.steps] == ["placed", "reserved", "released", "failed"]
     assert await stock("B-2") == (11, 0)

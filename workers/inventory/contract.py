@@ -23,7 +23,7 @@ class OutOfStock(ContractError):
 
 
 class ReservationClosed(ContractError):
-    """The order's reservations were already released or committed; a late reserve is refused."""
+    """The order's hold is closed: released (by the saga, or on expiry) or committed; nothing more."""
 
 
 class Product(Schema):
@@ -88,8 +88,14 @@ class Inventory(Contract, name="inventory"):
 
     @rpc()
     async def release(self, *, order_id: OrderId) -> list[Reservation]:
-        """Give an order's held units back; later reserves for the order are refused."""
+        """Give an order's units back, held or already committed (the order failed after all).
+
+        Later reserves and commits for the order are refused.
+        """
 
     @rpc(errors=[ReservationClosed])
     async def commit(self, *, order_id: OrderId) -> list[Reservation]:
-        """Turn an order's held units into a sale; refused once the order was released."""
+        """Turn an order's held units into a sale; refused once released, or once the hold expired.
+
+        A hold lasts INVENTORY_HOLD_SECONDS: a commit after that releases it and is refused.
+        """

@@ -41,6 +41,10 @@ class OrderHold(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        # The expiry sweep looks for open holds older than INVENTORY_HOLD_SECONDS.
+        indexes = [models.Index(fields=["state", "updated_at"], name="hold_state_age")]
+
     def __str__(self) -> str:
         return f"order {self.order_id}: {self.state}"
 

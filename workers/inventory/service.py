@@ -1,11 +1,21 @@
-"""The inventory domain's implementation, served by `manage.py runworker inventory`."""
+"""The inventory domain's implementation, served by `manage.py runworker inventory`.
+
+A hold (an order's reservations) lasts INVENTORY_HOLD_SECONDS (default 900): an order whose saga
+has not committed by then loses it, so stock never stays held for a saga that stopped for good;
+its commit is then refused, and the orders saga refunds the charge.
+"""
 
 from __future__ import annotations
 
+import datetime
+
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from bus import Service, every, wakeups
 from bus.databases import alias_for
+from bus.modes import read_only_reason
 from bus.outbox import emit, relay
 
 from . import models
@@ -45,6 +55,15 @@ def _save_stock(product: models.Product, *fields: str) -> None:
     """Save changed stock figures with a new version, so readers can order the figures they get."""
     product.version += 1
     product.save(update_fields=[*fields, "version"])
+
+
+def _hold_lasts() -> datetime.timedelta:
+    return datetime.timedelta(seconds=getattr(settings, "INVENTORY_HOLD_SECONDS", 900))
+
+
+def _expired(hold: models.OrderHold) -> bool:
+    """An open hold is saved once, when it opens: its updated_at is when it began."""
+    return hold.state == models.OrderHold.State.OPEN and timezone.now() - hold.updated_at >= _hold_lasts()
 
 
 def _announce(products: list[models.Product]) -> None:
@@ -117,26 +136,52 @@ class InventoryService(Service, contract=Inventory):
     def release(self, *, order_id: str) -> list[Reservation]:
         with transaction.atomic(using=self.database):
             hold = self._hold(order_id)
-            if hold.state == models.OrderHold.State.OPEN:
-                hold.state = models.OrderHold.State.RELEASED
-                hold.save(update_fields=["state", "updated_at"])
-                self._settle(hold, models.Reservation.State.RELEASED)
+            if hold.state != models.OrderHold.State.RELEASED:
+                # A committed hold is given back too: the saga releases only an order that failed,
+                # and its commit may have landed unseen (the reply lost, or past the saga's patience).
+                self._close(hold, models.OrderHold.State.RELEASED)
             return [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
 
     def commit(self, *, order_id: str) -> list[Reservation]:
         with transaction.atomic(using=self.database):
             hold = self._hold(order_id)
-            if hold.state == models.OrderHold.State.RELEASED:
-                raise ReservationClosed(
-                    f"Order {order_id} was released; its stock cannot be committed.",
-                    order_id=order_id,
-                    state=hold.state,
-                )
-            if hold.state == models.OrderHold.State.OPEN:
-                hold.state = models.OrderHold.State.COMMITTED
-                hold.save(update_fields=["state", "updated_at"])
-                self._settle(hold, models.Reservation.State.COMMITTED)
-            return [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
+            expired = _expired(hold)
+            if expired:
+                self._close(hold, models.OrderHold.State.RELEASED)
+            elif hold.state == models.OrderHold.State.OPEN:
+                self._close(hold, models.OrderHold.State.COMMITTED)
+            reservations = [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
+        # Raised after the transaction, so that an expired hold's release is kept.
+        if expired:
+            raise ReservationClosed(
+                f"The stock held for order {order_id} was released after "
+                f"{_hold_lasts().total_seconds():.0f} s without a commit (INVENTORY_HOLD_SECONDS); "
+                "it cannot be committed.",
+                order_id=order_id,
+                state=models.OrderHold.State.RELEASED,
+            )
+        if hold.state == models.OrderHold.State.RELEASED:
+            raise ReservationClosed(
+                f"Order {order_id} was released; its stock cannot be committed.",
+                order_id=order_id,
+                state=hold.state,
+            )
+        return reservations
+
+    @every(5.0)
+    def release_expired(self) -> None:
+        """Give back the stock of holds that outlived INVENTORY_HOLD_SECONDS (their saga stopped)."""
+        if read_only_reason("inventory") is not None:
+            return  # a deliberate pause of inventory's writes holds for the sweep too
+        cutoff = timezone.now() - _hold_lasts()
+        holds = models.OrderHold.objects.using(self.database).filter(
+            state=models.OrderHold.State.OPEN, updated_at__lte=cutoff
+        )
+        for order_id in holds.values_list("order_id", flat=True)[:100]:
+            with transaction.atomic(using=self.database):
+                hold = self._hold(order_id)
+                if _expired(hold):
+                    self._close(hold, models.OrderHold.State.RELEASED)
 
     # -- helpers -------------------------------------------------------------
 
@@ -159,18 +204,25 @@ class InventoryService(Service, contract=Inventory):
         )
         return hold
 
-    def _settle(self, hold: models.OrderHold, state: str) -> None:
-        """Move every held reservation of an order to `state`, adjusting product counters."""
+    def _close(self, hold: models.OrderHold, state: str) -> None:
+        """Commit or release an order's hold: its units become sold, or available again."""
+        undo_sale = hold.state == models.OrderHold.State.COMMITTED
+        hold.state = state
+        hold.save(update_fields=["state", "updated_at"])
         touched = []
-        for reservation in hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD):
+        reservations = hold.reservations.select_for_update()
+        for reservation in reservations.filter(state="committed" if undo_sale else "held"):
             product = (
                 models.Product.objects.using(self.database)
                 .select_for_update()
                 .get(sku=reservation.product_id)
             )
-            product.reserved -= reservation.quantity
-            if state == models.Reservation.State.COMMITTED:
-                product.on_hand -= reservation.quantity
+            if undo_sale:
+                product.on_hand += reservation.quantity  # a sale undone: the units are back on hand
+            else:
+                product.reserved -= reservation.quantity
+                if state == models.OrderHold.State.COMMITTED:
+                    product.on_hand -= reservation.quantity
             _save_stock(product, "reserved", "on_hand")
             reservation.state = state
             reservation.save(update_fields=["state"])

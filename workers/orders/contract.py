@@ -56,6 +56,11 @@ class Order(Schema):
     customer_id: str
     state: OrderState
     reason: str
+    waiting: str = Field(
+        "",
+        description="what the saga waits for now, as a person reads it "
+        "('payments: read-only (ledger migration)'); empty when it is not held up",
+    )
     total_cents: int
     lines: list[OrderLine]
     steps: list[Step]

@@ -33,6 +33,8 @@ class Order(models.Model):
     total_cents = models.BigIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     reason = models.CharField(max_length=300, blank=True)
+    # What the saga waits for while a domain is away or read-only; cleared at its next step.
+    waiting = models.CharField(max_length=300, blank=True)
     # The request that placed it: the saga's calls carry it, whichever worker runs them.
     correlation_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -1,11 +1,18 @@
 """The orders domain: placing orders and running each one's checkout saga to an end.
 
 The saga: reserve every line (inventory), charge the total (payments), commit the stock
-(inventory): the order is confirmed. A refusal on the way (out of stock, short of funds) or a
-domain that stays unreachable for ORDERS_GIVE_UP_SECONDS turns it to compensating: release the
-stock, refund the charge, and the order fails with a reason a person can read. Every step is
-idempotent per order id on the domain's side, and a release or refund also blocks a late reserve
-or charge, so a step that ran twice, or ran after the saga gave up on it, changes nothing.
+(inventory): the order is confirmed. A refusal on the way (out of stock, short of funds, a hold
+that expired before its commit) or a domain that stays unreachable for ORDERS_GIVE_UP_SECONDS
+after the saga's last step turns it to compensating: release the stock (a commit that landed
+unseen is undone too), refund the charge, each as soon as its domain answers, and the order fails
+with a reason a person can read. While it waits, the order says for what (`waiting`). Every step
+is idempotent per order id on the domain's side, and a release or refund also blocks a late
+reserve or charge, so a step that ran twice, or ran after the saga gave up on it, changes nothing.
+
+Payments in read-only mode cannot write that block. If nothing was charged (a read tells), the
+order fails at once with nothing to refund, and its saga stays open until payments takes writes
+again and the refund is written: it blocks a late charge from then on, and gives back one that
+slipped in at the moment read-only ended. No charge stays on a failed order.
 
 Progress is stored with each step; a worker that dies mid-saga leaves a lease that expires, and
 the sweep in every orders worker picks the order up again.
@@ -31,7 +38,7 @@ from bus.context import handling
 from bus.databases import alias_for
 from bus.outbox import emit, relay
 from workers.inventory.contract import OutOfStock, ReservationClosed, UnknownProduct
-from workers.payments.contract import ChargeRefused, InsufficientFunds, UnknownAccount
+from workers.payments.contract import ChargeRefused, InsufficientFunds, UnknownAccount, money
 
 from . import models
 from .contract import (
@@ -58,6 +65,7 @@ def _snapshot(order: models.Order) -> Order:
         customer_id=order.customer_id,
         state=order.state,  # type: ignore[arg-type]
         reason=order.reason,
+        waiting=order.waiting,
         total_cents=order.total_cents,
         lines=[OrderLine(**line) for line in order.lines],
         steps=[
@@ -76,6 +84,28 @@ def _fingerprint(items: list[OrderItem]) -> str:
 
 def _give_up_after() -> datetime.timedelta:
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_GIVE_UP_SECONDS", 60))
+
+
+_DOMAIN_OF_STATE: dict[str, str] = {
+    State.PENDING: "inventory",
+    State.RESERVED: "payments",
+    State.CHARGED: "inventory",
+}
+
+
+def _waiting_for(order: models.Order, error: bus.BusError) -> str:
+    """The domain the saga waits for and why, as a person reads it: "payments: read-only (...)"."""
+    target = str(error.details.get("target", ""))
+    domain = error.details.get("service") or target.partition(".")[0] or _DOMAIN_OF_STATE.get(order.state)
+    if isinstance(error, bus.ReadOnly):
+        why = f"read-only ({error.details.get('reason') or 'no reason given'})"
+    elif isinstance(error, bus.NoWorker):
+        why = "no worker is running"
+    elif isinstance(error, bus.DeadlineExceeded):
+        why = "no answer in time"
+    else:
+        why = error.message
+    return f"{domain or 'the bus'}: {why}"
 
 
 def _lease() -> datetime.timedelta:
@@ -107,7 +137,7 @@ class OrdersService(Service, contract=Orders):
                     total_cents=sum(line.price_cents * line.quantity for line in lines),
                 )
                 models.Saga.objects.using(alias).create(order=order)
-                self._record(order, "placed", f"{len(lines)} line(s), {order.total_cents} cents")
+                self._record(order, "placed", f"{len(lines)} line(s), {money(order.total_cents)}")
         except IntegrityError:
             # The same key placed concurrently: the other request won, and this is its order.
             return self._same_order(self._by_key(customer_id, idempotency_key), fingerprint)
@@ -128,7 +158,8 @@ class OrdersService(Service, contract=Orders):
 
     def advance(self, *, order_id: str) -> Order:
         order = self._order(order_id, write=True)
-        if order.state in (State.CONFIRMED, State.FAILED) or not self._claim(order_id):
+        # A failed order's saga may still be open: its refund waits to be written (see above).
+        if order.state == State.CONFIRMED or not self._claim(order_id):
             return _snapshot(order)
         try:
             # Whichever worker runs it (a kick, the sweep), the saga speaks for the original request.
@@ -173,8 +204,11 @@ class OrdersService(Service, contract=Orders):
                         bus.call(
                             "inventory.reserve", order_id=order.id, sku=line["sku"], quantity=line["quantity"]
                         )
-                except (OutOfStock, UnknownProduct, ReservationClosed) as exc:
+                except (OutOfStock, UnknownProduct) as exc:
                     self._compensate(order, f"Not enough stock: {exc.message}")
+                    continue
+                except ReservationClosed as exc:
+                    self._compensate(order, f"The stock hold was lost: {exc.message}")
                     continue
                 self._move(order, State.RESERVED, "reserved", f"{len(order.lines)} line(s) held")
             elif order.state == State.RESERVED:
@@ -188,7 +222,7 @@ class OrdersService(Service, contract=Orders):
                 except (InsufficientFunds, UnknownAccount, ChargeRefused) as exc:
                     self._compensate(order, f"Payment refused: {exc.message}")
                     continue
-                self._move(order, State.CHARGED, "charged", f"{order.total_cents} cents")
+                self._move(order, State.CHARGED, "charged", money(order.total_cents))
             elif order.state == State.CHARGED:
                 try:
                     bus.call("inventory.commit", order_id=order.id)
@@ -197,13 +231,49 @@ class OrdersService(Service, contract=Orders):
                     continue
                 self._move(order, State.CONFIRMED, "confirmed", "", finished=True)
             elif order.state == State.COMPENSATING:
-                released = bus.call("inventory.release", order_id=order.id)
-                if released and not order.steps.filter(name="released").exists():
-                    self._record(order, "released", f"{len(released)} line(s) given back")
-                refund = bus.call("payments.refund", order_id=order.id, customer_id=order.customer_id)
-                if refund["amount_cents"] and not order.steps.filter(name="refunded").exists():
-                    self._record(order, "refunded", f"{refund['amount_cents']} cents")
-                self._move(order, State.FAILED, "failed", order.reason, finished=True)
+                self._undo(order)
+        if order.state == State.FAILED:
+            self._seal(order)
+
+    # -- compensation ---------------------------------------------------------
+
+    def _undo(self, order: models.Order) -> None:
+        """Release and refund, each as soon as its domain answers; then the order has failed."""
+        errors: list[bus.BusError] = []
+        try:
+            released = bus.call("inventory.release", order_id=order.id)
+            if released and not order.steps.filter(name="released").exists():
+                self._record(order, "released", f"{len(released)} line(s) given back")
+        except bus.BusError as exc:
+            errors.append(exc)
+        sealed = True
+        try:
+            self._refund(order)
+        except bus.ReadOnly as exc:
+            # Payments cannot write the refund now; if it is a refund of nothing, the order need
+            # not wait for it: the saga stays open and writes it when read-only ends.
+            paid = bus.call("payments.payment", order_id=order.id, customer_id=order.customer_id)
+            if paid["state"] == "charged":
+                errors.append(exc)  # money to give back: that needs the write, so the order waits
+            sealed = paid["state"] == "refunded"
+        except bus.BusError as exc:
+            errors.append(exc)
+        if errors:
+            raise errors[0]
+        self._move(order, State.FAILED, "failed", order.reason, finished=sealed)
+
+    def _refund(self, order: models.Order) -> None:
+        refund = bus.call("payments.refund", order_id=order.id, customer_id=order.customer_id)
+        if refund["amount_cents"] and not order.steps.filter(name="refunded").exists():
+            self._record(order, "refunded", money(refund["amount_cents"]))
+
+    def _seal(self, order: models.Order) -> None:
+        """Write a failed order's refund that read-only mode held back; the saga ends with it."""
+        saga = models.Saga.objects.using(order._state.db).filter(order_id=order.id, finished_at=None)
+        if not saga.exists():
+            return
+        self._refund(order)
+        saga.update(finished_at=timezone.now())
 
     def _compensate(self, order: models.Order, reason: str) -> None:
         logger.info("Order %s fails: %s", order.id, reason)
@@ -212,15 +282,23 @@ class OrdersService(Service, contract=Orders):
     def _postpone(self, order: models.Order, error: bus.BusError) -> None:
         """A domain did not answer: try again later, or give up and compensate if it stays away."""
         order.refresh_from_db()
+        why = _waiting_for(order, error)
+        # Patience counts from the saga's last step: how long the domain it needs has been away.
+        last_step = order.steps.order_by("-at", "-id").values_list("at", flat=True).first()
+        waited = timezone.now() - (last_step or order.created_at)
+        gives_up = order.state in (State.PENDING, State.RESERVED, State.CHARGED) and waited > _give_up_after()
         saga = models.Saga.objects.using(order._state.db).get(order_id=order.id)
-        saga.attempts += 1
+        # Giving up starts the compensation at the next sweep, with its own backoff.
+        saga.attempts = 0 if gives_up else saga.attempts + 1
         saga.last_error = f"{type(error).__name__}: {error.message}"[:2000]
-        saga.next_attempt_at = timezone.now() + datetime.timedelta(seconds=min(0.25 * 2**saga.attempts, 10.0))
+        backoff = 0.0 if gives_up else min(0.25 * 2**saga.attempts, 10.0)
+        saga.next_attempt_at = timezone.now() + datetime.timedelta(seconds=backoff)
         saga.save(update_fields=["attempts", "last_error", "next_attempt_at"])
         logger.warning("Order %s waits (attempt %d): %s", order.id, saga.attempts, saga.last_error)
-        waited = timezone.now() - order.created_at
-        if order.state in (State.PENDING, State.RESERVED) and waited > _give_up_after():
-            self._compensate(order, f"Gave up after {waited.total_seconds():.0f} s: {error.message}")
+        if gives_up:
+            self._compensate(order, f"Gave up after {waited.total_seconds():.0f} s waiting for {why}.")
+        elif order.state != State.FAILED:
+            self._set_waiting(order, f"Waiting for {why}.")
 
     # -- storage ------------------------------------------------------------
 
@@ -238,13 +316,25 @@ class OrdersService(Service, contract=Orders):
         with transaction.atomic(using=order._state.db):
             order.state = state
             order.reason = reason or order.reason
+            order.waiting = ""
             order.updated_at = timezone.now()
-            order.save(update_fields=["state", "reason", "updated_at"])
+            order.save(update_fields=["state", "reason", "waiting", "updated_at"])
             if finished:
                 models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
                     finished_at=timezone.now()
                 )
             self._record(order, step, detail)
+
+    def _set_waiting(self, order: models.Order, waiting: str) -> None:
+        """Say why the saga is held up (announced only when that changes)."""
+        waiting = waiting[:300]
+        if order.waiting == waiting:
+            return
+        with transaction.atomic(using=order._state.db):
+            order.waiting = waiting
+            order.updated_at = timezone.now()
+            order.save(update_fields=["waiting", "updated_at"])
+            self._record(order, None, "")
 
     def _record(self, order: models.Order, step: str | None, detail: str) -> None:
         with transaction.atomic(using=order._state.db):

@@ -25,6 +25,13 @@ class ChargeRefused(ContractError):
     """The order was already refunded, so a late or retried charge for it is refused."""
 
 
+def money(cents: int) -> str:
+    """Cents as a person reads money, the way the page shows it: 12900 -> "129.00"."""
+    sign = "-" if cents < 0 else ""
+    whole, part = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{part:02d}"
+
+
 class Balance(Schema):
     customer_id: str
     balance_cents: int
@@ -36,6 +43,14 @@ class Charge(Schema):
     amount_cents: int
     state: Literal["charged", "refunded"]
     balance_cents: int
+
+
+class Payment(Schema):
+    """What an order paid, as the ledger's primary says now: nothing, a charge, or a refund."""
+
+    order_id: str
+    state: Literal["none", "charged", "refunded"]
+    amount_cents: int
 
 
 class LedgerLine(Schema):
@@ -63,6 +78,10 @@ class Payments(Contract, name="payments"):
     @rpc()
     async def refund(self, *, order_id: OrderId, customer_id: CustomerId) -> Charge:
         """Give an order's money back once; a refund before any charge blocks that charge for good."""
+
+    @rpc(read=True)
+    async def payment(self, *, order_id: OrderId, customer_id: CustomerId) -> Payment:
+        """Whether an order was charged; a read, so it answers in read-only mode, when refunds cannot."""
 
     @rpc(read=True, errors=[UnknownAccount])
     async def balance(self, *, customer_id: CustomerId) -> Balance:

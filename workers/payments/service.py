@@ -13,9 +13,11 @@ from .contract import (
     ChargeRefused,
     InsufficientFunds,
     LedgerLine,
+    Payment,
     Payments,
     Statement,
     UnknownAccount,
+    money,
 )
 from .shards import database
 
@@ -67,8 +69,8 @@ class PaymentsService(Service, contract=Payments):
                 return _charge(existing, account.balance_cents)
             if account.balance_cents < amount_cents:
                 raise InsufficientFunds(
-                    f"The balance of {customer_id} is {account.balance_cents} cents, "
-                    f"{amount_cents} cents were asked for; nothing was charged.",
+                    f"The balance of {customer_id} is {money(account.balance_cents)} and "
+                    f"{money(amount_cents)} was asked for; nothing was charged.",
                     customer_id=customer_id,
                     balance_cents=account.balance_cents,
                     amount_cents=amount_cents,
@@ -110,6 +112,14 @@ class PaymentsService(Service, contract=Payments):
             row.save(update_fields=["state", "updated_at"])
             _move(account, models.LedgerEntry.Kind.REFUND, row.amount_cents, f"refund:{order_id}", order_id)
         return _charge(row, account.balance_cents)
+
+    def payment(self, *, order_id: str, customer_id: str) -> Payment:
+        # The primary, not a replica: the saga decides on this answer that nothing is left to refund.
+        charges = models.OrderCharge.objects.using(database(customer_id, write=True))
+        row = charges.filter(order_id=order_id).first()
+        if row is None:
+            return Payment(order_id=order_id, state="none", amount_cents=0)
+        return Payment(order_id=order_id, state=row.state, amount_cents=row.amount_cents)  # type: ignore[arg-type]
 
     def balance(self, *, customer_id: str) -> Balance:
         account = _account(database(customer_id, write=False), customer_id, lock=False)

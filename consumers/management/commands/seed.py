@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand
 from bus.threads import in_pool
 from bus.worker import serving
 from workers.inventory.contract import Inventory, UnknownProduct
-from workers.payments.contract import Payments
+from workers.payments.contract import Payments, UnknownAccount, money
 
 PRODUCTS = [
     ("ANVIL-1", "Anvil, 50 kg", 12_900, 20),
@@ -34,15 +34,29 @@ CUSTOMERS = [
 
 
 class Command(BaseCommand):
-    help = "Create demo products, stock and funded customers (idempotent)."
+    help = "Create demo products, stock and funded customers; a second run changes and says nothing. " + (
+        "Demo logins: " + ", ".join(f"{username} / {password}" for username, password, _ in CUSTOMERS) + "."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        asyncio.run(self._seed())
-        self.stdout.write("Demo logins (username / password):")
+        products, customers = asyncio.run(self._seed())
+        if not products and not customers:
+            if options["verbosity"] >= 1:
+                self.stdout.write(
+                    "Demo data already seeded; nothing changed (`manage.py seed --help` lists the logins)."
+                )
+            return
+        self.stdout.write(f"Seeded {len(products)} product(s) and {len(customers)} customer(s).")
+        if customers:
+            self.stdout.write("Demo logins (username / password, opening balance):")
         for username, password, cents in CUSTOMERS:
-            self.stdout.write(f"  {username} / {password}   balance {cents / 100:.2f}")
+            if username in customers:
+                self.stdout.write(f"  {username} / {password}   {money(cents)}")
 
-    async def _seed(self) -> None:
+    async def _seed(self) -> tuple[list[str], list[str]]:
+        """The SKUs and customers this run created; both empty when everything was there."""
+        added: list[str] = []
+        funded: list[str] = []
         async with serving("inventory", "payments"):
             inventory = Inventory.client()
             for sku, name, price_cents, quantity in PRODUCTS:
@@ -51,15 +65,28 @@ class Command(BaseCommand):
                 except UnknownProduct:
                     await inventory.add_product(sku=sku, name=name, price_cents=price_cents)
                     await inventory.restock(sku=sku, quantity=quantity)
+                    added.append(sku)
             payments = Payments.client()
             for username, password, cents in CUSTOMERS:
-                await in_pool(_user, username, password)
-                await payments.credit(customer_id=username, amount_cents=cents, reference="seed")
-        self.stdout.write(f"Seeded {len(PRODUCTS)} products and {len(CUSTOMERS)} customers.")
+                created = await in_pool(_user, username, password)
+                if created or not await _funded(payments, username):
+                    await payments.credit(customer_id=username, amount_cents=cents, reference="seed")
+                    funded.append(username)
+        return added, funded
 
 
-def _user(username: str, password: str) -> None:
+async def _funded(payments: Payments, username: str) -> bool:
+    """Whether the seed's opening credit is in the customer's ledger already."""
+    try:
+        statement = await payments.statement(customer_id=username)
+    except UnknownAccount:
+        return False
+    return any(line.reference == f"credit:{username}:seed" for line in statement.lines)
+
+
+def _user(username: str, password: str) -> bool:
     user, created = get_user_model().objects.get_or_create(username=username)
     if created:
         user.set_password(password)
         user.save(update_fields=["password"])
+    return created
