@@ -129,7 +129,7 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
     #    socket's resume from its cursor.
     before = await shop_state(page)
     await page.route(is_event_poll, lambda route: route.abort())
-    await in_thread(shop.kill_daphne)
+    await in_thread(shop.web.kill)
     frames_before = len(tab.frames)
     await expect(page.get_by_test_id("socket-state")).not_to_have_attribute("data-state", "live")
     apron = asyncio.create_task(in_thread(shop.bus_call, "inventory.restock", sku="APRON-5", quantity=4))
@@ -147,7 +147,7 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
     await eventually(confirmed_on_the_bus, "the order placed while daphne was down to be confirmed")
     assert (await apron)["available"] == SEEDED["APRON-5"] + 4
     assert await page.locator(ORDER_ROWS).count() == 0, "the page saw an order while daphne was down"
-    await in_thread(shop.start_daphne)
+    await in_thread(shop.web.start)
 
     await wait_live(page, timeout=45_000)
     after = await shop_state(page)
