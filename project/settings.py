@@ -42,6 +42,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # X-Frame-Options: DENY (X_FRAME_OPTIONS' default) and a Content-Security-Policy on every response.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "consumers.security.ContentSecurityPolicyMiddleware",
     # Static files from daphne itself: one process kind less, with cache headers.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "bus.middleware.CorrelationMiddleware",
