@@ -19,7 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ PASSWORDS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus
 
 # Counts every close of every WebSocket the page opens, with its code (the page's own handlers
 # are untouched): lets a test tell a server-side 4000 close from a dropped connection (1006).
-RECORD_SOCKET_CLOSES = """
+# And reports every Content-Security-Policy violation to the test (Tab.violations).
+INIT_SCRIPT = """
 (() => {
   const Native = window.WebSocket;
   window.__socketCloses = [];
@@ -59,6 +60,10 @@ RECORD_SOCKET_CLOSES = """
       this.addEventListener("close", (event) => window.__socketCloses.push(event.code));
     }
   };
+  document.addEventListener("securitypolicyviolation", (event) => {
+    const where = `${event.blockedURI || "inline"} on ${location.pathname}`;
+    window.__reportViolation(`${event.violatedDirective} blocked ${where}`);
+  });
 })();
 """
 
@@ -233,11 +238,12 @@ class Tab:
     page: Page
     errors: list[str] = field(default_factory=list)  # uncaught exceptions (pageerror)
     console: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # of the Content-Security-Policy
     frames: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # ("sent"|"received", frame)
 
     def watch_socket(self, socket: WebSocket) -> None:
-        for direction in ("sent", "received"):
-            socket.on(f"frame{direction}", lambda payload, way=direction: self._frame(way, payload))
+        socket.on("framesent", lambda payload: self._frame("sent", payload))
+        socket.on("framereceived", lambda payload: self._frame("received", payload))
 
     def _frame(self, direction: str, payload: str | bytes) -> None:
         try:
@@ -247,26 +253,45 @@ class Tab:
 
 
 @pytest.fixture
-async def tab(request: pytest.FixtureRequest, browser: Browser, shop: Shop) -> AsyncIterator[Tab]:
-    """A fresh browser context on the shop; a screenshot and the console on failure."""
-    context = await browser.new_context(base_url=shop.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
-    await context.add_init_script(RECORD_SOCKET_CLOSES)
-    page = await context.new_page()
-    opened = Tab(page)
-    page.on("pageerror", lambda error: opened.errors.append(f"{error.name}: {error.message}\n{error.stack}"))
-    page.on("console", lambda message: opened.console.append(f"{message.type}: {message.text}"))
-    page.on("websocket", opened.watch_socket)
+async def open_tab(
+    request: pytest.FixtureRequest, browser: Browser
+) -> AsyncIterator[Callable[[str], Awaitable[Tab]]]:
+    """Open a fresh browser context on a site; a screenshot and the console of each on failure."""
+    opened: list[Tab] = []
+
+    async def open_on(base_url: str) -> Tab:
+        context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(20_000)
+        await context.add_init_script(INIT_SCRIPT)
+        page = await context.new_page()
+        tab = Tab(page)
+        await context.expose_function("__reportViolation", lambda violation: tab.violations.append(violation))
+        page.on("pageerror", lambda error: tab.errors.append(f"{error.name}: {error.message}\n{error.stack}"))
+        page.on("console", lambda message: tab.console.append(f"{message.type}: {message.text}"))
+        page.on("websocket", tab.watch_socket)
+        opened.append(tab)
+        return tab
+
     try:
-        yield opened
+        yield open_on
     finally:
-        if failed(request):
-            try:
-                await page.screenshot(path=str(artifact_path(request, ".png")), full_page=True)
-            except Exception as error:  # a dead page must not hide the test's own failure
-                opened.console.append(f"(no screenshot: {error})")
-            artifact_path(request, ".console.txt").write_text("\n".join(opened.console + opened.errors))
-        await context.close()
+        for number, tab in enumerate(opened):
+            if failed(request):
+                suffix = f"-{number}" if number else ""
+                shot = artifact_path(request, f"{suffix}.png")
+                try:
+                    await tab.page.screenshot(path=str(shot), full_page=True)
+                except Exception as error:  # a dead page must not hide the test's own failure
+                    tab.console.append(f"(no screenshot: {error})")
+                lines = tab.console + tab.errors + tab.violations
+                artifact_path(request, f"{suffix}.console.txt").write_text("\n".join(lines))
+            await tab.page.context.close()
+
+
+@pytest.fixture
+async def tab(open_tab: Callable[[str], Awaitable[Tab]], shop: Shop) -> Tab:
+    """A fresh browser context on the shop."""
+    return await open_tab(shop.url)
 
 
 async def sign_in(page: Page, username: str) -> None:
