@@ -234,11 +234,25 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(read_body(reader, head), 10)
     finally:
         writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body that follows `head`: by Content-Length, or chunk by chunk when it is chunked."""
+    if re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16):
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)  # the CRLF after each chunk
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, up to the blank line
+            pass
+        return b"".join(chunks)
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    return await reader.readexactly(int(length.group(1)) if length else 0)
 
 
 def seed(stack: Cluster) -> None:
@@ -375,11 +389,10 @@ async def run_client(name: str, port: int, path: str, seconds: float) -> HttpRow
                 start = time.perf_counter()
                 writer.write(request)
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
+                await asyncio.wait_for(read_body(reader, head), 5)
                 latencies.append(time.perf_counter() - start)
                 statuses[int(head.split(b" ", 2)[1])] += 1
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             errors += 1
         finally:
             writer.close()

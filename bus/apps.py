@@ -3,7 +3,11 @@ from django.utils.module_loading import autodiscover_modules
 
 
 class BusConfig(AppConfig):
-    """The service bus: finds every installed app's `contract` and `service` modules at start-up."""
+    """The service bus: imports every installed app's `contract` module at start-up.
+
+    Services are not discovered: routing.py names the ones a process serves, so a web process
+    never imports a domain's implementation or models.
+    """
 
     name = "bus"
     verbose_name = "Service bus"

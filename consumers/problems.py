@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.views.defaults import page_not_found
+from django.views import defaults
 
 import bus
 from workers.orders.contract import CatalogueUnavailable, IdempotencyConflict, InvalidOrder, OrderNotFound
@@ -67,4 +68,43 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
             "Not found",
             f"No API endpoint at {request.path[:200]!r}; the endpoints are listed in the README.",
         )
-    return page_not_found(request, exception or Http404())
+    return defaults.page_not_found(request, exception or Http404())
+
+
+def under_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _bad_request_detail(exception: Exception | None) -> str:
+    if isinstance(exception, DisallowedHost):
+        return "The Host header names a host this server does not answer to; use the site's own address."
+    if isinstance(exception, RequestDataTooBig):
+        return "The request body is too large; the API takes JSON bodies of a few kilobytes."
+    if isinstance(exception, TooManyFieldsSent):
+        return "The request has too many fields; the API takes a JSON body."
+    return "The request could not be read; send JSON with Content-Type: application/json."
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400 (a bad Host header, an unreadable body): problem details under /api/."""
+    if under_api(request):
+        return problem(400, "Bad request", _bad_request_detail(exception))
+    return defaults.bad_request(request, exception or ValueError())
+
+
+def permission_denied_view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler403: problem details under /api/, Django's page elsewhere."""
+    if under_api(request):
+        return problem(403, "Forbidden", "This request is not allowed; sign in as the customer it is about.")
+    return defaults.permission_denied(request, exception or PermissionError())
+
+
+def server_error_view(request: HttpRequest) -> HttpResponse:
+    """handler500: never a traceback; problem details under /api/."""
+    if under_api(request):
+        return internal_error()
+    return defaults.server_error(request)
+
+
+def internal_error() -> JsonResponse:
+    return problem(500, "Internal error", "The server failed on this request; it was logged. Retry later.")

@@ -3,7 +3,12 @@
 REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db); unset: in-memory
 BUS_ENCRYPTION_KEYS    comma-separated keys that encrypt messages on Redis (needs `cryptography`)
 DATABASE_URL           the default database; INVENTORY_DATABASE_URL etc. per domain (SQLite files by default)
-DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DJANGO_DATA_DIR
+DJANGO_SECRET_KEY      required with REDIS_URL; the one-process demo makes its own in the data folder
+DJANGO_DEBUG=1         Django's debug pages, for a developer's own machine only (off by default)
+DJANGO_ALLOWED_HOSTS   host names this site answers to (localhost, 127.0.0.1, [::1])
+DJANGO_HTTPS=1         served over HTTPS (behind the balancer): Secure cookies, HSTS, redirects to https
+DJANGO_BEHIND_PROXY=1  trust the balancer's X-Forwarded-Proto and X-Forwarded-For
+DJANGO_DATA_DIR        SQLite files and the demo's secret key (var/)
 """
 
 from __future__ import annotations
@@ -15,18 +20,37 @@ from typing import Any
 import dj_database_url
 
 from bus.conf import channel_layers
+from project.secret_key import demo_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DJANGO_DATA_DIR", BASE_DIR / "var"))
 # SQLite creates files, not folders: a fresh clone has no var/ yet.
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key" if DEBUG else "")
+DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
+# Without REDIS_URL everything runs in one process (the demo), which may make a key of its own;
+# every other process refuses to start without one (project.secret_key).
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
+    "" if os.environ.get("REDIS_URL") else demo_key(DATA_DIR)
+)
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+
+# Behind HTTPS (the compose file's balancer): cookies only over TLS, HSTS, plain HTTP redirected.
+HTTPS = os.environ.get("DJANGO_HTTPS") == "1"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = 31_536_000 if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = HTTPS
+# Probes reach the web processes directly, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# Only a balancer that sets these headers itself (deploy/nginx.conf) may be trusted with them.
+BEHIND_PROXY = os.environ.get("DJANGO_BEHIND_PROXY") == "1"
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 
 INSTALLED_APPS = [
     "daphne",
+    "project",  # its checks: no process starts with an unusable secret key
     "bus",  # before channels: its runworker replaces Channels' own
     "channels",
     "django.contrib.auth",
@@ -41,6 +65,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: under /api/ every answer is problem+json, whatever failed inside.
+    "consumers.middleware.ApiProblemsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # X-Frame-Options: DENY (X_FRAME_OPTIONS' default) and a Content-Security-Policy on every response.
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -53,7 +79,9 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+X_FRAME_OPTIONS = "DENY"
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
@@ -125,10 +153,22 @@ BUS: dict[str, Any] = {
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise looks here first (empty unless collectstatic ran)
 # Served from the apps' static folders, so no collectstatic step stands between a clone and a page.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 LOGIN_REDIRECT_URL = "/"
+# Failed sign-ins are counted where every web process sees them (consumers.signin).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "signin": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+        if os.environ.get("REDIS_URL")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signin"}
+    ),
+}
+# Failed attempts allowed per account and per client address within WINDOW seconds.
+SIGNIN_THROTTLE = {"ACCOUNT": 5, "ADDRESS": 20, "WINDOW": 900}
 CSRF_FAILURE_VIEW = "consumers.problems.csrf_failure"
 USE_TZ = True
 TIME_ZONE = "UTC"

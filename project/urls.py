@@ -3,10 +3,11 @@ from django.urls import path
 
 from bus.views import metrics
 from consumers import api, openapi, pages
+from consumers.signin import ThrottledLoginView
 
 urlpatterns = [
     path("", pages.shop, name="shop"),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"),
     path("api/products", api.products),
     path("api/products/<str:sku>", api.product),
@@ -22,4 +23,8 @@ urlpatterns = [
     path("metrics", metrics),
 ]
 
+# Django's own error pages, as problem details under /api/ (consumers.problems).
+handler400 = "consumers.problems.bad_request"
+handler403 = "consumers.problems.permission_denied_view"
 handler404 = "consumers.problems.not_found"
+handler500 = "consumers.problems.server_error_view"

@@ -2,6 +2,11 @@
 
 import json
 import os
+import secrets
+
+# One key for the test run and every process it starts (they inherit the environment), so a
+# session signed by one daphne is valid in another.
+os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 
 from bus.conf import channel_layers
 from project.settings import *  # noqa: F403

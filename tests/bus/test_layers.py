@@ -21,8 +21,7 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from bus import layers
-from bus.layers import DEFAULT_MAX_CONNECTIONS, InMemoryBusLayer, RedisBusLayer
+from bus.layers import DEFAULT_MAX_CONNECTIONS, InMemoryBusLayer, RedisBusLayer, wire
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -360,6 +359,29 @@ async def test_groups_still_work(make_layer: MakeLayer) -> None:
 @pytest.mark.redis
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
+async def test_a_group_member_that_is_not_utf8_is_dropped_and_the_rest_still_get_events(
+    make_layer: MakeLayer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad member (written by anything with Redis access) must not silence the group."""
+    layer = make_layer()
+    one = await layer.new_channel("one")
+    await layer.group_add("stock", one)
+    await layer.group_add("stock", "plain")
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.zadd(layer._group_key("stock"), {b"\xff\xfe-not-a-channel": time.time()})
+
+    await layer.group_send("stock", {"type": "stock.changed", "n": 1})
+    assert await asyncio.wait_for(layer.receive(one), 2) == {"type": "stock.changed", "n": 1}
+    assert await layer.receive_batch("plain", 5, 1.0) == [{"type": "stock.changed", "n": 1}]
+    assert "not a channel name" in caplog.text and "stock" in caplog.text
+    # Removed, so the next event costs nothing extra and logs nothing.
+    assert sorted(await admin.zrange(layer._group_key("stock"), 0, -1)) == sorted([one.encode(), b"plain"])
+    await admin.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
 async def test_presence_beat_list_expire_leave(make_layer: MakeLayer) -> None:
     layer = make_layer()
     other = make_layer()  # another process's view
@@ -395,15 +417,15 @@ async def test_receive_paths_with_and_without_bzmpop(
 ) -> None:
     if not bzmpop:
         # Make this Redis 7 look older than BZMPOP, so that the pipelined fallback runs.
-        monkeypatch.setattr(layers, "_BZMPOP_SINCE", (99, 0))
+        monkeypatch.setattr(wire, "BZMPOP_SINCE", (99, 0))
     sent: list[str] = []
-    original_pack = layers._pack
+    original_pack = wire._pack
 
     def recording_pack(args: Any, chunks: list[bytes]) -> None:
         sent.append(str(args[0]))
         original_pack(args, chunks)
 
-    monkeypatch.setattr(layers, "_pack", recording_pack)
+    monkeypatch.setattr(wire, "_pack", recording_pack)
     layer = make_layer(hosts=[{"address": redis_url, "protocol": protocol}], capacity=100)
 
     assert await layer.receive_batch("work", 5, 0) == []
@@ -420,7 +442,7 @@ async def test_receive_paths_with_and_without_bzmpop(
     await layer.send("work", {"type": "job", "n": 8})
     assert await layer.receive("work") == {"type": "job", "n": 8}
 
-    assert layer._shard(0).bzmpop is bzmpop
+    assert layer._host(0).conns.bzmpop is bzmpop
     pops = {name for name in sent if "POP" in name}
     assert pops == ({"BZMPOP", "ZMPOP"} if bzmpop else {"BZPOPMIN", "ZPOPMIN"})
 
@@ -432,14 +454,14 @@ async def test_server_version_is_asked_once_and_again_after_a_reconnect(
     make_layer: MakeLayer, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked = 0
-    original = layers._has_bzmpop
+    original = wire.has_bzmpop
 
     async def counting(conn: Any) -> bool:
         nonlocal asked
         asked += 1
         return await original(conn)
 
-    monkeypatch.setattr(layers, "_has_bzmpop", counting)
+    monkeypatch.setattr(wire, "has_bzmpop", counting)
     layer = make_layer()
     for _ in range(3):
         await layer.send("work", {"type": "job"})
@@ -448,10 +470,10 @@ async def test_server_version_is_asked_once_and_again_after_a_reconnect(
 
     # The server drops the connection (as on a restart): it is reconnected when next taken,
     # and whatever server answers then is asked again.
-    shard = layer._shard(0)
-    conn = await shard.take()
-    client_id = await layers._command(conn, "CLIENT", "ID")
-    await shard.give(conn)
+    conns = layer._host(0).conns
+    conn = await conns.take()
+    client_id = await wire.command(conn, "CLIENT", "ID")
+    await conns.give(conn)
     admin = aioredis.Redis.from_url(redis_url)
     await admin.client_kill_filter(_id=client_id)
     await admin.aclose()
@@ -459,6 +481,34 @@ async def test_server_version_is_asked_once_and_again_after_a_reconnect(
     await layer.send("work", {"type": "job"})
     assert len(await layer.receive_batch("work", 5, 1.0)) == 1
     assert asked == 2
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_connection_the_server_closed_is_seen_as_closed(
+    make_layer: MakeLayer, redis_url: str
+) -> None:
+    """Pins the redis-py behaviour wire.py relies on: ``can_read()`` on a connection the server
+    closed returns True (redis-py <= 8.1) or raises ConnectionError (8.2); both read as closed."""
+    layer = make_layer()
+    conns = layer._host(0).conns
+    conn = await conns.take()
+    assert not await wire.closed_by_server(conn)
+    client_id = await wire.command(conn, "CLIENT", "ID")
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.client_kill_filter(_id=client_id)
+    await admin.aclose()
+    for _ in range(100):  # the close reaches our socket a moment after CLIENT KILL answers
+        if await wire.closed_by_server(conn):
+            break
+        await asyncio.sleep(0.02)
+    assert await wire.closed_by_server(conn)
+    await conns.give(conn)
+    # Taken again, it is reconnected and works.
+    conn = await conns.take()
+    assert await wire.command(conn, "PING") in (b"PONG", "PONG", True)
+    await conns.give(conn)
 
 
 @pytest.mark.redis
@@ -500,13 +550,13 @@ def test_each_event_loop_keeps_its_own_connections_and_closes_them(redis_url: st
     for n in range(3):
         loop = asyncio.new_event_loop()
         assert loop.run_until_complete(round_trip(n)) == [{"type": "job", "n": n}]
-        shard = layer._shards[loop][0]
-        assert shard._idle and all(conn.is_connected for conn in shard._idle)
-        kept.append(shard)
+        conns = layer._hosts[loop][0].conns
+        assert conns._idle and all(conn.is_connected for conn in conns._idle)
+        kept.append(conns)
         # channels-redis closes the loop's pool when the loop closes, and ours with it.
         loop.close()
-        assert not any(conn.is_connected for conn in shard._idle)
-    assert len({id(shard) for shard in kept}) == 3
+        assert not any(conn.is_connected for conn in conns._idle)
+    assert len({id(conns) for conns in kept}) == 3
     asyncio.run(layer.flush())
 
 
@@ -517,11 +567,11 @@ async def test_close_pools_closes_kept_connections_and_layer_goes_on(make_layer:
     layer = make_layer()
     await layer.send("work", {"type": "job", "n": 1})
     assert len(await layer.receive_batch("work", 5, 1.0)) == 1
-    before = layer._shard(0)
+    before = layer._host(0).conns
     idle = list(before._idle)
     await layer.close_pools()
     assert idle and not any(conn.is_connected for conn in idle)
-    assert layer._shard(0) is not before
+    assert layer._host(0).conns is not before
     await layer.send("work", {"type": "job", "n": 2})
     assert await layer.receive_batch("work", 5, 1.0) == [{"type": "job", "n": 2}]
 
@@ -531,11 +581,11 @@ async def test_close_pools_closes_kept_connections_and_layer_goes_on(make_layer:
 @pytest.mark.timeout(10)
 async def test_a_burst_of_receives_gives_extra_connections_back_to_the_pool(make_layer: MakeLayer) -> None:
     layer = make_layer()
-    burst = layers._MAX_IDLE_CONNECTIONS + 4
+    burst = wire.MAX_IDLE_CONNECTIONS + 4
     await asyncio.gather(*(layer.receive_batch(f"idle{n}", 1, 0.2) for n in range(burst)))
-    shard = layer._shard(0)
-    assert len(shard._idle) == layers._MAX_IDLE_CONNECTIONS
-    assert len(shard.pool._available_connections) == 4
+    conns = layer._host(0).conns
+    assert len(conns._idle) == wire.MAX_IDLE_CONNECTIONS
+    assert len(conns.pool._available_connections) == 4
 
 
 @pytest.mark.redis
@@ -662,7 +712,7 @@ async def test_in_memory_groups_and_flush() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Process-local channels: one reader per shared key (bus.inbox)
+# Process-local channels: one reader per shared key (bus.layers.inbox)
 # --------------------------------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ def test_bus_command_line(redis_layer: str, start_worker: StartWorker, worker_da
     status = run_bus(worker_data_dir, redis_layer, "status", "--json")
     assert status.returncode == 0 and f".{worker.pid}." in status.stdout
     services = run_bus(worker_data_dir, redis_layer, "services")
-    assert "echo.add(a: integer, b: integer)  [read]" in services.stdout
+    assert "echo.add(a: integer, b: integer = 1)  [read]" in services.stdout
     worker.terminate()
     nobody = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1}')
     assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr

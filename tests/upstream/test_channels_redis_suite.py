@@ -1,6 +1,6 @@
 """channels-redis 4.3.0's own tests/test_core.py, run against RedisBusLayer.
 
-The sdist is fetched once with pip into the git-ignored ``.upstream/`` folder; its
+``scripts/install`` fetches the sdist (hash-checked) into the git-ignored ``.upstream/`` folder; its
 ``tests/test_core.py`` runs in a pytest subprocess with ``bus_upstream_plugin`` (next to this
 file), which swaps the layer in before the suite imports it, on a redis-server of its own.
 Stock channels-redis gives 26 passed and 2 xpassed there; RedisBusLayer 25 passed, 1 xpassed,
@@ -59,16 +59,7 @@ timeout = 10
 def prepare_suite() -> Path:
     """Fetch the sdist if needed and lay out test_core.py under .upstream/suite."""
     if not SDIST.exists():
-        UPSTREAM.mkdir(exist_ok=True)
-        fetch = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             f"channels-redis=={VERSION}", "-d", str(UPSTREAM)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )  # fmt: skip
-        if fetch.returncode != 0 or not SDIST.exists():
-            pytest.skip(f"could not download the channels-redis {VERSION} sdist:\n{fetch.stderr}")
+        pytest.fail(f"{SDIST} is missing: scripts/install fetches it (tests/upstream/requirements.txt).")
     target = SUITE / "tests" / "test_core.py"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(SDIST) as archive:

@@ -1,0 +1,23 @@
+"""The actions of `manage.py bus`, one table: each has its help, its arguments and its handler.
+
+    call, send, publish     messaging.py   one message from a shell, its answer as JSON
+    services                listing.py     every contract, each method's signature
+    status                  status.py      live workers, queued messages, modes
+    readonly, cleanup       admin.py       an operator's switches
+    deadletters             deadletters.py list, show, replay, purge
+
+base.py holds what they share: the table's row (`Action`), exit codes and how an error reads.
+"""
+
+from __future__ import annotations
+
+from .admin import CLEANUP, READONLY
+from .base import Action, Stop, describe, exit_code
+from .deadletters import DEADLETTERS
+from .listing import SERVICES
+from .messaging import CALL, PUBLISH, SEND
+from .status import STATUS
+
+__all__ = ["ACTIONS", "Action", "Stop", "describe", "exit_code"]
+
+ACTIONS: tuple[Action, ...] = (CALL, SEND, PUBLISH, SERVICES, STATUS, DEADLETTERS, READONLY, CLEANUP)

@@ -1,0 +1,139 @@
+"""``InMemoryBusLayer``: Channels' in-memory layer with the bus extension API, for one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer  # type: ignore[import-untyped, unused-ignore]
+
+from bus.layers.presence import BusExtensions, Message
+
+__all__ = ["InMemoryBusLayer"]
+
+_Entry = tuple[float, Message]  # (expires_at, message), as the parent stores them
+
+
+class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[misc]
+    """Channels' ``InMemoryChannelLayer`` with the bus extension API, for tests and dev.
+
+    It works around a bug of Channels' own layer (channels 4.3, ``receive``): the ``finally``
+    after its wait drops the channel's queue from ``self.channels`` whenever it is empty, even
+    while another receiver still waits on that queue object, so messages sent afterwards go to
+    a fresh queue nobody waits on and are lost. (No upstream issue names it as of channels 4.3.2;
+    django/channels#1976 reworked the layer around it.) Here a channel's queue stays registered
+    while anyone waits on it, and expired messages are skipped on receive. Everything lives
+    in this process and is bound to the event loop that first waits on it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The parent stores channel_capacity raw, and get_capacity then fails on a dict of globs.
+        self.channel_capacity = self.compile_capacities(kwargs.get("channel_capacity") or {})
+        # channel -> (queue being waited on, number of waiters)
+        self._held: dict[str, tuple[asyncio.Queue[_Entry], int]] = {}
+        self._presence: dict[str, dict[str, bytes]] = {}
+
+    def _queue(self, channel: str) -> asyncio.Queue[_Entry]:
+        queue: asyncio.Queue[_Entry] | None = self.channels.get(channel)
+        if queue is None:
+            queue = asyncio.Queue(maxsize=self.get_capacity(channel))
+            self.channels[channel] = queue
+        return queue
+
+    @contextlib.contextmanager
+    def _hold(self, channel: str) -> Iterator[asyncio.Queue[_Entry]]:
+        """Keep ``channel``'s queue registered while this receiver waits on it."""
+        queue = self._queue(channel)
+        _, waiters = self._held.get(channel, (queue, 0))
+        self._held[channel] = (queue, waiters + 1)
+        try:
+            yield queue
+        finally:
+            held, waiters = self._held[channel]
+            if waiters > 1:
+                self._held[channel] = (held, waiters - 1)
+            else:
+                del self._held[channel]
+                if held.empty() and self.channels.get(channel) is held:
+                    del self.channels[channel]
+
+    def _restore_held(self) -> None:
+        for channel, (queue, _) in self._held.items():
+            self.channels.setdefault(channel, queue)
+
+    def _clean_expired(self) -> None:
+        super()._clean_expired()
+        self._restore_held()  # the parent drops queues it emptied, waiters or not
+
+    async def flush(self) -> None:
+        await super().flush()
+        self._presence = {}
+        for queue, _ in self._held.values():
+            while not queue.empty():
+                queue.get_nowait()
+        self._restore_held()
+
+    async def receive(self, channel: str) -> Message:
+        self.require_valid_channel_name(channel)
+        self._clean_expired()
+        with self._hold(channel) as queue:
+            while True:
+                expires_at, message = await queue.get()
+                if expires_at >= time.time():
+                    return message
+
+    async def receive_batch(self, channel: str, max_messages: int, timeout: float) -> list[Message]:
+        """Same contract as ``RedisBusLayer.receive_batch``; nothing is lost on timeout."""
+        self._check_batch_args(channel, max_messages, timeout)
+        self._clean_expired()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._hold(channel) as queue:
+            while True:
+                entries: list[_Entry] = []
+                if queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return []
+                    try:
+                        # Queue.get only takes the item after its wait succeeds, so a timeout
+                        # or cancellation here never loses a message.
+                        async with asyncio.timeout(remaining):
+                            entries.append(await queue.get())
+                    except TimeoutError:
+                        return []
+                while len(entries) < max_messages and not queue.empty():
+                    entries.append(queue.get_nowait())
+                now = time.time()
+                messages = [message for expires_at, message in entries if expires_at >= now]
+                if messages:
+                    return messages
+
+    async def _live_depth(self, channel: str) -> int:
+        self._clean_expired()
+        queue: asyncio.Queue[_Entry] | None = self.channels.get(channel)
+        return 0 if queue is None else queue.qsize()
+
+    async def _presence_store(self, channel: str, member: str, record: bytes, ttl: float) -> None:
+        self._presence.setdefault(channel, {})[member] = record
+
+    async def _presence_load(self, channel: str) -> dict[str, bytes]:
+        return dict(self._presence.get(channel, {}))
+
+    async def _presence_prune(self, channel: str, dead: Mapping[str, bytes]) -> None:
+        members = self._presence.get(channel, {})
+        for member, record in dead.items():
+            if members.get(member) == record:
+                del members[member]
+        if not members:
+            self._presence.pop(channel, None)
+
+    async def _presence_remove(self, channel: str, member: str) -> None:
+        members = self._presence.get(channel, {})
+        members.pop(member, None)
+        if not members:
+            self._presence.pop(channel, None)

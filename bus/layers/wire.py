@@ -1,0 +1,261 @@
+"""Raw Redis on kept connections: the one module that touches redis-py's internals.
+
+The hot paths (send, batch receive) skip redis-py's client layer and its pool on every
+command (30-40 µs a command): each event loop keeps a few connections per host
+(``HostConnections``) and writes RESP on them itself (``command``, ``commands``). That uses
+redis-py's connection API below its public client: ``get_connection``/``release``,
+``send_packed_command``, ``read_response``, ``can_read``, ``connect``, connect callbacks.
+Those change between releases (redis-py 8.2 made ``can_read`` raise on a closed connection),
+so ``pyproject.toml`` bounds redis-py at the newest release tested, and
+``tests/bus/test_layers.py`` pins each behaviour used here. The Lua scripts live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis
+from redis.asyncio.connection import AbstractConnection
+from redis.driver_info import DriverInfo
+from redis.exceptions import NoScriptError, ResponseError
+
+__all__ = [
+    "DRIVER_INFO",
+    "PRESENCE_BEAT",
+    "PRESENCE_PRUNE",
+    "SEND",
+    "HostConnections",
+    "Lua",
+    "closed_by_server",
+    "command",
+    "commands",
+    "has_bzmpop",
+    "pop_min",
+]
+
+#: Idle connections the hot paths keep per host and event loop; beyond that they go back to
+#: the pool, so a burst of concurrent receives does not keep the pool drained afterwards.
+MAX_IDLE_CONNECTIONS: Final = 16
+
+#: The first Redis version with BZMPOP and ZMPOP (one command for a whole batch).
+BZMPOP_SINCE: Final = (7, 0)
+
+#: Given to every connection: without it redis-py 8 looks its own version up in the package
+#: metadata (importlib.metadata, about 0.9 ms) for CLIENT SETINFO on each new connection.
+DRIVER_INFO: Final = DriverInfo(lib_version=redis.__version__)
+
+
+@dataclass(frozen=True)
+class Lua:
+    """A Lua script run by EVALSHA, falling back to EVAL when Redis lost its script cache."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", digest)
+
+    async def run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return await conn.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted or SCRIPT FLUSH: EVAL runs it and caches it again.
+            return await conn.eval(self.source, len(keys), *keys, *args)
+
+
+# KEYS[1] channel key; ARGV: message, score (now), expiry cutoff, capacity, key ttl (s).
+# Returns 1 when stored, 0 when the channel is full. Receivers skip expired messages, so they
+# are only trimmed once they could make the channel look full.
+SEND = Lua(
+    """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+    if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+        return 0
+    end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+)
+
+# KEYS[1] presence hash; ARGV: member, record, ttl (ms). The hash outlives its longest member.
+PRESENCE_BEAT = Lua(
+    """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+)
+
+# KEYS[1] presence hash; ARGV: member1, record1, member2, record2, ...
+# Deletes a member only if it still holds the record that was judged dead, so a beat that
+# lands between reading and pruning is not thrown away.
+PRESENCE_PRUNE = Lua(
+    """
+local removed = 0
+for i = 1, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+end
+return removed
+"""
+)
+
+
+def _block_seconds(seconds: float) -> float:
+    """A BZ*POP* timeout that Redis will not round down to 0 (0 would block forever)."""
+    return max(0.01, math.ceil(seconds * 1000) / 1000)
+
+
+class HostConnections:
+    """The connections one event loop keeps for one Redis host, borrowed from its pool once.
+
+    They count against ``max_connections``, and closing the pool (loop close, ``close_pools``)
+    closes them too. One the server closed while it was idle (Redis restarted) is reconnected
+    when taken; one that failed mid-command was disconnected by redis-py, its caller got the
+    error, and it reconnects on its next use.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.closed = False
+        #: Whether the server has BZMPOP; None until asked, and again after any reconnect.
+        self.bzmpop: bool | None = None
+        self._idle: list[AbstractConnection] = []
+
+    async def take(self) -> AbstractConnection:
+        if not self._idle:
+            conn: AbstractConnection = await self.pool.get_connection()
+            conn.register_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+            return conn
+        conn = self._idle.pop()
+        if conn.is_connected and await closed_by_server(conn):
+            # The pool's own check is off while redis-py's maintenance notifications are on
+            # ("auto"), so the kept connection is checked here.
+            await conn.disconnect()
+        if not conn.is_connected:
+            # connect(), not the implicit reconnect of send_packed_command: only connect()
+            # makes a Sentinel-managed connection ask Sentinel for the current primary.
+            await conn.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        return conn
+
+    async def give(self, conn: AbstractConnection) -> None:
+        if self.closed:
+            # Borrowed from a pool that close_pools() has since closed and replaced.
+            await conn.disconnect()
+        elif len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:
+            conn.deregister_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+            await self.pool.release(conn)
+
+    def _reconnected(self, conn: AbstractConnection) -> None:
+        # Another server may answer now (a restart, a Sentinel failover): ask it again.
+        self.bzmpop = None
+
+
+async def closed_by_server(conn: AbstractConnection) -> bool:
+    """Whether an idle connection has bytes nobody asked for, or end of stream: the server
+    closed it (a restart).
+
+    redis-py up to 8.1 answers ``can_read()`` with True at end of stream; 8.2 raises
+    ``ConnectionError("Connection closed by server.")``. Both mean "closed: reconnect".
+    """
+    try:
+        return bool(await conn.can_read())
+    except (redis.exceptions.ConnectionError, OSError):
+        return True
+
+
+def _pack(args: Sequence[bytes | str | float], chunks: list[bytes]) -> None:
+    """Append one command in RESP to ``chunks``.
+
+    redis-py's ``pack_command`` takes 13 µs for a send's 10 arguments (its encoder checks
+    every type it supports); the hot paths only pass bytes, ASCII strings (commands, keys)
+    and numbers, which this packs in 5. Floats use ``repr`` as redis-py does, so no precision
+    is lost.
+    """
+    chunks.append(b"*%d\r\n" % len(args))
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else (arg if isinstance(arg, str) else repr(arg)).encode()
+        chunks += (b"$%d\r\n" % len(data), data, b"\r\n")
+
+
+async def command(conn: AbstractConnection, *args: bytes | str | float) -> Any:
+    """One command straight on ``conn``: raw RESP reply, errors raised."""
+    chunks: list[bytes] = []
+    _pack(args, chunks)
+    await conn.send_packed_command(chunks)
+    return await conn.read_response()
+
+
+async def commands(conn: AbstractConnection, batch: Sequence[Sequence[bytes | str | float]]) -> list[Any]:
+    """Several commands in one write; each reply in order, a command's error as its reply."""
+    chunks: list[bytes] = []
+    for args in batch:
+        _pack(args, chunks)
+    await conn.send_packed_command(chunks)
+    replies: list[Any] = []
+    for _ in batch:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def has_bzmpop(conn: AbstractConnection) -> bool:
+    """Whether the server is Redis >= 7.0; older ones answer BZMPOP with an error."""
+    info = await command(conn, "INFO", "server")
+    text = info if isinstance(info, str) else bytes(info).decode()
+    found = re.search(r"^redis_version:(\d+)\.(\d+)", text, re.MULTILINE)
+    return found is not None and (int(found[1]), int(found[2])) >= BZMPOP_SINCE
+
+
+async def pop_min(conn: AbstractConnection, key: str, count: int, block: float, *, bzmpop: bool) -> list[Any]:
+    """Up to ``count`` (member, score) pairs off sorted set ``key``, blocking up to ``block`` s
+    for the first: one BZMPOP on Redis >= 7.0, else BZPOPMIN and ZPOPMIN pipelined."""
+    pop = _mpop if bzmpop else _zpopmin
+    return await pop(conn, key, count, block)
+
+
+async def _mpop(conn: AbstractConnection, key: str, count: int, block: float) -> list[Any]:
+    """(member, score) pairs by one ZMPOP, or BZMPOP when blocking (Redis >= 7.0)."""
+    if block <= 0:
+        reply = await command(conn, "ZMPOP", 1, key, "MIN", "COUNT", count)
+    else:
+        reply = await command(conn, "BZMPOP", _block_seconds(block), 1, key, "MIN", "COUNT", count)
+    return [] if reply is None else list(reply[1])
+
+
+async def _zpopmin(conn: AbstractConnection, key: str, count: int, block: float) -> list[Any]:
+    """As ``_mpop`` for older servers: BZPOPMIN pipelined with ZPOPMIN for the rest."""
+    if block <= 0:
+        return _pairs(await command(conn, "ZPOPMIN", key, count))
+    batch: list[tuple[Any, ...]] = [("BZPOPMIN", key, _block_seconds(block))]
+    if count > 1:
+        batch.append(("ZPOPMIN", key, count - 1))
+    first, *rest = await commands(conn, batch)
+    for reply in (first, *rest):
+        if isinstance(reply, ResponseError):
+            raise reply
+    popped = [] if first is None else [first[1:]]
+    return popped + _pairs(rest[0]) if rest else popped
+
+
+def _pairs(reply: list[Any]) -> list[Any]:
+    """ZPOPMIN's reply as (member, score) pairs: RESP3 nests them, RESP2 gives a flat list."""
+    if reply and not isinstance(reply[0], list):
+        return list(zip(reply[::2], reply[1::2], strict=True))
+    return reply
