@@ -68,8 +68,7 @@ MIDDLEWARE = [
     # Outermost: under /api/ every answer is problem+json, whatever failed inside.
     "consumers.middleware.ApiProblemsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # X-Frame-Options: DENY (X_FRAME_OPTIONS' default) and a Content-Security-Policy on every response.
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A Content-Security-Policy on every response (X-Frame-Options: XFrameOptionsMiddleware below).
     "consumers.security.ContentSecurityPolicyMiddleware",
     # Static files from daphne itself: one process kind less, with cache headers.
     "whitenoise.middleware.WhiteNoiseMiddleware",
