@@ -9,6 +9,7 @@ from decimal import Decimal
 from functools import wraps
 from typing import Any
 
+from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import RequestDataTooBig
@@ -16,8 +17,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 import bus
 from bus.cache import acall_cached
+from bus.client import default_bus
 from bus.status import astatus
 from bus.threads import in_pool
+from workers.payments.contract import Payments, UnknownAccount
 
 from . import events
 from .problems import from_bus_error, problem
@@ -167,6 +170,21 @@ async def customer_orders(request: HttpRequest, customer_id: str) -> HttpRespons
     return JsonResponse(page)
 
 
+@api("GET")
+async def balance(request: HttpRequest, customer_id: str) -> HttpResponse:
+    """The signed-in customer's own balance, as payments has it now (the page shows it)."""
+    user = await signed_in(request)
+    if user is None:
+        return _sign_in_first()
+    if customer_id != user.get_username():
+        return problem(403, "Not your account", "Customers can see only their own balance.")
+    try:
+        found = await Payments.client().balance(customer_id=customer_id)
+    except UnknownAccount as error:
+        return problem(404, "No account", error.message)
+    return JsonResponse(found.model_dump(mode="json"))
+
+
 async def topics_for(request: HttpRequest) -> list[str]:
     """What a page may follow: stock for everyone, and the signed-in customer's own orders."""
     user = await signed_in(request)
@@ -215,13 +233,20 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         return problem(503, "Not ready", error.message, retry_after=5)
     missing = [row["domain"] for row in report["domains"] if not row["workers"]]
     if missing:
-        return problem(
-            503,
-            "Not ready",
-            f"No live worker serves {', '.join(missing)}: start `manage.py runworker {' '.join(missing)}`.",
-            retry_after=5,
-            missing=missing,
-        )
+        return problem(503, "Not ready", _start_workers(missing), retry_after=5, missing=missing)
     return JsonResponse(
         {"status": "ready", "domains": {row["domain"]: len(row["workers"]) for row in report["domains"]}}
     )
+
+
+def _start_workers(missing: list[str]) -> str:
+    """What to do when no worker serves `missing`: `runworker` helps only when the layer is shared."""
+    names, command = ", ".join(missing), f"manage.py runworker {' '.join(missing)}"
+    if isinstance(default_bus.layer, InMemoryChannelLayer):
+        return (
+            f"No worker serves {names} in this process. The channel layer is in memory (REDIS_URL is "
+            f"not set), so a `{command}` in another process cannot reach this one: serve the site with "
+            f"`manage.py up`, which runs every domain's worker in the web process (runserver and daphne "
+            f"alone run none), or set REDIS_URL for every process and start `{command}`."
+        )
+    return f"No live worker serves {names}: start `{command}`."

@@ -23,6 +23,7 @@ from typing_extensions import TypedDict  # pydantic refuses typing's on Python <
 from bus.contracts import Method
 from workers.inventory.contract import Inventory, StockChanged
 from workers.orders.contract import Order, Orders
+from workers.payments.contract import Payments
 
 from .api import MAX_BODY, api
 
@@ -160,6 +161,7 @@ BODIES: dict[str, tuple[Any, JsonSchemaMode]] = {
     "PlacedOrder": (Orders.methods["place"].result_type, "serialization"),
     "FoundOrder": (Orders.methods["get"].result_type, "serialization"),
     "OrderPage": (Orders.methods["list"].result_type, "serialization"),
+    "Balance": (Payments.methods["balance"].result_type, "serialization"),
     "ProductListing": (ProductListing, "serialization"),
     "StockReading": (StockReading, "serialization"),
     "EventPage": (EventPage, "serialization"),
@@ -542,6 +544,41 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _account_paths() -> dict[str, Any]:
+    return {
+        "/api/customers/{customer_id}/balance": {
+            "get": {
+                "operationId": "getBalance",
+                "tags": ["accounts"],
+                "summary": "The signed-in customer's own balance, as payments has it now",
+                "description": "The page reads it on load and again after each update of an order.",
+                "security": SIGNED_IN,
+                "parameters": [
+                    _path_parameter(
+                        "customer_id",
+                        _argument(Payments.methods["balance"], "customer_id"),
+                        "The signed-in customer's username; another's is 403.",
+                        example="ada",
+                    )
+                ],
+                "responses": {
+                    "200": _ok("The balance, in cents.", "Balance"),
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        404,
+                        *BUS_FAILURES,
+                        e400="The customer id is not a valid customer id.",
+                        e403="Customers can see only their own balance.",
+                        e404="The customer has no account yet.",
+                    ),
+                },
+            }
+        }
+    }
+
+
 def _with_correlation_ids(paths: dict[str, Any]) -> dict[str, Any]:
     """Every operation takes X-Correlation-ID (bus.middleware reads it on every request)."""
     for operations in paths.values():
@@ -572,10 +609,11 @@ def document() -> dict[str, Any]:
         "tags": [
             {"name": "stock", "description": "Products and stock (inventory), cached at the edge."},
             {"name": "orders", "description": "Placing and following orders (orders)."},
+            {"name": "accounts", "description": "The signed-in customer's account (payments)."},
             {"name": "events", "description": "The event log the pages follow."},
             {"name": "operations", "description": "Health, readiness, status and this description."},
         ],
-        "paths": _with_correlation_ids(_paths()),
+        "paths": _with_correlation_ids({**_paths(), **_account_paths()}),
         "components": {
             "schemas": dict(sorted(_bodies()[1].items())),
             "securitySchemes": {

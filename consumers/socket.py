@@ -1,9 +1,13 @@
 """`/ws/`: events for a page, designed to die: heartbeats, a lifetime, resume by cursor, bounded backlog.
 
 The protocol (JSON text frames). The client sends:
-    {"type": "resume", "cursor": "<epoch:offset>" | null}   first; null means "I just loaded my state"
+    {"type": "resume", "cursor": "<epoch:offset>" | null}   once, first; null means "I just loaded my state"
     {"type": "ack", "cursor": "<epoch:offset>"}             what it has shown (bounds its backlog)
     {"type": "pong"}                                        the answer to a ping (any frame will do)
+How often: every frame is at most MAX_FRAME bytes (4 KiB). An ack that acknowledges at least one
+event not acknowledged before is free: at most one per event sent, so a page may acknowledge every
+event however fast they come. Every other frame (pongs, a repeated or stale ack, anything else)
+takes a token from a bucket of BURST (30) that refills at RATE (10) per second.
 The server sends:
     {"type": "hello", "cursor", "topics", "heartbeat", "lifetime"}
     {"type": "event", "cursor", "topic", "kind", "data"}    missed events first, then live ones
@@ -13,8 +17,9 @@ The server sends:
     {"type": "error", "message"}                            a frame it could not use; the socket stays
 Close codes: 4000 lifetime reached (reconnect and resume at once), 4001 heartbeat missed,
 4002 too slow (too many unacknowledged events; resume), 4003 the channel layer's server was lost
-(live events may have been missed: reconnect with backoff and resume), 4008 frames too large or
-too frequent.
+or could not be reached for a resume (live events may have been missed: reconnect with backoff and
+resume), 4008 a frame too large, or frames too frequent. After its close the server sends nothing
+more and ignores what the client still sends.
 A handshake from a foreign Origin is refused before the socket opens (HTTP 403).
 """
 
@@ -66,6 +71,9 @@ def option(name: str) -> Any:
 class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     """One browser tab's event stream."""
 
+    #: Set by the first close: nothing is sent after it (daphne raises on a send to a closing socket).
+    closed = False
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.customer = user.get_username() if user is not None and user.is_authenticated else None
@@ -109,10 +117,15 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
     async def layer_lost(self, message: dict[str, Any]) -> None:
         """Live events may have been missed: close, so the page resumes from its cursor."""
-        if not getattr(self, "closing_for_layer", False):
-            self.closing_for_layer = True
+        if not self.closed:
             logger.info("Closing a socket: the channel layer was lost (%s).", message["error"])
             await self.close(code=LAYER_LOST, reason="events interrupted: reconnect and resume")
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close once; the client's frames already on their way are then ignored."""
+        if not self.closed:
+            self.closed = True
+            await super().close(code=code, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "tasks"):
@@ -128,25 +141,30 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
     # -- frames from the client -------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closed:
+            return  # sent before the client heard the close
         self.last_heard = time.monotonic()
         raw = text_data.encode() if text_data is not None else (bytes_data or b"")
-        if len(raw) > option("MAX_FRAME") or not self._take_token():
+        too_large = len(raw) > option("MAX_FRAME")
+        message = None if too_large else _frame(raw)
+        # An ack of new events is paid for by the events it acknowledges; every other frame by a token.
+        acknowledged = message is not None and message["type"] == "ack" and self._acknowledge(message)
+        if too_large or not (acknowledged or self._take_token()):
             await self.close(code=POLICY, reason="frames too large or too frequent")
             return
-        try:
-            message = json.loads(raw)
-            kind = message["type"]
-        except (ValueError, TypeError, KeyError, RecursionError):
+        if message is None:
             await self._send(
                 {"type": "error", "message": 'Frames are JSON objects with a "type": resume, ack or pong.'}
             )
             return
+        kind = message["type"]
         if kind == "resume" and not self.resumed:
             cursor = message.get("cursor")
-            await self._resume(cursor if isinstance(cursor, str) else None)
-        elif kind == "ack":
-            self._acknowledge(message.get("cursor"))
-        elif kind != "pong":
+            try:
+                await self._resume(cursor if isinstance(cursor, str) else None)
+            except LAYER_ERRORS as exc:  # Redis is down: like losing it while the socket is open
+                await self.layer_lost({"error": f"{type(exc).__name__}: {exc}"})
+        elif kind not in ("ack", "pong"):
             await self._send({"type": "error", "message": f"Unknown or repeated frame type {kind!r}."})
 
     def _take_token(self) -> bool:
@@ -188,11 +206,15 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
             await self._deliver(message)
         self.buffer.clear()
 
-    def _acknowledge(self, cursor: Any) -> None:
-        if isinstance(cursor, str):
-            acked = _offset(cursor)
-            while self.unacked and self.unacked[0] <= acked:
-                self.unacked.popleft()
+    def _acknowledge(self, message: dict[str, Any]) -> bool:
+        """Forget the events up to the ack's cursor; True when there was at least one."""
+        cursor = message.get("cursor")
+        acked = _offset(cursor) if isinstance(cursor, str) else -1
+        if not self.unacked or self.unacked[0] > acked:
+            return False
+        while self.unacked and self.unacked[0] <= acked:
+            self.unacked.popleft()
+        return True
 
     # -- events from the log ------------------------------------------------------
 
@@ -216,7 +238,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         await self._send(event)
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(message))
+        if not self.closed:
+            await self.send(text_data=json.dumps(message))
 
     # -- designed to die ------------------------------------------------------------
 
@@ -233,6 +256,15 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         lifetime = option("LIFETIME") * (1 - random.uniform(0, option("LIFETIME_JITTER")))
         await asyncio.sleep(lifetime)
         await self.close(code=LIFETIME_REACHED, reason="lifetime reached: reconnect and resume")
+
+
+def _frame(raw: bytes) -> dict[str, Any] | None:
+    """A client frame as a JSON object with a "type", or None when it is not one."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested too deep
+        return None
+    return message if isinstance(message, dict) and "type" in message else None
 
 
 def _offset(cursor: str) -> int:

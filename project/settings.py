@@ -68,6 +68,8 @@ MIDDLEWARE = [
     # Outermost: under /api/ every answer is problem+json, whatever failed inside.
     "consumers.middleware.ApiProblemsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A Content-Security-Policy on every response (X-Frame-Options: XFrameOptionsMiddleware below).
+    "consumers.security.ContentSecurityPolicyMiddleware",
     # Static files from daphne itself: one process kind less, with cache headers.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "bus.middleware.CorrelationMiddleware",

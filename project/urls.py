@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/orders", api.place_order),
     path("api/orders/<str:order_id>", api.order),
     path("api/customers/<str:customer_id>/orders", api.customer_orders),
+    path("api/customers/<str:customer_id>/balance", api.balance),
     path("api/events", api.event_log),
     path("api/system", api.system),
     path("api/openapi.json", openapi.openapi_json),

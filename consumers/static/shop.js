@@ -21,7 +21,7 @@
   const SYSTEM_EVERY = 5_000; // ms between looks at /api/system
   const ACK_DELAY = 200; // ms: acknowledge at most this late...
   const ACK_EVERY = 20; // ...or after this many events,
-  const ACK_MIN_GAP = 120; // ...but never more often than this (the server limits client frames)
+  const ACK_MIN_GAP = 120; // ...and not more often (acks of new events are exempt from the server's frame limit; fewer are cheaper)
   const STALE_REFRESH = 10_000; // ms between product reloads while inventory is not answering
   const ORDERS_PAGE = 10;
   const HAPPY_PATH = ["placed", "reserved", "charged", "confirmed"];
@@ -70,6 +70,10 @@
 
   let systemCache = null;
 
+  let balanceCents = null; // the signed-in customer's balance, once read
+  let balanceTimer = null;
+  let ordersFailed = false; // the last load of the orders failed: "no orders yet" would be a guess
+
   // -- small helpers ------------------------------------------------------------------------------
 
   const $ = (id) => document.getElementById(id);
@@ -93,6 +97,8 @@
   }
 
   const money = (cents) => (Number(cents || 0) / 100).toFixed(2);
+  /** Amounts in a domain's own words ("1000 cents") as people read money ("10.00"). */
+  const moneyInText = (text) => String(text).replace(/\b(\d+) cents\b/g, (_, cents) => money(Number(cents)));
 
   const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
@@ -239,6 +245,7 @@
       applyStock(data);
     } else if (event.kind === "orders.updated") {
       upsertOrder(data.order && !data.order_id ? data.order : data, true);
+      refreshBalanceSoon(); // a charge or a refund may have changed it
     }
   }
 
@@ -247,7 +254,7 @@
     if (reloading) return reloading;
     reloading = (async () => {
       const head = cursor === undefined ? await fetchHead() : cursor;
-      await Promise.allSettled([loadProducts(), customer ? loadOrders(true) : null]);
+      await Promise.allSettled([loadProducts(), customer ? loadOrders(true) : null, loadBalance()]);
       if (head) adoptCursor(head);
     })();
     const done = reloading;
@@ -543,12 +550,13 @@
   }
 
   function showProductsError(error) {
+    const grid = $("products");
     const meta = $("products-meta");
     if (meta) {
-      meta.textContent = `Could not load products: ${errorText(error)} Retrying…`;
+      // With no products to show, the grid says why: the message once, not twice.
+      meta.textContent = grid && !products.size ? "Retrying…" : `Could not load products: ${errorText(error)} Retrying…`;
       meta.classList.add("text-warn");
     }
-    const grid = $("products");
     if (grid && !products.size) {
       grid.setAttribute("aria-busy", "false");
       grid.replaceChildren(
@@ -743,28 +751,35 @@
     const product = products.get(sku);
     const available = product ? Number(product.available) || 0 : 0;
     const wanted = Math.max(1, Math.floor(quantity));
-    const next = Math.min(cartQuantity(sku) + wanted, Math.max(available, cartQuantity(sku)));
-    if (next === cartQuantity(sku)) {
-      setCartStatus(`Only ${available} of ${product ? product.name : sku} available.`);
+    const had = cartQuantity(sku);
+    const next = Math.min(had + wanted, Math.max(available, had));
+    const name = product ? product.name : sku;
+    const inCart = had ? ` (${had} in your cart already)` : "";
+    if (next === had) {
+      setCartStatus(`Only ${available} of ${name} available${inCart}: none added.`, true);
       return;
     }
-    const added = next - cartQuantity(sku);
+    const added = next - had;
     changeCart(sku, next);
-    setCartStatus(`Added ${added} × ${product ? product.name : sku}`);
+    if (added < wanted) setCartStatus(`Added ${added} × ${name}, not ${wanted}: only ${available} available${inCart}.`, true);
+    else setCartStatus(`Added ${added} × ${name}`);
     const entry = productCards.get(sku);
     if (entry) entry.parts.quantity.value = "1";
   }
 
-  function setCartStatus(text) {
+  /** A note on the cart (and its bar on a phone) for a while; a warning stays longer. */
+  function setCartStatus(text, warn = false) {
     const note = $("cart-count");
     if (!note) return;
     note.dataset.flash = text;
+    note.dataset.warn = String(warn);
     renderCart();
     clearTimeout(setCartStatus.timer);
     setCartStatus.timer = setTimeout(() => {
       delete note.dataset.flash;
+      delete note.dataset.warn;
       renderCart();
-    }, 2_500);
+    }, warn ? 8_000 : 2_500);
   }
 
   function renderCart() {
@@ -803,13 +818,33 @@
     $("cart-empty").hidden = rows.length > 0;
     $("cart-total").textContent = money(total);
     const note = $("cart-count");
-    note.textContent = note.dataset.flash || (count ? `${count} item${count === 1 ? "" : "s"}` : "empty");
-    note.classList.toggle("text-accent", Boolean(note.dataset.flash));
+    const items = count ? `${count} item${count === 1 ? "" : "s"}` : "empty";
+    note.textContent = note.dataset.flash || items;
+    note.classList.toggle("text-accent", Boolean(note.dataset.flash) && note.dataset.warn !== "true");
+    note.classList.toggle("text-warn", Boolean(note.dataset.flash) && note.dataset.warn === "true");
+    renderCartBar(note, items, total);
+    renderOverBalance(rows.length ? total : 0);
     const button = $("place-order");
     const waiting = retryUntil > Date.now();
     button.disabled = placing || !rows.length || waiting;
     button.textContent = placing ? "Placing…" : `Place order${rows.length ? ` · ${money(total)}` : ""}`;
     button.setAttribute("aria-busy", placing ? "true" : "false");
+  }
+
+  /** On a phone the cart is below the products: a bar at the bottom says what is in it and goes there. */
+  function renderCartBar(note, items, total) {
+    const text = $("cart-bar-text");
+    if (!text) return;
+    text.textContent = note.dataset.flash || `Cart · ${items}`;
+    text.classList.toggle("text-warn", note.dataset.warn === "true");
+    $("cart-bar-total").textContent = money(total);
+  }
+
+  function renderOverBalance(total) {
+    const over = $("cart-over-balance");
+    if (!over) return;
+    over.hidden = balanceCents === null || total <= balanceCents;
+    over.textContent = over.hidden ? "" : `That is more than your balance of ${money(balanceCents)}: payments will refuse it.`;
   }
 
   async function placeOrder() {
@@ -889,7 +924,7 @@
     alert.replaceChildren(
       ...[
         h("strong", { class: "alert-title", text: problem.title || "Something went wrong" }),
-        h("p", { text: problem.message }),
+        h("p", { text: moneyInText(problem.message) }),
         errors.length ? h("ul", { class: "alert-errors" }, errors) : null,
         retry ? h("div", { class: "alert-actions" }, retry, h("span", { class: "small muted retry-hint" })) : null,
       ].filter(Boolean)
@@ -940,8 +975,10 @@
       }
       for (const order of data.orders || []) upsertOrder(order, false);
       ordersNextCursor = data.next_cursor || "";
+      ordersFailed = false;
       setOrdersMeta("");
     } catch (error) {
+      ordersFailed = true;
       setOrdersMeta(`Could not load your orders: ${errorText(error)}`, true);
       throw error;
     } finally {
@@ -959,7 +996,7 @@
 
   function renderOrdersChrome() {
     const empty = $("orders-empty");
-    if (empty) empty.hidden = orders.size > 0;
+    if (empty) empty.hidden = orders.size > 0 || ordersFailed;
     const more = $("orders-more");
     if (more) more.hidden = !ordersNextCursor;
     if (!$("orders-meta")?.classList.contains("text-warn")) setOrdersMeta("");
@@ -1011,7 +1048,7 @@
       lines ? h("p", { class: "order-lines muted small", text: lines }) : null,
       buildStepper(order),
       order.waiting ? h("p", { class: "order-waiting muted small", role: "status", text: order.waiting }) : null,
-      order.state === "failed" && order.reason ? h("p", { class: "order-reason", role: "note" }, h("strong", { text: "Why it failed: " }), order.reason) : null
+      order.state === "failed" && order.reason ? h("p", { class: "order-reason", role: "note" }, h("strong", { text: "Why it failed: " }), moneyInText(order.reason)) : null
     );
     return row;
   }
@@ -1033,13 +1070,42 @@
       steps.map((step) =>
         h(
           "li",
-          { class: `saga-step is-${step.status.split(" ").join(" is-")}`, title: step.detail || (step.at ? `${step.name} at ${step.at}` : `${step.name}: not yet`) },
+          { class: `saga-step is-${step.status.split(" ").join(" is-")}`, title: step.detail ? moneyInText(step.detail) : step.at ? `${step.name} at ${step.at}` : `${step.name}: not yet` },
           h("span", { class: "saga-dot", "aria-hidden": "true" }),
           h("span", { class: "saga-name", text: step.name }),
           h("time", { class: "saga-time", datetime: step.at || null, text: step.at ? clock(step.at) : step.status === "next" ? "waiting" : "" })
         )
       )
     );
+  }
+
+  // -- the balance ----------------------------------------------------------------------------------
+
+  /** The customer's balance as payments has it; read again shortly after each update of an order. */
+  async function loadBalance() {
+    const node = $("balance");
+    if (!customer || !node) return;
+    try {
+      const data = await getJSON(`/api/customers/${encodeURIComponent(customer)}/balance`);
+      balanceCents = Number(data.balance_cents);
+      node.textContent = money(balanceCents);
+      node.title = "Your balance, as payments has it";
+      node.classList.remove("text-warn");
+    } catch (error) {
+      const none = error instanceof HttpProblem && error.status === 404;
+      if (none || balanceCents === null) node.textContent = none ? "no account" : "balance unavailable";
+      node.title = `${errorText(error)}${balanceCents === null || none ? "" : " Showing the last known balance."}`;
+      node.classList.add("text-warn");
+      if (none) balanceCents = null;
+    }
+    node.dataset.cents = balanceCents === null ? "" : String(balanceCents);
+    renderCart();
+  }
+
+  function refreshBalanceSoon() {
+    if (!customer) return;
+    clearTimeout(balanceTimer);
+    balanceTimer = setTimeout(() => loadBalance(), 300);
   }
 
   // -- the system panel ---------------------------------------------------------------------------
@@ -1070,39 +1136,87 @@
     errorBox.hidden = true;
     box.classList.remove("is-stale");
     const data = systemCache || { domains: [] };
+    const domains = data.domains || [];
     $("system-layer").textContent = data.layer || "?";
-    let workersTotal = 0;
-    const problems = [];
-    const cards = (data.domains || []).map((domain) => {
-      const workers = Object.entries(domain.workers || {});
-      workersTotal += workers.length;
-      const inFlight = workers.reduce((sum, [, worker]) => sum + (Number(worker.in_flight) || 0), 0);
-      const handled = workers.reduce((sum, [, worker]) => sum + (Number(worker.handled) || 0), 0);
-      const capacity = workers.reduce((sum, [, worker]) => sum + (Number(worker.concurrency) || 0), 0);
-      if (!workers.length) problems.push(`${domain.domain}: no worker`);
-      if (domain.read_only) problems.push(`${domain.domain}: read-only`);
-      return h(
-        "div",
-        { class: `domain${workers.length ? "" : " is-down"}${domain.read_only ? " is-readonly" : ""}`, "data-domain": domain.domain },
-        h("div", { class: "domain-head" },
-          h("span", { class: `health-dot ${workers.length ? "ok" : "down"}`, "aria-hidden": "true" }),
-          h("strong", { text: domain.domain }),
-          domain.read_only ? h("span", { class: "tag tag-warn", title: domain.read_only, text: "READ-ONLY" }) : null
-        ),
-        domain.read_only ? h("p", { class: "small text-warn domain-reason", text: domain.read_only }) : null,
-        h("dl", { class: "domain-stats" },
-          stat("workers", workers.length ? String(workers.length) : "none", workers.map(([id, w]) => `${id}: pid ${w.pid ?? "?"} on ${w.host ?? "?"}, ${w.in_flight ?? 0}/${w.concurrency ?? "?"} in flight, ${w.handled ?? 0} handled`).join("\n")),
-          stat("queued", String(Number(domain.queued) || 0)),
-          stat("in flight", capacity ? `${inFlight}/${capacity}` : String(inFlight)),
-          stat("handled", String(handled))
-        )
-      );
-    });
-    box.replaceChildren(...cards);
+    const owners = workerOwners(domains);
+    // A worker that serves several domains (all of them, in one-process mode) is one process: its
+    // counts are for all its domains, so they are shown once, on a card of its own.
+    const shared = [...owners].filter(([, owner]) => owner.domains.length > 1);
+    box.replaceChildren(
+      ...shared.map(([id, owner]) => processCard(id, owner, domains.length)),
+      ...domains.map((domain) => domainCard(domain, owners))
+    );
+    const problems = domains.flatMap((domain) => [
+      ...(Object.keys(domain.workers || {}).length ? [] : [`${domain.domain}: no worker`]),
+      ...(domain.read_only ? [`${domain.domain}: read-only`] : []),
+    ]);
+    const oneProcess = shared.length === 1 && owners.size === 1 && shared[0][1].domains.length === domains.length;
     summary.textContent = problems.length
       ? problems.join(" · ")
-      : `${(data.domains || []).length} domains · ${workersTotal} worker${workersTotal === 1 ? "" : "s"} · all healthy`;
+      : oneProcess
+        ? `one process serves all ${domains.length} domains · healthy`
+        : `${domains.length} domains · ${owners.size} worker process${owners.size === 1 ? "" : "es"} · all healthy`;
     summary.className = `small ${problems.length ? "text-warn" : "muted"}`;
+  }
+
+  /** worker id -> {worker: what it reports, domains: the names of the domains it serves}. */
+  function workerOwners(domains) {
+    const owners = new Map();
+    for (const domain of domains) {
+      for (const [id, worker] of Object.entries(domain.workers || {})) {
+        if (!owners.has(id)) owners.set(id, { worker, domains: [] });
+        owners.get(id).domains.push(domain.domain);
+      }
+    }
+    return owners;
+  }
+
+  const describeWorker = (id, w) =>
+    `${id}: pid ${w.pid ?? "?"} on ${w.host ?? "?"}, ${w.in_flight ?? 0}/${w.concurrency ?? "?"} in flight, ${w.handled ?? 0} handled`;
+
+  function processCard(id, { worker, domains }, domainCount) {
+    const every = domains.length === domainCount;
+    return h(
+      "div",
+      { class: "domain process", "data-process": id },
+      h("div", { class: "domain-head" },
+        h("span", { class: "health-dot ok", "aria-hidden": "true" }),
+        h("strong", { text: every ? "One process serves every domain" : `One process serves ${domains.join(", ")}` })
+      ),
+      h("p", { class: "small muted", title: describeWorker(id, worker), text: `pid ${worker.pid ?? "?"} on ${worker.host ?? "?"}; its counts are for ${every ? "all domains" : "these domains"} together.` }),
+      h("dl", { class: "domain-stats" },
+        stat("in flight", `${Number(worker.in_flight) || 0}/${Number(worker.concurrency) || "?"}`),
+        stat("handled", String(Number(worker.handled) || 0))
+      )
+    );
+  }
+
+  function domainCard(domain, owners) {
+    const workers = Object.entries(domain.workers || {});
+    const own = workers.filter(([id]) => owners.get(id).domains.length === 1).map(([, worker]) => worker);
+    const sharedCount = workers.length - own.length;
+    const sum = (key) => own.reduce((total, worker) => total + (Number(worker[key]) || 0), 0);
+    const capacity = sum("concurrency");
+    const counts = own.length
+      ? [stat("in flight", capacity ? `${sum("in_flight")}/${capacity}` : String(sum("in_flight"))), stat("handled", String(sum("handled")))]
+      : [];
+    const label = !workers.length ? "none" : sharedCount ? `${workers.length} · shared` : String(workers.length);
+    const titles = workers.map(([id, w]) => `${describeWorker(id, w)}${owners.get(id).domains.length > 1 ? `; serves ${owners.get(id).domains.join(", ")}` : ""}`);
+    return h(
+      "div",
+      { class: `domain${workers.length ? "" : " is-down"}${domain.read_only ? " is-readonly" : ""}`, "data-domain": domain.domain },
+      h("div", { class: "domain-head" },
+        h("span", { class: `health-dot ${workers.length ? "ok" : "down"}`, "aria-hidden": "true" }),
+        h("strong", { text: domain.domain }),
+        domain.read_only ? h("span", { class: "tag tag-warn", title: domain.read_only, text: "READ-ONLY" }) : null
+      ),
+      domain.read_only ? h("p", { class: "small text-warn domain-reason", text: domain.read_only }) : null,
+      h("dl", { class: "domain-stats" },
+        stat("workers", label, titles.join("\n")),
+        stat("queued", String(Number(domain.queued) || 0)),
+        ...counts
+      )
+    );
   }
 
   function stat(label, value, title) {
@@ -1174,7 +1288,7 @@
     } catch (error) {
       console.warn("shop: no cursor yet:", errorText(error));
     }
-    await Promise.allSettled([loadProducts(), customer ? loadOrders(true) : null]);
+    await Promise.allSettled([loadProducts(), customer ? loadOrders(true) : null, loadBalance()]);
     connect();
   }
 

@@ -17,19 +17,19 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
 
-from tests.conftest import ROOT, WorkerProcess, free_port, migrated, process_env, wait_for_worker
+from tests.conftest import ROOT, WorkerProcess, migrated, process_env, wait_for_worker
+from tests.edge.servers import Daphne
 
 CHROMIUM = os.environ.get("BROWSER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -49,7 +49,8 @@ PASSWORDS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus
 
 # Counts every close of every WebSocket the page opens, with its code (the page's own handlers
 # are untouched): lets a test tell a server-side 4000 close from a dropped connection (1006).
-RECORD_SOCKET_CLOSES = """
+# And reports every Content-Security-Policy violation to the test (Tab.violations).
+INIT_SCRIPT = """
 (() => {
   const Native = window.WebSocket;
   window.__socketCloses = [];
@@ -59,6 +60,10 @@ RECORD_SOCKET_CLOSES = """
       this.addEventListener("close", (event) => window.__socketCloses.push(event.code));
     }
   };
+  document.addEventListener("securitypolicyviolation", (event) => {
+    const where = `${event.blockedURI || "inline"} on ${location.pathname}`;
+    window.__reportViolation(`${event.violatedDirective} blocked ${where}`);
+  });
 })();
 """
 
@@ -91,15 +96,15 @@ class Shop:
     logs: Path
     start_worker: Callable[..., WorkerProcess]
     edge_env: dict[str, str]
-    port: int = field(default_factory=free_port)
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
-    daphne: subprocess.Popen[str] | None = None
-    daphne_starts: int = 0
-    _log_files: list[IO[str]] = field(default_factory=list)
+    web: Daphne = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.web = Daphne(self.env(), self.logs)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.web.url
 
     def env(self) -> dict[str, str]:
         return process_env(
@@ -140,56 +145,9 @@ class Shop:
         assert done.returncode == 0, f"seed exited {done.returncode}:\n{done.stdout}{done.stderr}"
         # The seed's stock_changed events leave through inventory's outbox: let them reach the
         # event log before any page loads, so none arrives after the page's first state.
-        self.wait_for(
+        self.web.wait_for(
             lambda: self.log_offset() >= SEEDED_PRODUCTS, 30, "the seed's stock events to reach the log"
         )
-
-    def start_daphne(self) -> None:
-        """daphne on this shop's port (the same one after a restart), ready when /healthz answers."""
-        assert self.daphne is None or self.daphne.poll() is not None, "daphne is running already"
-        self.daphne_starts += 1
-        log = (self.logs / f"daphne-{self.daphne_starts}.log").open("w")
-        self._log_files.append(log)
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-        self.daphne = subprocess.Popen(
-            [*command, "tests.browser.asgi:application"],
-            cwd=ROOT,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.daphne.poll() is not None:
-                pytest.fail(f"daphne exited with {self.daphne.returncode}:\n{self.daphne_log()}")
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"daphne did not answer /healthz within 30 s:\n{self.daphne_log()}")
-
-    def kill_daphne(self) -> None:
-        """SIGKILL: every socket drops at once, with no close frame."""
-        assert self.daphne is not None
-        self.daphne.kill()
-        self.daphne.wait(10)
-
-    def daphne_log(self) -> str:
-        return (self.logs / f"daphne-{self.daphne_starts}.log").read_text()
-
-    def stop(self) -> None:
-        if self.daphne is not None and self.daphne.poll() is None:
-            self.daphne.terminate()
-            try:
-                self.daphne.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daphne.kill()
-                self.daphne.wait(10)
-        for log in self._log_files:
-            log.close()
 
     # -- HTTP, as a client that is not the page ---------------------------------------------------
 
@@ -214,15 +172,7 @@ class Shop:
         def ready() -> bool:
             return self.get("/readyz")[0] == 200
 
-        self.wait_for(ready, 30, f"/readyz to answer 200 (last: {self.get('/readyz')})")
-
-    @staticmethod
-    def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"Waited {timeout} s for {what}.")
-            time.sleep(0.1)
+        self.web.wait_for(ready, 30, f"/readyz to answer 200 (last: {self.get('/readyz')})")
 
 
 @pytest.fixture
@@ -254,12 +204,12 @@ def shop(
     stack = Shop(redis_layer, data, logs, start_worker, edge)
     try:
         stack.start_workers()
-        stack.start_daphne()
+        stack.web.start()
         stack.seed()
         stack.wait_ready()
         yield stack
     finally:
-        stack.stop()
+        stack.web.stop()
         if failed(request):
             for log in logs.glob("*.log"):
                 shutil.copy(log, artifact_path(request, f".{log.name}"))
@@ -288,11 +238,12 @@ class Tab:
     page: Page
     errors: list[str] = field(default_factory=list)  # uncaught exceptions (pageerror)
     console: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # of the Content-Security-Policy
     frames: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # ("sent"|"received", frame)
 
     def watch_socket(self, socket: WebSocket) -> None:
-        for direction in ("sent", "received"):
-            socket.on(f"frame{direction}", lambda payload, way=direction: self._frame(way, payload))
+        socket.on("framesent", lambda payload: self._frame("sent", payload))
+        socket.on("framereceived", lambda payload: self._frame("received", payload))
 
     def _frame(self, direction: str, payload: str | bytes) -> None:
         try:
@@ -302,26 +253,45 @@ class Tab:
 
 
 @pytest.fixture
-async def tab(request: pytest.FixtureRequest, browser: Browser, shop: Shop) -> AsyncIterator[Tab]:
-    """A fresh browser context on the shop; a screenshot and the console on failure."""
-    context = await browser.new_context(base_url=shop.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
-    await context.add_init_script(RECORD_SOCKET_CLOSES)
-    page = await context.new_page()
-    opened = Tab(page)
-    page.on("pageerror", lambda error: opened.errors.append(f"{error.name}: {error.message}\n{error.stack}"))
-    page.on("console", lambda message: opened.console.append(f"{message.type}: {message.text}"))
-    page.on("websocket", opened.watch_socket)
+async def open_tab(
+    request: pytest.FixtureRequest, browser: Browser
+) -> AsyncIterator[Callable[[str], Awaitable[Tab]]]:
+    """Open a fresh browser context on a site; a screenshot and the console of each on failure."""
+    opened: list[Tab] = []
+
+    async def open_on(base_url: str) -> Tab:
+        context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(20_000)
+        await context.add_init_script(INIT_SCRIPT)
+        page = await context.new_page()
+        tab = Tab(page)
+        await context.expose_function("__reportViolation", lambda violation: tab.violations.append(violation))
+        page.on("pageerror", lambda error: tab.errors.append(f"{error.name}: {error.message}\n{error.stack}"))
+        page.on("console", lambda message: tab.console.append(f"{message.type}: {message.text}"))
+        page.on("websocket", tab.watch_socket)
+        opened.append(tab)
+        return tab
+
     try:
-        yield opened
+        yield open_on
     finally:
-        if failed(request):
-            try:
-                await page.screenshot(path=str(artifact_path(request, ".png")), full_page=True)
-            except Exception as error:  # a dead page must not hide the test's own failure
-                opened.console.append(f"(no screenshot: {error})")
-            artifact_path(request, ".console.txt").write_text("\n".join(opened.console + opened.errors))
-        await context.close()
+        for number, tab in enumerate(opened):
+            if failed(request):
+                suffix = f"-{number}" if number else ""
+                shot = artifact_path(request, f"{suffix}.png")
+                try:
+                    await tab.page.screenshot(path=str(shot), full_page=True)
+                except Exception as error:  # a dead page must not hide the test's own failure
+                    tab.console.append(f"(no screenshot: {error})")
+                lines = tab.console + tab.errors + tab.violations
+                artifact_path(request, f"{suffix}.console.txt").write_text("\n".join(lines))
+            await tab.page.context.close()
+
+
+@pytest.fixture
+async def tab(open_tab: Callable[[str], Awaitable[Tab]], shop: Shop) -> Tab:
+    """A fresh browser context on the shop."""
+    return await open_tab(shop.url)
 
 
 async def sign_in(page: Page, username: str) -> None:

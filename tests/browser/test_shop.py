@@ -70,9 +70,13 @@ async def session_cookie(page: Page) -> str:
 async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(shop: Shop, tab: Tab) -> None:
     page = tab.page
     await sign_in(page, "ada")
+    shown = await page.reload()
+    assert shown is not None and shown.headers["x-frame-options"] == "DENY"
+    assert "script-src 'self';" in shown.headers["content-security-policy"]
     await wait_live(page)
     anvil = card(page, "ANVIL-1")
     await expect(anvil).to_have_attribute("data-available", str(SEEDED["ANVIL-1"]))
+    await expect(page.get_by_test_id("balance")).to_have_text("500.00")
     await page.evaluate("() => { window.__sameDocument = true; }")
 
     await page.get_by_test_id("add-ANVIL-1").click()
@@ -88,6 +92,7 @@ async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(sh
     await expect(page.get_by_test_id("alert")).to_be_hidden()
     assert await page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
     await expect(page.get_by_test_id("cart").locator(".cart-line")).to_have_count(0)
+    await expect(page.get_by_test_id("balance")).to_have_text("371.00")  # the anvil's 129.00 charged
 
     # The server tells the same story.
     status, order = await in_thread(shop.get, f"/api/orders/{order_id}", cookie=await session_cookie(page))
@@ -101,6 +106,9 @@ async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(sh
 
     await eventually(server_stock_agrees, "GET /api/products/ANVIL-1 shows the order's stock")
     assert tab.errors == []
+    # All of it (the sign-in form, the script, the styles, the socket) under the page's own policy.
+    assert tab.violations == []
+    assert not [line for line in tab.console if "Content Security Policy" in line], tab.console
 
 
 SHORT_LIFETIME = {"EDGE_TEST_WEBSOCKET": json.dumps({"LIFETIME": 3, "LIFETIME_JITTER": 0})}
@@ -129,7 +137,7 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
     #    socket's resume from its cursor.
     before = await shop_state(page)
     await page.route(is_event_poll, lambda route: route.abort())
-    await in_thread(shop.kill_daphne)
+    await in_thread(shop.web.kill)
     frames_before = len(tab.frames)
     await expect(page.get_by_test_id("socket-state")).not_to_have_attribute("data-state", "live")
     apron = asyncio.create_task(in_thread(shop.bus_call, "inventory.restock", sku="APRON-5", quantity=4))
@@ -147,7 +155,7 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
     await eventually(confirmed_on_the_bus, "the order placed while daphne was down to be confirmed")
     assert (await apron)["available"] == SEEDED["APRON-5"] + 4
     assert await page.locator(ORDER_ROWS).count() == 0, "the page saw an order while daphne was down"
-    await in_thread(shop.start_daphne)
+    await in_thread(shop.web.start)
 
     await wait_live(page, timeout=45_000)
     after = await shop_state(page)

@@ -20,15 +20,15 @@ ORDER = {"items": [{"sku": "A-1", "quantity": 2}]}
 def assert_problem(response: Response, status: int, detail: str) -> dict[str, object]:
     assert response.status == status, response.body
     assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and detail in body["detail"], body
+    body: dict[str, object] = response.json()
+    assert body["status"] == status and detail in str(body["detail"]), body
     return body
 
 
 async def settled(browser: Browser, order_id: str) -> dict[str, object]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        order = (await browser.get(f"/api/orders/{order_id}")).json()
+        order: dict[str, object] = (await browser.get(f"/api/orders/{order_id}")).json()
         if order["state"] in ("confirmed", "failed"):
             return order
         await asyncio.sleep(0.05)
@@ -165,10 +165,30 @@ async def test_health_and_readiness(shop: None) -> None:
     assert ready.json()["domains"]["orders"] == 1
 
 
-async def test_readiness_names_the_domains_without_workers() -> None:
+async def test_readiness_names_the_domains_without_workers_and_what_can_start_them() -> None:
     async with serving("inventory"):
-        body = assert_problem(await Browser().get("/readyz"), 503, "No live worker serves")
-    assert "orders" in body["missing"] and "inventory" not in body["missing"]
+        body = assert_problem(await Browser().get("/readyz"), 503, "No worker serves echo, orders, ")
+    assert body["missing"] == ["echo", "orders", "payments", "presentation"]
+    # runserver, or daphne alone, on the in-memory layer: a runworker elsewhere cannot help.
+    detail = str(body["detail"])
+    assert "The channel layer is in memory (REDIS_URL is not set)" in detail
+    assert "serve the site with `manage.py up`" in detail
+    assert "or set REDIS_URL for every process and start `manage.py runworker echo orders " in detail
+
+
+async def test_customers_see_their_own_balance_as_payments_has_it(shop: None) -> None:
+    ada = await sign_in("ada")
+    assert (await ada.get("/api/customers/ada/balance")).json() == {
+        "customer_id": "ada",
+        "balance_cents": 100_000,
+    }
+    order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
+    await settled(ada, order["order_id"])
+    assert (await ada.get("/api/customers/ada/balance")).json()["balance_cents"] == 100_000 - 2_000
+    assert_problem(await (await sign_in("bob")).get("/api/customers/ada/balance"), 403, "their own balance")
+    assert_problem(await Browser().get("/api/customers/ada/balance"), 401, "sign in at")
+    carol = await sign_in("carol")
+    assert_problem(await carol.get("/api/customers/carol/balance"), 404, "'carol' has no account")
 
 
 async def test_metrics_count_calls_and_handling_for_allowed_readers_only(

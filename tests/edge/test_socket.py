@@ -199,3 +199,64 @@ async def test_losing_the_channel_layer_closes_the_socket_so_the_page_resumes(
         "code": 4003,
         "reason": "events interrupted: reconnect and resume",
     }
+
+
+async def closed_and_then_silent(socket: WebsocketCommunicator, code: int) -> dict[str, Any]:
+    """The close the server sends, after which it sends nothing (and did not crash: `disconnect`
+    re-raises what the consumer died of). Live events the shop fixture still relays are skipped."""
+    closed = await past_events(socket)
+    assert closed["type"] == "websocket.close" and closed["code"] == code, closed
+    await socket.disconnect()  # after every frame the test sent: the consumer has handled them all
+    after = []
+    while not socket.output_queue.empty():
+        after.append(socket.output_queue.get_nowait())
+    assert after == [], "sent after the close (daphne: 'Attempt to send on a closed protocol')"
+    return closed
+
+
+@pytest.mark.redis
+async def test_a_resume_while_redis_is_down_closes_with_4003_not_a_crash(
+    private_redis: RedisServer, settings: object
+) -> None:
+    settings.CHANNEL_LAYERS = layers_for(private_redis.url)  # type: ignore[attr-defined]
+    socket = Browser().socket()
+    connected, _ = await socket.connect(timeout=10)
+    assert connected
+    private_redis.stop()
+    # A page that reconnects while Redis is down sends its resume at once: joining the topics'
+    # groups fails, and the page must hear "resume later", as when Redis goes while it is open.
+    await socket.send_to(text_data=json.dumps({"type": "resume", "cursor": None}))
+    closed = await closed_and_then_silent(socket, 4003)
+    assert closed["reason"] == "events interrupted: reconnect and resume"
+
+
+async def test_frames_after_a_policy_close_are_ignored(shop: None) -> None:
+    socket, _ = await opened(Browser())
+    await socket.send_to(text_data="x" * 5000)
+    # Already on their way when the server closed: nothing may answer them (in daphne, a send
+    # after the close raised "Attempt to send on a closed protocol" with a traceback).
+    await socket.send_to(text_data="{not json")
+    await socket.send_to(text_data=json.dumps({"type": "subscribe-everything"}))
+    await closed_and_then_silent(socket, 4008)
+
+
+async def test_acknowledgements_do_not_count_against_the_frame_rate(shop: None, settings: object) -> None:
+    # Two frames at once and hardly any more: a page acknowledging each of an order's events
+    # (four order updates and the stock changes) would be cut off if acks took tokens.
+    settings.EDGE_WEBSOCKET = {"BURST": 2, "RATE": 0.001}  # type: ignore[attr-defined]
+    ada = await sign_in("ada")
+    socket, _ = await opened(ada)
+    await ada.post_json("/api/orders", ORDER_ITEMS, key="k")
+    acked = 0
+    while True:
+        frame = await receive(socket, 20)
+        assert frame["type"] == "event", frame
+        await socket.send_to(text_data=json.dumps({"type": "ack", "cursor": frame["cursor"]}))
+        acked += 1
+        if confirmed(frame):
+            break
+    assert acked > 2
+    # An ack of nothing new is an ordinary frame: it takes a token like any other.
+    for _ in range(3):
+        await socket.send_to(text_data=json.dumps({"type": "ack", "cursor": frame["cursor"]}))
+    await closed_and_then_silent(socket, 4008)
