@@ -29,7 +29,7 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
 from . import context, databases, messages, metrics, tracing
-from .conf import bus_setting
+from .conf import backoff_setting, bus_setting
 from .contracts import lookup_event, lookup_method
 from .exceptions import (
     BadMessage,
@@ -355,16 +355,16 @@ class _ReplyListener:
 
     async def _listen(self) -> None:
         layer = self.layer
-        backoff = 0.0
+        failures = 0
         while True:
             # Calls that start while this receive is failing send after it, on a fresh connection.
             waiting = list(self.pending.values())
             try:
                 replies = await receive_batch(layer, self.channel, self.batch, timeout=5.0)
             except _BROKER_ERRORS as exc:
-                if backoff == 0.0:
+                failures += 1
+                if failures == 1:
                     # Often a pooled connection that went stale while Redis restarted: try afresh once.
-                    backoff = 0.05
                     continue
                 # Redis is really gone: the calls in flight will not get their replies, so fail
                 # them now rather than at their deadline.
@@ -375,10 +375,9 @@ class _ReplyListener:
                 for future in waiting:
                     if not future.done():
                         future.set_exception(error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(backoff_setting("RECONNECT_BACKOFF").delay(failures - 1))
                 continue
-            backoff = 0.0
+            failures = 0
             for reply in replies:
                 future = self.pending.pop(str(reply.get("in_reply_to")), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():

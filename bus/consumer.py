@@ -163,7 +163,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         attempt = int(envelope["headers"].get("attempt", 1))
         channel = str(self.scope["channel"])
         if attempt <= retries:
-            delay = deadletters.backoff(attempt)
+            delay = deadletters.retry_delay(attempt)
             logger.warning(
                 "%s failed (try %d of %d): %s; trying again in %.1f s.",
                 envelope["target"],

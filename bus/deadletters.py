@@ -1,10 +1,11 @@
 """Dead letters: commands and events that kept failing, kept durably instead of lost.
 
 A `send` or a published event whose handler fails with an undeclared error is tried again with
-exponential backoff (`@rpc(retries=...)`, `@subscribe(..., retries=...)`); after the last try it
-is stored here with its envelope, error and traceback. `manage.py bus deadletters` lists, shows,
-replays and purges them. Calls are not retried by the worker: they fail at once with RemoteError
-and the caller decides. Declared errors (a business refusal) are not retried either.
+exponential backoff (`@rpc(retries=...)`, `@subscribe(..., retries=...)`, the waits set by
+settings.BUS["RETRY_BACKOFF"]); after the last try it is stored here with its envelope, error
+and traceback. `manage.py bus deadletters` lists, shows, replays and purges them. Calls are not
+retried by the worker: they fail at once with RemoteError and the caller decides. Declared errors
+(a business refusal) are not retried either.
 
 A retry waits in the worker's memory (`Retries`). A clean stop hands every waiting retry on: back
 to its channel with its try count and the time it is due (the `not_before` header), so the next
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -25,25 +25,23 @@ from typing import Any
 from django.utils import timezone
 
 from . import messages, metrics
+from .conf import backoff_setting
 from .databases import alias_for
 from .models import DeadLetter
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
 
-# Seconds before the first retry; each next one waits twice as long, up to the cap.
-_FIRST_BACKOFF = 0.5
-_MAX_BACKOFF = 60.0
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before try number `attempt + 1` (BUS["RETRY_BACKOFF"])."""
+    return backoff_setting("RETRY_BACKOFF").delay(attempt)
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before try number `attempt + 1`: exponential, with jitter, capped."""
-    return float(min(_FIRST_BACKOFF * 2 ** (attempt - 1), _MAX_BACKOFF) * random.uniform(0.8, 1.2))
-
-
-# The longest a worker holds a message for its retry: the longest backoff. A `not_before` further
-# ahead (a skewed clock, a made-up header) is not honoured beyond it.
-LONGEST_WAIT = _MAX_BACKOFF * 1.2
+def longest_wait() -> float:
+    """The longest a worker holds a message for its retry: the longest backoff. A `not_before`
+    further ahead (a skewed clock, a made-up header) is not honoured beyond it."""
+    return backoff_setting("RETRY_BACKOFF").cap
 
 
 def not_before(headers: dict[str, Any]) -> float | None:
@@ -75,7 +73,7 @@ class Retries:
 
     def later(self, layer: Any, channel: str, message: dict[str, Any], due: float) -> None:
         """Send `message` to `channel` again at `due` (a time.time())."""
-        delay = min(max(due - time.time(), 0.0), LONGEST_WAIT)
+        delay = min(max(due - time.time(), 0.0), longest_wait())
         waiting = _Waiting(layer, channel, message, due)
         waiting.timer = asyncio.get_running_loop().call_later(delay, self._due, waiting)
         self._waiting.add(waiting)
