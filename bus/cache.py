@@ -22,8 +22,8 @@ from django.core.cache import caches
 
 from .client import Bus, default_bus, run_sync
 from .conf import bus_setting
-from .contracts import lookup_method
 from .exceptions import BusError, DeadlineExceeded, Unavailable
+from .targets import lookup_method
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperatio
 
 from . import context, databases, messages, metrics, tracing
 from .conf import backoff_setting, bus_setting
-from .contracts import lookup_event, lookup_method
 from .exceptions import (
     BadMessage,
     BrokerUnreachable,
@@ -40,6 +39,7 @@ from .exceptions import (
     NoWorker,
     error_from_wire,
 )
+from .targets import lookup_event, lookup_method
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,17 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
 from . import messages, metrics
 from .conf import backoff_setting
 from .databases import alias_for
-from .models import DeadLetter
 from .threads import in_pool
+
+if TYPE_CHECKING:
+    from .models import DeadLetter
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class Retries:
 
 def bury(channel: str, envelope: dict[str, Any], error: str, traceback: str, attempts: int) -> DeadLetter:
     """Keep a message that will not be tried again."""
+    from .models import DeadLetter  # not at the top: `import bus` runs before Django's apps are loaded
+
     letter: DeadLetter = DeadLetter.objects.using(alias_for("bus", write=True)).create(
         message_id=envelope.get("id", ""),
         channel=channel,
@@ -140,6 +144,8 @@ def bury(channel: str, envelope: dict[str, Any], error: str, traceback: str, att
 
 def waiting() -> list[DeadLetter]:
     """Dead letters not replayed yet, oldest first."""
+    from .models import DeadLetter
+
     return list(
         DeadLetter.objects.using(alias_for("bus", write=False)).filter(replayed_at=None).order_by("id")
     )
@@ -147,6 +153,8 @@ def waiting() -> list[DeadLetter]:
 
 def take_for_replay(letter_id: int) -> DeadLetter | None:
     """Mark a dead letter replayed and return it (None if unknown or already replayed)."""
+    from .models import DeadLetter
+
     alias = alias_for("bus", write=True)
     taken = (
         DeadLetter.objects.using(alias)

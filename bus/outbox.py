@@ -30,10 +30,10 @@ from django.utils import timezone
 from . import context, messages, wakeups
 from .client import Bus, default_bus, run_sync
 from .conf import backoff_setting
-from .contracts import lookup_event
 from .databases import alias_for
 from .exceptions import BusError
 from .services import subscribers
+from .targets import lookup_event
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)

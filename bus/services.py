@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from .consumer import Served, ServiceConsumer, Subscription
 from .context import MessageContext
-from .contracts import Contract, lookup_event
+from .contracts import Contract
+from .targets import lookup_event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,14 +59,6 @@ def every(seconds: float, *, woken_by: str | None = None) -> Callable[[F], F]:
         return func
 
     return mark
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A service's handler for an event, and how often a failed delivery is tried again."""
-
-    handler: str
-    retries: int
 
 
 def subscribe(event: str, *, retries: int = 3) -> Callable[[F], F]:
@@ -121,9 +115,8 @@ class Service:
     @classmethod
     def as_asgi(cls) -> Any:
         """The ASGI application that serves this service's channel, for routing.py."""
-        from .consumer import ServiceConsumer
-
-        return ServiceConsumer.as_asgi(service=cls)
+        served: Served = cls  # mypy checks here that a Service class is what the consumer runs
+        return ServiceConsumer.as_asgi(service=served)
 
 
 def subscribers(event: str) -> list[str]:

@@ -34,9 +34,9 @@ from .client import default_bus, receive_batch
 from .conf import backoff_setting, bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
-from .contracts import lookup_event
 from .exceptions import BadMessage
 from .services import Periodic, Service, implementation
+from .targets import lookup_event
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
