@@ -21,6 +21,7 @@ defined, so a missing method or a renamed argument fails at import, not at the f
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -28,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 from .consumer import Served, ServiceConsumer, Subscription
 from .context import MessageContext
 from .contracts import Contract
-from .targets import lookup_event
+from .targets import Method, lookup_event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,16 +91,8 @@ class Service:
         if isinstance(cls, type) and issubclass(cls, Contract):
             raise TypeError(f"{cls.__qualname__} must not inherit from its contract; name it with contract=.")
         cls.contract = contract
-        for name, method in contract.methods.items():
-            implementation = getattr(cls, name, None)
-            if implementation is None or not callable(implementation):
-                raise TypeError(f"{cls.__qualname__} does not implement {method.target}.")
-            parameters = set(inspect.signature(implementation).parameters) - {"self"}
-            if parameters != set(method.parameters):
-                raise TypeError(
-                    f"{cls.__qualname__}.{name} takes {sorted(parameters)} but the contract "
-                    f"{method.target} declares {sorted(method.parameters)}."
-                )
+        for method in contract.methods.values():
+            _check_implementation(cls, method)
         cls.subscriptions = {}
         cls.periodic = {}
         for attribute, value in vars(cls).items():
@@ -117,6 +110,42 @@ class Service:
         """The ASGI application that serves this service's channel, for routing.py."""
         served: Served = cls  # mypy checks here that a Service class is what the consumer runs
         return ServiceConsumer.as_asgi(service=served)
+
+
+def _check_implementation(cls: type[Service], method: Method) -> None:
+    """`cls` implements `method` with the contract's argument names and, where it annotates them,
+    the contract's argument types (an `Annotated` alias counts as the type under it: the contract
+    checks the constraints before the method runs)."""
+    implementation = getattr(cls, method.name, None)
+    if implementation is None or not callable(implementation):
+        raise TypeError(f"{cls.__qualname__} does not implement {method.target}.")
+    where = f"{cls.__qualname__}.{method.name}"
+    parameters = set(inspect.signature(implementation).parameters) - {"self"}
+    if parameters != set(method.parameters):
+        raise TypeError(
+            f"{where} takes {sorted(parameters)} but the contract "
+            f"{method.target} declares {sorted(method.parameters)}."
+        )
+    try:
+        hints = typing.get_type_hints(implementation)
+    except Exception as exc:  # a name the annotations use that the module does not define
+        raise TypeError(
+            f"{where}: its annotations cannot be read ({type(exc).__name__}: {exc}); import the types "
+            "they name at the top of its module."
+        ) from exc
+    for argument, declared in method.argument_types.items():
+        given = hints.get(argument, declared)
+        if given != declared:
+            raise TypeError(
+                f"{where} annotates argument {argument!r} as {_shown(given)}, but the contract "
+                f"{method.target} declares {_shown(declared)}: use the contract's type."
+            )
+
+
+def _shown(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
 
 
 def subscribers(event: str) -> list[str]:

@@ -82,6 +82,10 @@ class Method:
         self.arguments: type[BaseModel] = create_model(
             f"{self.target}.arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
+        # The declared type of each annotated argument, without `Annotated` constraints: what a
+        # Service's implementation may annotate it as.
+        plain = typing.get_type_hints(func)
+        self.argument_types: dict[str, Any] = {name: plain[name] for name in self.parameters if name in plain}
         self.result_type: Any = hints.get("return", Any)
         self._result = TypeAdapter(self.result_type)
 
