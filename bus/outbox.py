@@ -28,13 +28,13 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from . import context, messages, wakeups
-from .client import Bus, default_bus, run_sync
+from .client import Bus, default_bus
 from .conf import backoff_setting
 from .databases import alias_for
 from .exceptions import BusError
 from .services import subscribers
 from .targets import lookup_event
-from .threads import in_pool
+from .threads import in_pool, run_sync
 
 logger = logging.getLogger(__name__)
 

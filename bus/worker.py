@@ -30,11 +30,12 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from channels.routing import get_default_application
 
 from . import databases, deadletters, messages, metrics, wakeups
-from .client import default_bus, receive_batch
+from .client import default_bus
 from .conf import backoff_setting, bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
 from .exceptions import BadMessage
+from .replies import receive_batch
 from .services import Periodic, Service, implementation
 from .targets import lookup_event
 from .threads import in_pool
