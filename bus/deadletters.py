@@ -128,7 +128,9 @@ class Retries:
 
 def bury(channel: str, envelope: dict[str, Any], error: str, traceback: str, attempts: int) -> DeadLetter:
     """Keep a message that will not be tried again."""
-    from .models import DeadLetter  # not at the top: `import bus` runs before Django's apps are loaded
+    # Imported here, not at the top: settings import `bus` (services -> consumer -> this module)
+    # before Django's apps are loaded, and a model cannot be imported then. bus.modes does the same.
+    from .models import DeadLetter
 
     letter: DeadLetter = DeadLetter.objects.using(alias_for("bus", write=True)).create(
         message_id=envelope.get("id", ""),

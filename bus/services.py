@@ -15,7 +15,8 @@
 Methods may be plain functions (run in the worker's thread pool, where the Django ORM belongs)
 or coroutines (run on the worker's event loop). A new instance serves each message, with that
 message's context in `self.context`. The class is checked against its contract when it is
-defined, so a missing method or a renamed argument fails at import, not at the first call.
+defined, so a missing method, a renamed argument or an argument annotated with another type than
+the contract's fails at import, not at the first call.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each child's output is prefixed with its name (coloured on a terminal). Whatever
 relayed: a line longer than LINE_LIMIT bytes is cut with a marker that gives its length, output
 with no final newline is relayed when the child ends, and bytes that are not text or would steer
 the terminal are shown escaped. A child that dies, or that cannot be started at all (a missing
-executable), is started again after a backoff (settings.BUS["RESTART_BACKOFF"]: up to 0.5 s, then
+executable), is started again after a backoff (settings.BUS["RESTART_BACKOFF"]; by default up to 0.5 s,
 doubling up to 30 s, with jitter), and the supervisor says so, naming the signal that killed it.
 A watcher never gives up while `up` runs: an unexpected error is logged and the child is watched
 again. SIGTERM or SIGINT stops every child with SIGTERM (workers drain their in-flight messages)
