@@ -18,6 +18,7 @@ from bus.backoff import Backoff
 from bus.client import Bus
 from bus.conf import DEFAULTS, backoff_setting
 from bus.outbox import arelay
+from bus.threads import in_pool
 
 seconds = st.floats(min_value=0.001, max_value=3600.0)
 attempts = st.integers(min_value=1, max_value=10_000)
@@ -127,14 +128,21 @@ async def test_an_outbox_row_nobody_acknowledged_waits_its_retry_backoff(setting
     from workers.inventory.models import Outbox
 
     settings.BUS = {"RETRY_BACKOFF": {"base": 40.0, "cap": 100.0, "jitter": 0}}  # type: ignore[attr-defined]
-    row = await Outbox.objects.using("inventory").acreate(
-        id="m-1", target="inventory.stock_changed", body={}, correlation_id="c-1", pending=["nowhere"]
+    rows = Outbox.objects.using("inventory")
+    # Through the bus's pool, which closes each connection after use, as the relay does.
+    row = await in_pool(
+        rows.create,
+        id="m-1",
+        target="inventory.stock_changed",
+        body={},
+        correlation_id="c-1",
+        pending=["nowhere"],
     )
     for attempt, wait in [(1, 40.0), (2, 80.0), (3, 100.0)]:
         before = timezone.now()
         assert await arelay(Outbox, bus=Bus()) == 0, "no worker serves 'nowhere'"
-        await row.arefresh_from_db()
+        await in_pool(row.refresh_from_db)
         assert row.attempts == attempt and "nowhere: NoWorker" in row.last_error
         due = datetime.timedelta(seconds=wait)
         assert before + due <= row.next_attempt_at <= timezone.now() + due
-        await Outbox.objects.using("inventory").filter(pk=row.pk).aupdate(next_attempt_at=timezone.now())
+        await in_pool(rows.filter(pk=row.pk).update, next_attempt_at=timezone.now())
