@@ -20,10 +20,11 @@ from typing import Any
 
 from django.core.cache import caches
 
-from .client import Bus, default_bus, run_sync
+from .client import Bus, default_bus
 from .conf import bus_setting
-from .contracts import lookup_method
 from .exceptions import BusError, DeadlineExceeded, Unavailable
+from .targets import lookup_method
+from .threads import run_sync
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@
 
 Results are plain JSON-compatible data; `Contract.client()` gives typed results on top. Each
 process keeps one reply channel per event loop and matches replies to calls by message id, so a
-call costs one send and one shared receive, not a new channel per call. Sync calls run on the
-caller's ASGI event loop when there is one (a sync view under daphne, a sync handler in a
-worker), and otherwise on one background loop that every thread of the process shares.
+call costs one send and one shared receive, not a new channel per call (bus/replies.py). Sync
+calls run on the caller's ASGI event loop when there is one, and otherwise on one background
+loop that every thread of the process shares (bus/threads.py).
 """
 
 from __future__ import annotations
@@ -15,24 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
 import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
-import redis.exceptions
-from asgiref.sync import SyncToAsync, async_to_sync
 from channels.exceptions import ChannelFull as LayerChannelFull
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
-from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
+from django.core.exceptions import ImproperlyConfigured
 
 from . import context, databases, messages, metrics, tracing
 from .conf import bus_setting
-from .contracts import lookup_event, lookup_method
 from .exceptions import (
-    BadMessage,
     BrokerUnreachable,
     BusError,
     ChannelFull,
@@ -40,10 +34,14 @@ from .exceptions import (
     NoWorker,
     error_from_wire,
 )
+from .replies import BROKER_ERRORS, ReplyListener
+from .targets import lookup_event, lookup_method
+from .threads import run_sync
+
+__all__ = ["Bus", "default_bus", "run_sync", "translate_broker_errors"]
 
 logger = logging.getLogger(__name__)
 
-_BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 # How long a positive "a worker is alive" answer is trusted before asking again.
 _PRESENCE_CACHE_SECONDS = 1.0
 
@@ -53,7 +51,7 @@ class Bus:
 
     def __init__(self, alias: str | None = None) -> None:
         self.alias = alias
-        self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReplyListener] = (
+        self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReplyListener] = (
             weakref.WeakKeyDictionary()
         )
         self._alive_until: dict[str, float] = {}
@@ -288,7 +286,7 @@ class Bus:
             service=service,
         )
 
-    def _listener(self) -> _ReplyListener:
+    def _listener(self) -> ReplyListener:
         loop = asyncio.get_running_loop()
         layer = self.layer
         listener = self._listeners.get(loop)
@@ -296,7 +294,7 @@ class Bus:
             # CHANNEL_LAYERS changed (a test, a reconfigured process): replies now come over the new layer.
             if listener is not None and listener.task is not None:
                 listener.task.cancel()
-            listener = self._listeners[loop] = _ReplyListener(layer)
+            listener = self._listeners[loop] = ReplyListener(layer)
         return listener
 
 
@@ -305,7 +303,7 @@ def translate_broker_errors() -> Iterator[None]:
     """Turn the layer's connection errors into BrokerUnreachable, saying what to check."""
     try:
         yield
-    except _BROKER_ERRORS as exc:
+    except BROKER_ERRORS as exc:
         raise _unreachable(exc) from exc
 
 
@@ -314,141 +312,6 @@ def _unreachable(exc: BaseException) -> BrokerUnreachable:
         f"The channel layer's server does not answer ({type(exc).__name__}: {exc}). Is Redis "
         "running at REDIS_URL? The call was not sent.",
     )
-
-
-class _ReplyListener:
-    """One reply channel per event loop, and the calls waiting on it, by request id."""
-
-    batch = 100
-
-    def __init__(self, layer: BaseChannelLayer) -> None:
-        self.layer = layer
-        self.channel = f"bus.reply.{messages.new_id()}"
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    def expect(self, message_id: str) -> asyncio.Future[dict[str, Any]]:
-        if message_id in self.pending:
-            # Replies are matched by request id: two requests in flight with one id would steal
-            # each other's reply. A resent message (same id) goes out once its last send is over.
-            raise BadMessage(
-                f"A request with id {message_id} is already waiting for its reply in this process."
-            )
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._listen(), name=f"bus reply listener {self.channel}")
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[message_id] = future
-        return future
-
-    def forget(self, message_id: str) -> None:
-        future = self.pending.pop(message_id, None)
-        if future is not None and not future.done():
-            # Nobody waits on it any more (the send failed, the deadline passed): a failing
-            # receive must not set an error that no one will read.
-            future.cancel()
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _listen(self) -> None:
-        layer = self.layer
-        backoff = 0.0
-        while True:
-            # Calls that start while this receive is failing send after it, on a fresh connection.
-            waiting = list(self.pending.values())
-            try:
-                replies = await receive_batch(layer, self.channel, self.batch, timeout=5.0)
-            except _BROKER_ERRORS as exc:
-                if backoff == 0.0:
-                    # Often a pooled connection that went stale while Redis restarted: try afresh once.
-                    backoff = 0.05
-                    continue
-                # Redis is really gone: the calls in flight will not get their replies, so fail
-                # them now rather than at their deadline.
-                error = BrokerUnreachable(
-                    f"Lost the channel layer's server while waiting for a reply ({exc}); the call "
-                    "may or may not have run."
-                )
-                for future in waiting:
-                    if not future.done():
-                        future.set_exception(error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.0
-            for reply in replies:
-                future = self.pending.pop(str(reply.get("in_reply_to")), None)  # type: ignore[arg-type]
-                if future is not None and not future.done():
-                    future.set_result(reply)
-            if replies:
-                # Let the callers go on (and send their next requests) before this blocks on
-                # Redis again: re-arming the receive is not on anyone's critical path.
-                await asyncio.sleep(0)
-
-
-async def receive_batch(
-    layer: BaseChannelLayer, channel: str, most: int, *, timeout: float
-) -> list[dict[str, Any]]:
-    """Up to `most` messages from `channel`, through the bus layer's batch receive when it has one."""
-    batch = getattr(layer, "receive_batch", None)
-    if batch is not None:
-        received: list[dict[str, Any]] = await batch(channel, most, timeout)
-        return received
-    try:
-        return [await asyncio.wait_for(layer.receive(channel), timeout)]
-    except TimeoutError:
-        return []
-
-
-class _Portal:
-    """Runs a coroutine to completion for sync code, on the right event loop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = 0
-
-    def run(self, function: Any, /, *args: Any, **kwargs: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise SynchronousOnlyOperation(
-                "bus.call(), send() and publish() cannot run inside an event loop; "
-                "use await bus.acall(), asend() or apublish()."
-            )
-        # Inside sync_to_async (a sync view, a sync handler) asgiref knows the caller's loop:
-        # running there keeps one reply listener and, with the in-memory layer, reaches its workers.
-        if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
-            return async_to_sync(function)(*args, **kwargs)
-        future = asyncio.run_coroutine_threadsafe(function(*args, **kwargs), self._background_loop())
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            # A forked child has the parent's loop object but not the thread that runs it.
-            if self._loop is None or self._loop.is_closed() or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="bus-sync-calls", daemon=True)
-                thread.start()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
-
-
-_portal = _Portal()
-
-
-def run_sync(function: Any, /, *args: Any, **kwargs: Any) -> Any:
-    """Run an async bus function from sync code, on the caller's ASGI loop or the shared background one."""
-    return _portal.run(function, *args, **kwargs)
 
 
 default_bus = Bus()

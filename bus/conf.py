@@ -15,7 +15,22 @@ BUS = {
     "UP_COMMANDS": ["migrate_all"], # management commands `manage.py up` runs before it starts
     "METRICS_ALLOWED_NETWORKS": ["127.0.0.1/32", "::1/128"],  # who may read /metrics
     "METRICS_TOKEN": None,          # or anyone with `Authorization: Bearer <token>`
+    "RETRY_BACKOFF": {"base": 0.5, "cap": 60.0, "jitter": 1.0},     # a failed command or event
+    "RECONNECT_BACKOFF": {"base": 0.1, "cap": 2.0, "jitter": 1.0},  # while Redis does not answer
+    "RESTART_BACKOFF": {"base": 0.5, "cap": 30.0, "jitter": 1.0},   # `up` restarting a process
 }
+
+The three backoffs (bus/backoff.py) say how long the bus waits before trying again: retry number
+n waits up to min(cap, base * 2 ** (n - 1)) seconds, anywhere below that with jitter 1 ("full
+jitter", so processes that failed together do not retry together), exactly that with jitter 0.
+Give only the keys you change: {"cap": 300} keeps base and jitter.
+- RETRY_BACKOFF: a command or event whose handler failed (`@rpc(retries=)`, `@subscribe(retries=)`)
+  before its next try, and an outbox row a subscriber has not acknowledged. Raise the cap to ride
+  out longer outages of what handlers depend on before messages become dead letters.
+- RECONNECT_BACKOFF: workers, reply listeners and the layer's process-local reader while the
+  channel layer's server does not answer. The cap is how long a recovery may go unnoticed.
+- RESTART_BACKOFF: `manage.py up` restarting a child that died; a child that ran 30 s starts again
+  from base.
 """
 
 from __future__ import annotations
@@ -26,6 +41,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+
+from .backoff import Backoff
 
 DEFAULTS: dict[str, Any] = {
     "TIMEOUT": 5.0,
@@ -42,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "UP_COMMANDS": ["migrate_all"],
     "METRICS_ALLOWED_NETWORKS": ["127.0.0.1/32", "::1/128"],
     "METRICS_TOKEN": None,
+    "RETRY_BACKOFF": {"base": 0.5, "cap": 60.0, "jitter": 1.0},
+    "RECONNECT_BACKOFF": {"base": 0.1, "cap": 2.0, "jitter": 1.0},
+    "RESTART_BACKOFF": {"base": 0.5, "cap": 30.0, "jitter": 1.0},
 }
 
 _POSITIVE_NUMBERS = (
@@ -51,6 +71,7 @@ _POSITIVE_NUMBERS = (
     "HEARTBEAT_INTERVAL",
     "READ_YOUR_WRITES_SECONDS",
 )
+_BACKOFFS = ("RETRY_BACKOFF", "RECONNECT_BACKOFF", "RESTART_BACKOFF")
 
 # Replies of a whole process share one channel; give it room for many calls in flight.
 REPLY_CHANNEL_CAPACITY = 10_000
@@ -89,7 +110,34 @@ def _check(name: str) -> Any:
         raise ImproperlyConfigured(
             f"settings.BUS[{name!r}] must be a positive number, not {value!r} (default {DEFAULTS[name]!r})."
         )
+    if name in _BACKOFFS:
+        return _backoff(name, value)
     return value
+
+
+def backoff_setting(name: str) -> Backoff:
+    """One of the BUS[...BACKOFF] settings, as the Backoff it configures."""
+    if name not in _BACKOFFS:
+        raise ValueError(f"{name!r} is not a backoff setting; those are {', '.join(_BACKOFFS)}.")
+    backoff: Backoff = bus_setting(name)
+    return backoff
+
+
+def _backoff(name: str, value: Any) -> Backoff:
+    default = DEFAULTS[name]
+    unknown = set(value) - set(default) if isinstance(value, dict) else set()
+    if not isinstance(value, dict) or unknown:
+        raise ImproperlyConfigured(
+            f"settings.BUS[{name!r}] must be a dict with some of the keys {sorted(default)}, not "
+            f"{value!r} (default {default!r})."
+        )
+    try:
+        return Backoff(**{**default, **value})
+    except ValueError as exc:
+        problem = str(exc).rstrip(".")
+        raise ImproperlyConfigured(
+            f"settings.BUS[{name!r}]: {problem}; the default is {default!r}."
+        ) from None
 
 
 def channel_layers(

@@ -12,7 +12,9 @@ import contextlib
 import logging
 import time
 import traceback
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
@@ -21,7 +23,7 @@ from channels.layers import get_channel_layer
 from . import databases, deadletters, messages, metrics, modes, tracing
 from .conf import bus_setting
 from .context import MessageContext, handling
-from .contracts import Method, lookup_event, lookup_method
+from .contracts import Contract
 from .exceptions import (
     BadMessage,
     BusError,
@@ -32,7 +34,7 @@ from .exceptions import (
     UnknownTarget,
     ValidationError,
 )
-from .services import Service
+from .targets import Method, lookup_event, lookup_method
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,30 @@ logger = logging.getLogger(__name__)
 # Retries of consumers that no bus Worker runs (the Worker passes its own in the scope, and hands
 # them on when it stops).
 _unattended = deadletters.Retries()
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A service's handler for an event, and how often a failed delivery is tried again."""
+
+    handler: str
+    retries: int
+
+
+class Served(Protocol):
+    """What a consumer runs: a `bus.Service` class, named by what this module uses of it.
+
+    bus.services builds on this module (`Service.as_asgi` hands the class to a ServiceConsumer),
+    so this module does not import it back.
+    """
+
+    @property
+    def contract(self) -> type[Contract]: ...
+
+    @property
+    def subscriptions(self) -> Mapping[str, Subscription]: ...
+
+    def __call__(self, context: MessageContext) -> Any: ...
 
 
 def _context(envelope: messages.Envelope) -> MessageContext:
@@ -55,7 +81,7 @@ def _context(envelope: messages.Envelope) -> MessageContext:
 class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no type hints
     """Runs the Service of one domain for a single bus message, and replies to requests."""
 
-    def __init__(self, service: type[Service]) -> None:
+    def __init__(self, service: Served) -> None:
         self.service = service
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -163,7 +189,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         attempt = int(envelope["headers"].get("attempt", 1))
         channel = str(self.scope["channel"])
         if attempt <= retries:
-            delay = deadletters.backoff(attempt)
+            delay = deadletters.retry_delay(attempt)
             logger.warning(
                 "%s failed (try %d of %d): %s; trying again in %.1f s.",
                 envelope["target"],

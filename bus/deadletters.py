@@ -1,10 +1,11 @@
 """Dead letters: commands and events that kept failing, kept durably instead of lost.
 
 A `send` or a published event whose handler fails with an undeclared error is tried again with
-exponential backoff (`@rpc(retries=...)`, `@subscribe(..., retries=...)`); after the last try it
-is stored here with its envelope, error and traceback. `manage.py bus deadletters` lists, shows,
-replays and purges them. Calls are not retried by the worker: they fail at once with RemoteError
-and the caller decides. Declared errors (a business refusal) are not retried either.
+exponential backoff (`@rpc(retries=...)`, `@subscribe(..., retries=...)`, the waits set by
+settings.BUS["RETRY_BACKOFF"]); after the last try it is stored here with its envelope, error
+and traceback. `manage.py bus deadletters` lists, shows, replays and purges them. Calls are not
+retried by the worker: they fail at once with RemoteError and the caller decides. Declared errors
+(a business refusal) are not retried either.
 
 A retry waits in the worker's memory (`Retries`). A clean stop hands every waiting retry on: back
 to its channel with its try count and the time it is due (the `not_before` header), so the next
@@ -16,34 +17,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
 from . import messages, metrics
+from .conf import backoff_setting
 from .databases import alias_for
-from .models import DeadLetter
 from .threads import in_pool
+
+if TYPE_CHECKING:
+    from .models import DeadLetter
 
 logger = logging.getLogger(__name__)
 
-# Seconds before the first retry; each next one waits twice as long, up to the cap.
-_FIRST_BACKOFF = 0.5
-_MAX_BACKOFF = 60.0
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before try number `attempt + 1` (BUS["RETRY_BACKOFF"])."""
+    return backoff_setting("RETRY_BACKOFF").delay(attempt)
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before try number `attempt + 1`: exponential, with jitter, capped."""
-    return float(min(_FIRST_BACKOFF * 2 ** (attempt - 1), _MAX_BACKOFF) * random.uniform(0.8, 1.2))
-
-
-# The longest a worker holds a message for its retry: the longest backoff. A `not_before` further
-# ahead (a skewed clock, a made-up header) is not honoured beyond it.
-LONGEST_WAIT = _MAX_BACKOFF * 1.2
+def longest_wait() -> float:
+    """The longest a worker holds a message for its retry: the longest backoff. A `not_before`
+    further ahead (a skewed clock, a made-up header) is not honoured beyond it."""
+    return backoff_setting("RETRY_BACKOFF").cap
 
 
 def not_before(headers: dict[str, Any]) -> float | None:
@@ -75,7 +75,7 @@ class Retries:
 
     def later(self, layer: Any, channel: str, message: dict[str, Any], due: float) -> None:
         """Send `message` to `channel` again at `due` (a time.time())."""
-        delay = min(max(due - time.time(), 0.0), LONGEST_WAIT)
+        delay = min(max(due - time.time(), 0.0), longest_wait())
         waiting = _Waiting(layer, channel, message, due)
         waiting.timer = asyncio.get_running_loop().call_later(delay, self._due, waiting)
         self._waiting.add(waiting)
@@ -128,6 +128,10 @@ class Retries:
 
 def bury(channel: str, envelope: dict[str, Any], error: str, traceback: str, attempts: int) -> DeadLetter:
     """Keep a message that will not be tried again."""
+    # Imported here, not at the top: settings import `bus` (services -> consumer -> this module)
+    # before Django's apps are loaded, and a model cannot be imported then. bus.modes does the same.
+    from .models import DeadLetter
+
     letter: DeadLetter = DeadLetter.objects.using(alias_for("bus", write=True)).create(
         message_id=envelope.get("id", ""),
         channel=channel,
@@ -142,6 +146,8 @@ def bury(channel: str, envelope: dict[str, Any], error: str, traceback: str, att
 
 def waiting() -> list[DeadLetter]:
     """Dead letters not replayed yet, oldest first."""
+    from .models import DeadLetter
+
     return list(
         DeadLetter.objects.using(alias_for("bus", write=False)).filter(replayed_at=None).order_by("id")
     )
@@ -149,6 +155,8 @@ def waiting() -> list[DeadLetter]:
 
 def take_for_replay(letter_id: int) -> DeadLetter | None:
     """Mark a dead letter replayed and return it (None if unknown or already replayed)."""
+    from .models import DeadLetter
+
     alias = alias_for("bus", write=True)
     taken = (
         DeadLetter.objects.using(alias)

@@ -13,7 +13,7 @@ database and share its transactions:
 `relay(Outbox)` (run it from an `@every(seconds, woken_by=bus.wakeups.OUTBOX)` method, which
 then also runs as soon as an emitting transaction commits in this process) delivers each event
 to every domain that subscribes to it, as a request that the subscriber acknowledges once its
-handler has run, and re-sends with backoff until each has.
+handler has run, and re-sends with backoff (settings.BUS["RETRY_BACKOFF"]) until each has.
 Subscribers deduplicate with `first_delivery(Processed, message_id)` inside their own
 transaction, since a relay that dies between delivering and recording will deliver again.
 """
@@ -28,12 +28,13 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from . import context, messages, wakeups
-from .client import Bus, default_bus, run_sync
-from .contracts import lookup_event
+from .client import Bus, default_bus
+from .conf import backoff_setting
 from .databases import alias_for
 from .exceptions import BusError
 from .services import subscribers
-from .threads import in_pool
+from .targets import lookup_event
+from .threads import in_pool, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def _record(row: AbstractOutboxMessage, acknowledged: list[str], error: str) -> 
     row.attempts += 1
     now = timezone.now()
     if row.pending:
-        row.next_attempt_at = now + datetime.timedelta(seconds=min(2.0**row.attempts * 0.5, 60.0))
+        wait = backoff_setting("RETRY_BACKOFF").delay(row.attempts)
+        row.next_attempt_at = now + datetime.timedelta(seconds=wait)
         row.last_error = error
     else:
         row.delivered_at = now

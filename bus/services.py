@@ -15,18 +15,22 @@
 Methods may be plain functions (run in the worker's thread pool, where the Django ORM belongs)
 or coroutines (run on the worker's event loop). A new instance serves each message, with that
 message's context in `self.context`. The class is checked against its contract when it is
-defined, so a missing method or a renamed argument fails at import, not at the first call.
+defined, so a missing method, a renamed argument or an argument annotated with another type than
+the contract's fails at import, not at the first call.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from .consumer import Served, ServiceConsumer, Subscription
 from .context import MessageContext
-from .contracts import Contract, lookup_event
+from .contracts import Contract
+from .targets import Method, lookup_event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,14 +63,6 @@ def every(seconds: float, *, woken_by: str | None = None) -> Callable[[F], F]:
     return mark
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """A service's handler for an event, and how often a failed delivery is tried again."""
-
-    handler: str
-    retries: int
-
-
 def subscribe(event: str, *, retries: int = 3) -> Callable[[F], F]:
     """Mark a service method as the handler of another (or its own) domain's event.
 
@@ -96,16 +92,8 @@ class Service:
         if isinstance(cls, type) and issubclass(cls, Contract):
             raise TypeError(f"{cls.__qualname__} must not inherit from its contract; name it with contract=.")
         cls.contract = contract
-        for name, method in contract.methods.items():
-            implementation = getattr(cls, name, None)
-            if implementation is None or not callable(implementation):
-                raise TypeError(f"{cls.__qualname__} does not implement {method.target}.")
-            parameters = set(inspect.signature(implementation).parameters) - {"self"}
-            if parameters != set(method.parameters):
-                raise TypeError(
-                    f"{cls.__qualname__}.{name} takes {sorted(parameters)} but the contract "
-                    f"{method.target} declares {sorted(method.parameters)}."
-                )
+        for method in contract.methods.values():
+            _check_implementation(cls, method)
         cls.subscriptions = {}
         cls.periodic = {}
         for attribute, value in vars(cls).items():
@@ -121,9 +109,44 @@ class Service:
     @classmethod
     def as_asgi(cls) -> Any:
         """The ASGI application that serves this service's channel, for routing.py."""
-        from .consumer import ServiceConsumer
+        served: Served = cls  # mypy checks here that a Service class is what the consumer runs
+        return ServiceConsumer.as_asgi(service=served)
 
-        return ServiceConsumer.as_asgi(service=cls)
+
+def _check_implementation(cls: type[Service], method: Method) -> None:
+    """`cls` implements `method` with the contract's argument names and, where it annotates them,
+    the contract's argument types (an `Annotated` alias counts as the type under it: the contract
+    checks the constraints before the method runs)."""
+    implementation = getattr(cls, method.name, None)
+    if implementation is None or not callable(implementation):
+        raise TypeError(f"{cls.__qualname__} does not implement {method.target}.")
+    where = f"{cls.__qualname__}.{method.name}"
+    parameters = set(inspect.signature(implementation).parameters) - {"self"}
+    if parameters != set(method.parameters):
+        raise TypeError(
+            f"{where} takes {sorted(parameters)} but the contract "
+            f"{method.target} declares {sorted(method.parameters)}."
+        )
+    try:
+        hints = typing.get_type_hints(implementation)
+    except Exception as exc:  # a name the annotations use that the module does not define
+        raise TypeError(
+            f"{where}: its annotations cannot be read ({type(exc).__name__}: {exc}); import the types "
+            "they name at the top of its module."
+        ) from exc
+    for argument, declared in method.argument_types.items():
+        given = hints.get(argument, declared)
+        if given != declared:
+            raise TypeError(
+                f"{where} annotates argument {argument!r} as {_shown(given)}, but the contract "
+                f"{method.target} declares {_shown(declared)}: use the contract's type."
+            )
+
+
+def _shown(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
 
 
 def subscribers(event: str) -> list[str]:

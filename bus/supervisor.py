@@ -4,10 +4,11 @@ Each child's output is prefixed with its name (coloured on a terminal). Whatever
 relayed: a line longer than LINE_LIMIT bytes is cut with a marker that gives its length, output
 with no final newline is relayed when the child ends, and bytes that are not text or would steer
 the terminal are shown escaped. A child that dies, or that cannot be started at all (a missing
-executable), is started again after a backoff that doubles up to 30 s, and the supervisor says so,
-naming the signal that killed it. A watcher never gives up while `up` runs: an unexpected error is
-logged and the child is watched again. SIGTERM or SIGINT stops every child with SIGTERM (workers
-drain their in-flight messages) and waits.
+executable), is started again after a backoff (settings.BUS["RESTART_BACKOFF"]; by default up to 0.5 s,
+doubling up to 30 s, with jitter), and the supervisor says so, naming the signal that killed it.
+A watcher never gives up while `up` runs: an unexpected error is logged and the child is watched
+again. SIGTERM or SIGINT stops every child with SIGTERM (workers drain their in-flight messages)
+and waits.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
+
+from .backoff import Backoff
+from .conf import backoff_setting
 
 logger = logging.getLogger(__name__)
 
 _COLOURS = ["36", "32", "35", "33", "34", "91", "92", "96"]
 # A child that lived this long is healthy: its next crash starts the backoff again.
 _HEALTHY_AFTER = 30.0
-_FIRST_BACKOFF = 0.5
-_MAX_BACKOFF = 30.0
 # The most of one output line that is relayed; the rest is counted in the cut marker.
 LINE_LIMIT = 16 * 1024
 _READ_SIZE = 64 * 1024
@@ -46,7 +48,8 @@ class Child:
     colour: str = ""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    backoff: float = field(default=_FIRST_BACKOFF)
+    # Ends since it last ran healthily: the attempt number of its next backoff.
+    failures: int = 0
 
 
 def shown(raw: bytes, size: int) -> str:
@@ -126,13 +129,21 @@ def ending(code: int) -> str:
 class Supervisor:
     """Start every child, restart the ones that die, stop them all on a signal."""
 
-    def __init__(self, children: list[Child], *, out: TextIO = sys.stdout, grace: float = 15.0) -> None:
+    def __init__(
+        self,
+        children: list[Child],
+        *,
+        out: TextIO = sys.stdout,
+        grace: float = 15.0,
+        restart: Backoff | None = None,
+    ) -> None:
         colour = out.isatty() and not os.environ.get("NO_COLOR")
         for index, child in enumerate(children):
             child.colour = _COLOURS[index % len(_COLOURS)] if colour else ""
         self.children = children
         self.out = out
         self.grace = grace
+        self.restart = restart or backoff_setting("RESTART_BACKOFF")
         self._stopping = asyncio.Event()
         self._out_failed = False
 
@@ -197,16 +208,17 @@ class Supervisor:
                     self.say(child.name, child.colour, f"stopped ({ending(child.process.returncode)})")
                 return
             if asyncio.get_running_loop().time() - started > _HEALTHY_AFTER:
-                child.backoff = _FIRST_BACKOFF
+                child.failures = 0
+            child.failures += 1
+            wait = self.restart.delay(child.failures)
             if self._alive(child):
-                then = f"watching it again in {child.backoff:.1f} s"
+                then = f"watching it again in {wait:.1f} s"
             else:
                 child.process = None  # its end is told: the next watch starts it again
                 child.restarts += 1
-                then = f"restarting in {child.backoff:.1f} s (restart {child.restarts})"
+                then = f"restarting in {wait:.1f} s (restart {child.restarts})"
             self.say(child.name, child.colour, f"{what}; {then}")
-            await self._pause(child.backoff)
-            child.backoff = min(child.backoff * 2, _MAX_BACKOFF)
+            await self._pause(wait)
 
     async def _pause(self, seconds: float) -> None:
         """Wait before the next start; a stop ends the wait, unless a child still runs unwatched."""

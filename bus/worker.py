@@ -5,7 +5,8 @@ What it promises, unlike Channels' stock `Worker`:
   for the whole process), so a crash loses at most what it was handling, never a backlog;
 - it handles them concurrently, each message in its own consumer instance;
 - a malformed message or a failing handler is answered or logged, and the worker goes on;
-- when Redis goes away it retries with backoff and resumes when Redis is back;
+- when Redis goes away it retries with backoff (BUS["RECONNECT_BACKOFF"]) and resumes when
+  Redis is back;
 - on SIGTERM or SIGINT it stops taking messages, lets those in flight finish within
   settings.BUS['SHUTDOWN_GRACE'] seconds, and returns;
 - it beats a heartbeat per channel, which `bus status` and callers' "no worker" check read.
@@ -29,13 +30,14 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 from channels.routing import get_default_application
 
 from . import databases, deadletters, messages, metrics, wakeups
-from .client import default_bus, receive_batch
-from .conf import bus_setting
+from .client import default_bus
+from .conf import backoff_setting, bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
-from .contracts import lookup_event
 from .exceptions import BadMessage
+from .replies import receive_batch
 from .services import Periodic, Service, implementation
+from .targets import lookup_event
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
@@ -137,8 +139,8 @@ class Worker:
             )
 
     async def _receive(self, channel: str) -> None:
-        backoff = 0.1
-        lost: float | None = None  # since when receiving fails
+        failures = 0
+        lost = 0.0  # since when receiving fails
         while not self._stopping.is_set():
             slots = await self._take_slots()
             if slots == 0:
@@ -147,25 +149,25 @@ class Worker:
                 batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
             except Exception as exc:
                 self._give_back(slots)
+                failures += 1
                 lost = lost or time.monotonic()
+                wait = backoff_setting("RECONNECT_BACKOFF").delay(failures)
                 logger.warning(
                     "Receiving on %r failed (%s: %s); retrying in %.1f s.",
                     channel,
                     type(exc).__name__,
                     exc,
-                    backoff,
+                    wait,
                 )
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await self._sleep(wait)
                 continue
-            if lost is not None:
+            if failures:
                 logger.info(
                     "Receiving on %r works again, after %.1f s without the channel layer.",
                     channel,
                     time.monotonic() - lost,
                 )
-                lost = None
-            backoff = 0.1
+                failures, lost = 0, 0.0
             self._give_back(slots - len(batch))
             for message in batch:
                 task = asyncio.create_task(self._handle(channel, message))

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from bus.conf import backoff_setting
+
 __all__ = ["LocalInbox"]
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ class LocalInbox:
             except Exception as exc:
                 failures += 1
                 self._fail_receivers(exc)
-                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                await asyncio.sleep(backoff_setting("RECONNECT_BACKOFF").delay(failures))
                 continue
             failures = 0
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Annotated, Any, Optional
 
-from bus import Contract, ContractError, Service, rpc
+import pytest
+from pydantic import Field
+
+from bus import Contract, ContractError, Schema, Service, rpc
 from bus.contracts import lookup_method
 from bus.exceptions import RemoteError, error_from_wire
 from tests.echo.contract import Echo, Refused
@@ -51,6 +54,92 @@ def test_a_service_must_implement_every_method_with_the_same_arguments() -> None
         class Wrong(Service, contract=Renamed):
             def greet(self, *, who: str) -> str:
                 return who
+
+
+Code = Annotated[str, Field(min_length=1, max_length=8)]
+
+
+class Parcel(Schema):
+    code: Code
+
+
+class Depot(Contract, name="depot"):
+    @rpc()
+    async def store(
+        self, *, code: Code, weight: int, parcels: list[Parcel], note: str | None = None
+    ) -> int: ...
+
+
+def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_import() -> None:
+    with pytest.raises(
+        TypeError,
+        match=(
+            r"Loose\.store annotates argument 'weight' as str, but the contract depot\.store declares "
+            r"int: use the contract's type\.$"
+        ),
+    ):
+
+        class Loose(Service, contract=Depot):
+            def store(self, *, code: str, weight: str, parcels: list[Parcel], note: str | None = None) -> int:
+                return 0
+
+    with pytest.raises(
+        TypeError, match=r"argument 'parcels' as list\[dict\[str, Any\]\], but .* declares list\[.*Parcel\]"
+    ):
+
+        class Untyped(Service, contract=Depot):
+            def store(
+                self, *, code: str, weight: int, parcels: list[dict[str, Any]], note: str | None = None
+            ) -> int:
+                return 0
+
+    with pytest.raises(TypeError, match=r"argument 'note' as str, but .* declares str \| None"):
+
+        class Narrower(Service, contract=Depot):
+            def store(self, *, code: str, weight: int, parcels: list[Parcel], note: str = "") -> int:
+                return 0
+
+
+def test_a_service_may_annotate_as_the_contract_its_alias_the_type_under_it_or_not_at_all() -> None:
+    class Same(Service, contract=Depot):
+        def store(self, *, code: Code, weight: int, parcels: list[Parcel], note: str | None = None) -> int:
+            return weight
+
+    class Plain(Service, contract=Depot):
+        """The constraints of `Code` are checked by the contract before the method runs."""
+
+        def store(
+            self,
+            *,
+            code: str,
+            weight: int,
+            parcels: list[Parcel],
+            note: Optional[str] = None,  # noqa: UP045  # the old spelling of `str | None` is the same type
+        ) -> int:
+            return weight
+
+    class Bare(Service, contract=Depot):
+        def store(self, *, code, weight, parcels, note=None):  # type: ignore[no-untyped-def]
+            return weight
+
+    assert {Same.contract, Plain.contract, Bare.contract} == {Depot}
+
+
+def test_annotations_a_service_cannot_resolve_are_named() -> None:
+    with pytest.raises(
+        TypeError, match=r"Dangling\.store: its annotations cannot be read \(NameError: name 'Missing'"
+    ):
+
+        class Dangling(Service, contract=Depot):
+            def store(
+                self,
+                *,
+                code: Missing,  # type: ignore[name-defined]  # noqa: F821
+                weight: int,
+                parcels: list[Parcel],
+                note: str | None = None,
+            ) -> int:
+                return 0
 
 
 def test_declared_errors_get_a_qualified_code_and_travel() -> None:

@@ -89,13 +89,16 @@ async def test_a_sigterm_during_a_retry_wait_hands_the_retry_on_to_the_next_work
     tmp_path: Path, redis_layer: str, start_worker: StartWorker, record_dir: Path
 ) -> None:
     data_dir = migrated(tmp_path / "data")
-    first = start_worker(redis_layer, "echo", data_dir=data_dir)
-    # Its fifth try: the retry after it waits 6.4 to 9.6 s, far longer than a stop takes.
+    # Without jitter, the retry after the fifth try waits 0.5 * 2 ** 4 = 8 s: far longer than a
+    # stop takes (with the default full jitter it could be any wait up to that).
+    steady = json.dumps({"RETRY_BACKOFF": {"jitter": 0}})
+    first = start_worker(redis_layer, "echo", data_dir=data_dir, extra_env={"BUS_TEST_SETTINGS": steady})
     command = messages.envelope(
         messages.COMMAND, "echo.stubborn", {"key": "handover", "failures": 1}, headers={"attempt": 5}
     )
     await get_channel_layer().send("echo", dict(command))
     await asyncio.to_thread(wait_until, lambda: "echo.stubborn failed (try 5 of 7)" in first.output())
+    assert "trying again in 8.0 s" in first.output()
     (record_dir / "flaky-handover.failures").write_text("0")  # the cause is fixed: the next try works
     assert await asyncio.to_thread(first.terminate) == 0
     assert "Handed on 1 retry(ies) waiting in this worker: back on their channels" in first.output()

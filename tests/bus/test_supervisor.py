@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.backoff import Backoff
 from bus.supervisor import LINE_LIMIT, Child, Lines, Supervisor, ending
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -58,9 +59,15 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+# The default restart backoff without its jitter, so that a test knows each wait.
+STEADY = Backoff(0.5, 30.0, jitter=0)
+
+
 @asynccontextmanager
-async def supervising(*children: Child, out: Terminal) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(list(children), out=out, grace=10)
+async def supervising(
+    *children: Child, out: Terminal, restart: Backoff | None = STEADY
+) -> AsyncIterator[Supervisor]:
+    supervisor = Supervisor(list(children), out=out, grace=10, restart=restart)
     running = asyncio.create_task(supervisor.run(install_signal_handlers=False))
     try:
         yield supervisor
@@ -113,6 +120,18 @@ async def test_a_child_that_cannot_start_is_logged_and_tried_again_with_backoff(
         script.chmod(0o755)
         await out.line("late          | late but here")
     assert out.having("started (pid")
+
+
+async def test_restarts_wait_as_settings_bus_restart_backoff_says(settings: object) -> None:
+    settings.BUS = {"RESTART_BACKOFF": {"base": 0.2, "cap": 0.4, "jitter": 0}}  # type: ignore[attr-defined]
+    out = Terminal()
+    async with supervising(Child("brief", python("pass")), out=out, restart=None):
+        await out.line("exited with 0", count=3)
+    assert [line.partition("; ")[2] for line in out.having("exited with 0")][:3] == [
+        "restarting in 0.2 s (restart 1)",
+        "restarting in 0.4 s (restart 2)",
+        "restarting in 0.4 s (restart 3)",
+    ]
 
 
 async def test_a_watcher_that_fails_watches_its_child_again(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,217 @@
+"""What a message can name as its target: a contract's methods and events, found by 'service.member'.
+
+A `Method` checks arguments and results against the types its contract method declares; an
+`Event` checks its payload. `bus.contracts.Contract` builds them and registers them here, so the
+client, the consumer and the outbox find them by name without knowing the Contract class, which
+sits above the client (its `client()` hands out a typed client).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pydantic
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
+
+from .exceptions import ContractError, UnknownTarget, ValidationError
+
+__all__ = ["Event", "Method", "RpcOptions", "lookup_event", "lookup_method", "register"]
+
+# Keywords of bus.call itself; a contract argument with one of these names could never be passed.
+RESERVED_ARGUMENTS = frozenset({"timeout"})
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validation_error(what: str, exc: pydantic.ValidationError) -> ValidationError:
+    errors = [
+        {"field": ".".join(str(part) for part in error["loc"]) or "(root)", "message": error["msg"]}
+        for error in exc.errors(include_url=False)
+    ]
+    listed = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
+    return ValidationError(f"Invalid {what}: {listed}.", errors=errors)
+
+
+def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
+    """Validate as JSON, strictly: "2" is not an int, but an ISO string is a datetime.
+
+    The same rule on both sides of the bus: a caller may pass Python values (datetimes, models)
+    or their JSON forms (from the shell, from the wire), and a worker sees the wire's JSON.
+    """
+    try:
+        encoded = pydantic_core.to_json(data)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise ValidationError(f"Invalid {what}: a value cannot be encoded as JSON ({exc}).") from None
+    try:
+        return model.model_validate_json(encoded, strict=True)
+    except pydantic.ValidationError as exc:
+        raise _validation_error(what, exc) from None
+
+
+@dataclass(frozen=True)
+class RpcOptions:
+    """What `@rpc(...)` said about a contract method."""
+
+    errors: tuple[type[ContractError], ...]
+    read: bool
+    retries: int
+
+
+class Method:
+    """One method of a contract: its argument model, result type and declared errors."""
+
+    def __init__(self, service: str, func: Callable[..., Any], options: RpcOptions) -> None:
+        self.service = service
+        self.name = func.__name__
+        self.target = f"{service}.{self.name}"
+        self.doc = inspect.getdoc(func) or ""
+        self.errors = options.errors
+        self.read = options.read
+        self.retries = options.retries
+        self.parameters = _parameters(self.target, func)
+        hints = typing.get_type_hints(func, include_extras=True)
+        fields: dict[str, Any] = {
+            name: (hints.get(name, Any), ... if default is inspect.Parameter.empty else default)
+            for name, default in self.parameters.items()
+        }
+        self.arguments: type[BaseModel] = create_model(
+            f"{self.target}.arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        # The declared type of each annotated argument, without `Annotated` constraints: what a
+        # Service's implementation may annotate it as.
+        plain = typing.get_type_hints(func)
+        self.argument_types: dict[str, Any] = {name: plain[name] for name in self.parameters if name in plain}
+        self.result_type: Any = hints.get("return", Any)
+        self._result = TypeAdapter(self.result_type)
+
+    def validate_arguments(self, arguments: dict[str, Any]) -> BaseModel:
+        """The arguments as the contract's model, or a ValidationError naming each bad field."""
+        return _strict_json(self.arguments, arguments, f"arguments for {self.target}")
+
+    def dump_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validated arguments in their JSON form, ready for the wire."""
+        dumped: dict[str, Any] = self.validate_arguments(arguments).model_dump(mode="json")
+        return dumped
+
+    def dump_result(self, value: Any) -> Any:
+        """The handler's return value in JSON form, checked against the declared result type."""
+        try:
+            return self._result.dump_python(self._result.validate_python(value), mode="json")
+        except pydantic.ValidationError as exc:
+            raise _validation_error(f"result from {self.target}", exc) from None
+
+    def load_result(self, data: Any) -> Any:
+        """A JSON result turned back into the declared type, for typed clients."""
+        try:
+            return self._result.validate_python(data)
+        except pydantic.ValidationError as exc:
+            raise _validation_error(f"result from {self.target}", exc) from None
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "description": self.doc,
+            "read": self.read,
+            "arguments": self.arguments.model_json_schema(),
+            "result": self._result.json_schema(),
+            "errors": [error.qualified_code or error.__name__ for error in self.errors],
+        }
+
+
+def _parameters(target: str, func: Callable[..., Any]) -> dict[str, Any]:
+    """Parameter names and defaults of a contract method, refusing what the bus cannot carry."""
+    parameters = list(inspect.signature(func).parameters.values())[1:]  # drop self
+    result = {}
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY):
+            raise TypeError(f"{target}: parameter {parameter.name!r} must be a plain keyword argument.")
+        if parameter.name in RESERVED_ARGUMENTS:
+            raise TypeError(
+                f"{target}: argument name {parameter.name!r} clashes with bus.call's own keyword; rename it."
+            )
+        result[parameter.name] = parameter.default
+    return result
+
+
+class Event:
+    """An event a contract publishes, with the type of its payload."""
+
+    def __init__(self, payload: type[BaseModel], doc: str = "") -> None:
+        self.payload = payload
+        self.doc = doc or inspect.getdoc(payload) or ""
+        self.name = ""
+        self.target = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def load(self, payload: dict[str, Any]) -> BaseModel:
+        """The payload as its model, or a ValidationError naming each bad field."""
+        return _strict_json(self.payload, payload, f"payload for event {self.target}")
+
+    def validate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload in JSON form, ready for the wire."""
+        dumped: dict[str, Any] = self.load(payload).model_dump(mode="json")
+        return dumped
+
+    @property
+    def group(self) -> str:
+        """The Channels group its subscribers (domains, WebSockets) join."""
+        return f"bus.events.{self.target}"
+
+
+@dataclass(frozen=True)
+class _Members:
+    methods: dict[str, Method]
+    events: dict[str, Event]
+
+
+# Every service declared in this process: its methods and events by name.
+_services: dict[str, _Members] = {}
+
+
+def register(service: str, methods: dict[str, Method], events: dict[str, Event]) -> None:
+    """Make a service's methods and events reachable by target (a Contract does it when declared)."""
+    _services[service] = _Members(methods, events)
+
+
+def _split(target: str, what: str) -> tuple[str, _Members, str]:
+    service, _, member = target.partition(".") if isinstance(target, str) else ("", "", "")
+    members = _services.get(service)
+    if members is None or not member:
+        known = ", ".join(sorted(_services)) or "none"
+        raise UnknownTarget(
+            f"Unknown {what} {target!r}: name it as 'service.{what}' with a known service ({known}). "
+            "`manage.py bus services` lists them.",
+            target=str(target),
+        )
+    return service, members, member
+
+
+def lookup_method(target: str) -> Method:
+    """The contract method named 'service.method', or UnknownTarget listing what exists."""
+    service, members, member = _split(target, "method")
+    method = members.methods.get(member)
+    if method is None:
+        raise UnknownTarget(
+            f"Service {service!r} has no method {member!r}; it has: {', '.join(sorted(members.methods))}.",
+            target=target,
+        )
+    return method
+
+
+def lookup_event(target: str) -> Event:
+    """The contract event named 'service.event', or UnknownTarget listing what exists."""
+    service, members, member = _split(target, "event")
+    event = members.events.get(member)
+    if event is None:
+        raise UnknownTarget(
+            f"Service {service!r} publishes no event {member!r}; it publishes: "
+            f"{', '.join(sorted(members.events)) or 'none'}.",
+            target=target,
+        )
+    return event
