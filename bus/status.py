@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic refuses typing's on Python < 3.12
 
 from .client import default_bus, translate_broker_errors
 from .contracts import contracts
@@ -12,22 +15,45 @@ from .modes import read_only_modes
 from .threads import in_pool
 
 
-async def astatus() -> dict[str, Any]:
+@with_config(ConfigDict(extra="forbid"))
+class DomainStatus(TypedDict):
+    domain: str
+    workers: Annotated[
+        dict[str, dict[str, Any]], Field(description="live workers by id, with what each reports")
+    ]
+    queued: int
+    read_only: Annotated[
+        str | None, Field(description="why the domain is read-only; null when it takes writes")
+    ]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class SystemStatus(TypedDict):
+    """What `manage.py bus status` and GET /api/system show: the shape is declared here only."""
+
+    layer: str
+    domains: list[DomainStatus]
+    dead_letters: int
+
+
+async def astatus() -> SystemStatus:
     """Per domain: live workers (heartbeats, with their load), queued messages, read-only reason."""
     layer = default_bus.layer
     read_only = await in_pool(read_only_modes)
-    domains = []
+    domains: list[DomainStatus] = []
     with translate_broker_errors():
         for name in sorted(contracts()):
             domains.append(
-                {
-                    "domain": name,
-                    "workers": await layer.presence(name),
-                    "queued": await layer.queue_depth(name),
-                    "read_only": read_only.get(name),
-                }
+                DomainStatus(
+                    domain=name,
+                    workers=await layer.presence(name),
+                    queued=await layer.queue_depth(name),
+                    read_only=read_only.get(name),
+                )
             )
-    return {"layer": type(layer).__name__, "domains": domains, "dead_letters": await in_pool(_dead_letters)}
+    return SystemStatus(
+        layer=type(layer).__name__, domains=domains, dead_letters=await in_pool(_dead_letters)
+    )
 
 
 def _dead_letters() -> int:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from bus.status import astatus
+from bus.status import SystemStatus, astatus
 
 from .base import Action, Options, per_process_layer, per_process_note
 from .listing import json_flag
 
 
-def status_lines(report: dict[str, Any]) -> list[str]:
+def status_lines(report: SystemStatus) -> list[str]:
     """The report as people read it: dead letters, then each domain with its workers."""
     lines = [f"dead letters: {report['dead_letters']} (manage.py bus deadletters)"]
     for row in report["domains"]:
