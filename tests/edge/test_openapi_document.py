@@ -1,7 +1,8 @@
 """The OpenAPI description at /api/openapi.json: valid OpenAPI 3.1, and complete.
 
-A route added under /api/ without a description fails here, and so does a description of a route
-that is gone. tests/fuzz/test_openapi.py checks the API against what the description says.
+Routes and descriptions come from the same declarations (consumers/routes.py), so a route under
+/api/ cannot be served undescribed nor described unserved; the test that says so stays, as a guard
+on that construction. tests/fuzz/test_openapi.py checks the API against what the description says.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import pytest
 import schemathesis
 from django.test import RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 from schemathesis.core.result import Ok
 
+from bus.status import SystemStatus
 from consumers import openapi
 from tests.edge.conftest import Browser
 from workers.inventory.contract import Stock
@@ -86,9 +88,9 @@ async def test_it_is_built_once_and_served_as_built() -> None:
 async def test_every_api_route_is_described_and_every_description_is_a_route() -> None:
     api_routes = {route for route in routes() if route.startswith("/api/")}
     described = set((await served())["paths"])
-    assert api_routes - described == set(), "routes under /api/ without a description in consumers/openapi.py"
+    assert api_routes - described == set(), "routes under /api/ that no Operation declares"
     assert {path for path in described if path.startswith("/api/")} - api_routes == set(), (
-        "descriptions of routes that project/urls.py does not have"
+        "declared operations that project/urls.py does not include"
     )
     assert {"/healthz", "/readyz"} <= described
 
@@ -156,3 +158,18 @@ async def test_bodies_are_the_contracts_models() -> None:
         50,
         {"$ref": "#/components/schemas/OrderItem"},
     )
+
+
+@pytest.mark.db
+@pytest.mark.django_db(transaction=True, databases="__all__")
+async def test_the_status_shape_is_declared_once_by_bus_status() -> None:
+    """GET /api/system answers what bus.status declares, and the description is that same type."""
+    schemas = (await served())["components"]["schemas"]
+    declared = TypeAdapter(SystemStatus)
+    expected = declared.json_schema(ref_template=openapi.REFS, mode="serialization")
+    assert schemas["DomainStatus"] == expected.pop("$defs")["DomainStatus"]
+    assert schemas["SystemStatus"] == expected
+    response = await Browser().get("/api/system")
+    assert response.status == 200, response.body[:300]
+    report = declared.validate_python(response.json())
+    assert {"inventory", "orders", "payments"} <= {row["domain"] for row in report["domains"]}, report
