@@ -146,7 +146,7 @@ async def place_order(request: HttpRequest) -> HttpResponse:
             "Send an Idempotency-Key header (a new random value per order, the same on a retry).",
             errors=[{"field": "Idempotency-Key", "message": "required"}],
         )
-    body = _order_body(request)
+    body = _order_items(request)
     if isinstance(body, HttpResponse):
         return body
     placed = await Orders.client().place(customer_id=user.get_username(), items=body, idempotency_key=key)
@@ -155,7 +155,7 @@ async def place_order(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _order_body(request: HttpRequest) -> Any:
+def _order_items(request: HttpRequest) -> Any:
     """The "items" of an order's JSON body (checked by orders.place), or the problem with the body."""
     try:
         too_big = len(request.body) > MAX_BODY
@@ -214,8 +214,9 @@ async def order(request: HttpRequest, order_id: str) -> HttpResponse:
     return as_json(found)
 
 
-def _customer(description: str, contract: type[Contract], method: str) -> Parameter:
+def _customer(contract: type[Contract], method: str) -> Parameter:
     """The {customer_id} of a customer's own resource, with the limits of `method`'s argument."""
+    description = "The signed-in customer's username; another's is 403."
     return in_path("customer_id", description, argument(contract, method, "customer_id"), example="ada")
 
 
@@ -227,7 +228,7 @@ def _customer(description: str, contract: type[Contract], method: str) -> Parame
     summary="The signed-in customer's own orders, newest first, a page at a time",
     security=SIGNED_IN,
     parameters=[
-        _customer("The signed-in customer's username; another's is 403.", Orders, "list"),
+        _customer(Orders, "list"),
         in_query("limit", "Orders per page.", argument(Orders, "list", "limit")),
         in_query(
             "cursor",
@@ -284,7 +285,7 @@ async def customer_orders(request: HttpRequest, customer_id: str) -> HttpRespons
     summary="The signed-in customer's own balance, as payments has it now",
     description="The page reads it on load and again after each update of an order.",
     security=SIGNED_IN,
-    parameters=[_customer("The signed-in customer's username; another's is 403.", Payments, "balance")],
+    parameters=[_customer(Payments, "balance")],
     ok=Ok("The balance, in cents.", Balance),
     errors={
         400: "The customer id is not a valid customer id.",

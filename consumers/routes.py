@@ -3,7 +3,8 @@
     @Operation(
         "GET", "/api/products/{sku}", "getProduct", tag="stock",
         summary="One product's stock, through the edge's cache",
-        parameters=[in_path("sku", "The product's SKU.", argument(Inventory, "stock", "sku"))],
+        security=ANYONE,
+        parameters=[in_path("sku", "The product's SKU.", argument(Inventory, "stock", "sku"), "ANVIL-1")],
         ok=Ok("The product's stock figures.", StockReading),
         errors={404: "No product has this SKU.", **usual(*BUS_FAILURES)},
     )
