@@ -185,7 +185,10 @@ class Contract:
 
     @classmethod
     def client(cls: type[C], bus: Bus | None = None) -> C:
-        """A typed client: the contract's own methods, each an `acall` that returns the declared type."""
+        """A typed client: the contract's own methods, each an `acall` that returns the declared type.
+
+        Its sync twin needs no client: `Inventory.reserve.call(...)` (see RemoteMethod).
+        """
         target_bus = bus or default_bus
         proxy = cls.__new__(cls)
         for name, method in cls.methods.items():
