@@ -12,14 +12,20 @@
 A contract holds no implementation (a `Service` does): it is what callers, workers and the
 `bus services` command agree on. Arguments are checked on both sides against a pydantic model
 built from each signature (bus/targets.py, where the client and the worker find them by name),
-the whole contract exports JSON Schema, and `Inventory.client()` is a typed client on the bus.
+and the whole contract exports JSON Schema. Calls by the contract's own names are typed, so mypy
+checks the arguments and knows what comes back:
+
+    await Inventory.client().reserve(order_id="o-1", sku="A-1", quantity=2)   # async -> Reservation
+    Inventory.reserve.call(order_id="o-1", sku="A-1", quantity=2)             # sync  -> Reservation
+    Orders.advance.send(order_id="o-1")                                       # a command: its id
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+import types
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,10 +34,21 @@ from .exceptions import ContractError
 from .messages import check_name
 from .targets import Event, Method, RpcOptions, lookup_event, lookup_method, register
 
-__all__ = ["Contract", "Event", "Method", "Schema", "contracts", "lookup_event", "lookup_method", "rpc"]
+__all__ = [
+    "Contract",
+    "Event",
+    "Method",
+    "RemoteMethod",
+    "Schema",
+    "contracts",
+    "lookup_event",
+    "lookup_method",
+    "rpc",
+]
 
-F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound="Contract")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _contracts: dict[str, type[Contract]] = {}
 
@@ -44,7 +61,7 @@ class Schema(BaseModel):
 
 def rpc(
     *, errors: Iterable[type[ContractError]] = (), read: bool = False, retries: int = 3
-) -> Callable[[F], F]:
+) -> Callable[[Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]], RemoteMethod[P, R]]:
     """Mark a contract method as callable over the bus.
 
     `errors` are the ContractError subclasses it may raise (re-raised on callers as such);
@@ -57,11 +74,69 @@ def rpc(
         if not (isinstance(error, type) and issubclass(error, ContractError)):
             raise TypeError(f"rpc(errors=...) takes ContractError subclasses, not {error!r}.")
 
-    def mark(func: F) -> F:
-        func.__bus_rpc__ = options  # type: ignore[attr-defined]
-        return func
+    def mark(func: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> RemoteMethod[P, R]:
+        return RemoteMethod(func, options)
 
     return mark
+
+
+class RemoteMethod(Generic[P, R]):
+    """An `@rpc` method of a contract, called by its declared name and types from sync code.
+
+    `Inventory.reserve.call(...)` is the sync twin of `await Inventory.client().reserve(...)`:
+    mypy checks the arguments against the declaration and knows the result's type, where
+    `bus.call("inventory.reserve", ...)` takes any keywords and returns untyped JSON. Both go
+    through the default bus; `Contract.client(bus)` reaches another one.
+    """
+
+    def __init__(self, func: Callable[..., Any], options: RpcOptions) -> None:
+        self.func = func
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+        self.options = options
+        self._method: Method | None = None
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Self: ...
+
+    @overload
+    def __get__(self, instance: Contract, owner: type[Any]) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    def __get__(self, instance: Contract | None, owner: type[Any]) -> Any:
+        # On a client (Contract.client()) its own remote callables shadow this: they are instance attributes.
+        return self if instance is None else types.MethodType(self.func, instance)
+
+    @property
+    def method(self) -> Method:
+        """What the bus knows of it: target, argument model, result type (set by its Contract)."""
+        if self._method is None:
+            raise TypeError(
+                f"{self.func.__qualname__} is not part of a contract: declare it with @rpc() in a "
+                "`class ...(Contract, name=...)` body, and call it through that class."
+            )
+        return self._method
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call it and wait for the result, as the declared type; from sync code (bus.call's rules)."""
+        method = self.method
+        result: R = method.load_result(default_bus.call(method.target, **_keywords(method, args, kwargs)))
+        return result
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Send it as a command (no reply) from sync code; the message id."""
+        method = self.method
+        return default_bus.send(method.target, **_keywords(method, args, kwargs))
+
+    async def asend(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Send it as a command (no reply) from async code; the message id."""
+        method = self.method
+        return await default_bus.asend(method.target, **_keywords(method, args, kwargs))
+
+
+def _keywords(method: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    if args:
+        raise TypeError(f"{method.target} takes keyword arguments only, not {len(args)} positional.")
+    return kwargs
 
 
 class Contract:
@@ -80,10 +155,9 @@ class Contract:
         cls.methods = {}
         cls.events = {}
         for attribute, value in list(vars(cls).items()):
-            options = getattr(value, "__bus_rpc__", None)
-            if options is not None:
-                cls.methods[attribute] = Method(name, value, options)
-                for error in options.errors:
+            if isinstance(value, RemoteMethod):
+                value._method = cls.methods[attribute] = Method(name, value.func, value.options)
+                for error in value.options.errors:
                     error.register(f"{name}.{error.__name__}")
             elif isinstance(value, Event):
                 value.target = f"{name}.{attribute}"
@@ -111,7 +185,10 @@ class Contract:
 
     @classmethod
     def client(cls: type[C], bus: Bus | None = None) -> C:
-        """A typed client: the contract's own methods, each an `acall` that returns the declared type."""
+        """A typed client: the contract's own methods, each an `acall` that returns the declared type.
+
+        Its sync twin needs no client: `Inventory.reserve.call(...)` (see RemoteMethod).
+        """
         target_bus = bus or default_bus
         proxy = cls.__new__(cls)
         for name, method in cls.methods.items():

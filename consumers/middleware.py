@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
+from bus.middleware import InlineMiddleware
 from consumers.problems import internal_error, problem, under_api
 
 logger = logging.getLogger(__name__)
@@ -17,7 +15,7 @@ logger = logging.getLogger(__name__)
 _JSON_TYPES = ("application/json", "application/problem+json")
 
 
-class ApiProblemsMiddleware:
+class ApiProblemsMiddleware(InlineMiddleware):
     """Under /api/, every answer is application/problem+json, whatever went wrong and where.
 
     Outermost in MIDDLEWARE. Before anything reads the body, a body that is not JSON (a form,
@@ -27,42 +25,17 @@ class ApiProblemsMiddleware:
     handler, an exception) is replaced by one of the same status.
     """
 
-    sync_capable = True
-    async_capable = True
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
+        return _refuse_non_json(request) if under_api(request) else None
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        return _as_problem(response) if under_api(request) else response
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self._acall(request)
+    def failed(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         if not under_api(request):
-            return self.get_response(request)
-        refused = _refuse_non_json(request)
-        if refused is not None:
-            return refused
-        try:
-            response: HttpResponse = self.get_response(request)
-        except Exception:
-            logger.exception("unhandled error on %s %s", request.method, request.path[:200])
-            return internal_error()
-        return _as_problem(response)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        if not under_api(request):
-            response: HttpResponse = await self.get_response(request)
-            return response
-        refused = _refuse_non_json(request)
-        if refused is not None:
-            return refused
-        try:
-            response = await self.get_response(request)
-        except Exception:
-            logger.exception("unhandled error on %s %s", request.method, request.path[:200])
-            return internal_error()
-        return _as_problem(response)
+            return None
+        logger.exception("unhandled error on %s %s", request.method, request.path[:200])
+        return internal_error()
 
 
 def _refuse_non_json(request: HttpRequest) -> JsonResponse | None:
@@ -77,7 +50,7 @@ def _refuse_non_json(request: HttpRequest) -> JsonResponse | None:
     )
 
 
-def _as_problem(response: HttpResponse) -> HttpResponse:
+def _as_problem(response: HttpResponseBase) -> HttpResponseBase:
     """An error answer that is not JSON already, as a problem of the same status."""
     status = response.status_code
     if status < 400 or response.get("Content-Type", "").split(";")[0] in _JSON_TYPES:

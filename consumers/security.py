@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
-from django.utils.deprecation import MiddlewareMixin
+
+from bus.middleware import InlineMiddleware
 
 #: settings.EDGE_CONTENT_SECURITY_POLICY overrides it; an empty string sends none.
 POLICY = (
@@ -20,10 +21,10 @@ POLICY = (
 )
 
 
-class ContentSecurityPolicyMiddleware(MiddlewareMixin):
-    """Add the policy to every response that does not set its own."""
+class ContentSecurityPolicyMiddleware(InlineMiddleware):
+    """Add the policy to every response that does not set its own (inline: no thread hop)."""
 
-    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         policy: str = getattr(settings, "EDGE_CONTENT_SECURITY_POLICY", POLICY)
         if policy and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = policy

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from bus.conf import channel_layers
 from project.secret_key import demo_key
@@ -116,6 +117,25 @@ def _database(alias: str) -> dict[str, Any]:
         config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
     return config
 
+
+def _seconds(variable: str, default: float) -> float:
+    """A number of seconds from the environment; a bad value names the variable."""
+    text = os.environ.get(variable, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ImproperlyConfigured(f"{variable}={text!r} is not a number of seconds (default {default}).")
+    return value
+
+
+# How long a saga waits for a domain before it compensates, and how long a dead worker's claim on
+# a saga lasts; how long inventory holds reserved stock; how old the edge may serve stock.
+ORDERS_GIVE_UP_SECONDS = _seconds("ORDERS_GIVE_UP_SECONDS", 60)
+ORDERS_LEASE_SECONDS = _seconds("ORDERS_LEASE_SECONDS", 20)
+INVENTORY_HOLD_SECONDS = _seconds("INVENTORY_HOLD_SECONDS", 900)
+EDGE_STOCK_TTL = _seconds("EDGE_STOCK_TTL", 2.0)
 
 # Payments accounts spread over PAYMENTS_SHARDS databases by a stable hash of the customer id.
 PAYMENTS_SHARDS = int(os.environ.get("PAYMENTS_SHARDS", "1"))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional, assert_type
 
 import pytest
+from asgiref.sync import sync_to_async
 from pydantic import Field
 
 from bus import Contract, ContractError, Schema, Service, rpc
-from bus.contracts import lookup_method
-from bus.exceptions import RemoteError, error_from_wire
-from tests.echo.contract import Echo, Refused
+from bus.contracts import RemoteMethod, lookup_method
+from bus.exceptions import RemoteError, ValidationError, error_from_wire
+from bus.testing import serving
+from tests.conftest import read_records, wait_until
+from tests.echo.contract import Echo, Item, Refused
 
 
 def test_argument_names_may_not_clash_with_the_calls_own_keywords() -> None:
@@ -25,7 +29,7 @@ def test_variadic_arguments_are_refused() -> None:
     with pytest.raises(TypeError, match="parameter 'rest' must be a plain keyword argument"):
 
         class Loose(Contract, name="loose"):
-            @rpc()
+            @rpc()  # type: ignore[arg-type]  # mypy refuses it too: `self` could then come as a keyword
             async def take(self, **rest: int) -> None: ...
 
 
@@ -175,3 +179,41 @@ def test_lookup_names_the_method_and_its_flags() -> None:
     method = lookup_method("echo.add")
     assert (method.target, method.read, method.retries) == ("echo.add", True, 3)
     assert issubclass(Refused, ContractError)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sync_code_calls_a_method_by_its_declared_name_and_types(
+    record_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Echo.count.call(...)` is the sync twin of `await Echo.client().count(...)`; `.send` a command."""
+    monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
+    async with serving("echo"):
+        # In a sync view or handler: sync_to_async stands for the thread it runs in.
+        counted = await sync_to_async(Echo.count.call)(items=[Item(sku="A", quantity=2)])
+        assert_type(counted, int)
+        assert counted == await Echo.client().count(items=[Item(sku="A", quantity=2)]) == 2
+        with pytest.raises(Refused, match="Refused: no thanks"):
+            await sync_to_async(Echo.refuse.call)(reason="no thanks")
+        with pytest.raises(ValidationError, match="a: Input should be a valid integer"):
+            await sync_to_async(Echo.add.call)(a="2")  # type: ignore[arg-type]
+        sent = [await sync_to_async(Echo.record.send)(n=7), await Echo.record.asend(n=8)]
+        assert [len(message_id) for message_id in sent] == [32, 32]
+        await sync_to_async(wait_until)(lambda: sorted(read_records(record_dir, "record")) == ["7", "8"])
+
+
+def test_a_declared_method_is_what_the_bus_knows_and_its_client_calls() -> None:
+    assert isinstance(Echo.add, RemoteMethod)
+    assert Echo.add.method is Echo.methods["add"] is lookup_method("echo.add")
+    assert Echo.add.__doc__ is None and Echo.add.__name__ == "add"
+    assert Echo.client().add.__name__ == "add"
+
+
+def test_an_rpc_method_outside_a_contract_says_where_it_belongs() -> None:
+    async def stray(self: Any, *, n: int) -> int:
+        return n
+
+    loose = rpc()(stray)
+    with pytest.raises(TypeError, match=r"stray is not part of a contract: declare it with @rpc\(\) in a"):
+        loose.call(n=1)
+    with pytest.raises(TypeError, match=r"echo\.add takes keyword arguments only, not 1 positional\."):
+        Echo.add.call(1)  # type: ignore[call-arg]

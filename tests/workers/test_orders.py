@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
 
 import bus
 from bus.testing import serving
 from bus.threads import in_pool
 from consumers import events
 from tests.conftest import read_records
-from tests.workers.conftest import balance, poll, settled, stock
+from tests.workers.conftest import balance, order_when, poll, settled, stock, stock_the_shop
 from workers.inventory.contract import Inventory
 from workers.orders import models
-from workers.orders.contract import IdempotencyConflict, InvalidOrder, Orders
+from workers.orders.contract import IdempotencyConflict, InvalidOrder, OrderItem, Orders
+from workers.orders.service import _retry_backoff
 from workers.payments.contract import Payments
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -145,3 +149,30 @@ async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicat
     assert sorted(records) == sorted(
         f"{placed.order_id}:{state}" for state in ("pending", "reserved", "charged", "confirmed")
     )
+
+
+async def test_a_saga_retries_an_absent_domain_at_the_pace_of_orders_retry_backoff(settings: object) -> None:
+    """The saga's retries go through bus.backoff.Backoff; jitter 0 makes the wait exactly its ceiling."""
+    settings.ORDERS_RETRY_BACKOFF = {"base": 3600.0, "cap": 3600.0, "jitter": 0.0}  # type: ignore[attr-defined]
+    async with serving("orders", "inventory"):
+        async with serving("payments"):
+            await stock_the_shop()
+        placed = await Orders.client().place(
+            customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)], idempotency_key="k1"
+        )
+        await order_when(placed.order_id, lambda order: bool(order.waiting), "to wait for payments")
+        saga = await in_pool(models.Saga.objects.get, order_id=placed.order_id)
+    assert saga.attempts == 1 and "NoWorker" in saga.last_error
+    assert saga.next_attempt_at - timezone.now() > datetime.timedelta(minutes=59), "the setting's hour"
+
+
+def test_a_bad_orders_retry_backoff_names_the_setting_the_problem_and_the_default(settings: object) -> None:
+    settings.ORDERS_RETRY_BACKOFF = {"base": 0}  # type: ignore[attr-defined]
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"ORDERS_RETRY_BACKOFF must be a dict with some of the keys base, cap and jitter "
+        r"\(bus/backoff.py\), not \{'base': 0\}: base must be more than 0 seconds, not 0\. The default is",
+    ):
+        _retry_backoff()
+    settings.ORDERS_RETRY_BACKOFF = {"cap": 30}  # type: ignore[attr-defined]
+    assert _retry_backoff().ceiling(10) == 30.0, "the keys not given keep their defaults"

@@ -14,7 +14,7 @@ import pytest
 from bus.client import default_bus
 from tests.conftest import WorkerProcess, migrated
 from workers.inventory.contract import Inventory
-from workers.orders.contract import Order, Orders
+from workers.orders.contract import TERMINAL_STATES, Order, Orders
 from workers.payments.contract import Payments
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -27,7 +27,7 @@ async def wait_terminal(orders: Orders, order_ids: list[str], timeout: float = 9
     deadline = time.monotonic() + timeout
     while True:
         settled = [await orders.get(order_id=order_id) for order_id in order_ids]
-        if all(order.state in ("confirmed", "failed") for order in settled):
+        if all(order.state in TERMINAL_STATES for order in settled):
             return settled
         if time.monotonic() > deadline:
             raise AssertionError(Counter(order.state for order in settled))
@@ -60,8 +60,9 @@ def test_an_orders_worker_killed_mid_saga_leaves_every_order_finished_and_paid_o
         placed = [order.order_id for order in await asyncio.gather(*placing)]
         first.kill()  # kill -9 while sagas are running: their claims must run out, not stick
         database = sqlite3.connect(data_dir / "orders.sqlite3")
+        ends = ", ".join("?" for _ in TERMINAL_STATES)
         unfinished = database.execute(
-            "select count(*) from orders_order where state not in ('confirmed', 'failed')"
+            f"select count(*) from orders_order where state not in ({ends})", TERMINAL_STATES
         )
         assert unfinished.fetchone()[0] > 0, "the kill must land while sagas are running"
         database.close()

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
 from bus import Contract, ContractError, Event, Schema, rpc
+from workers.vocabulary import OrderId, Sku
 
-Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-OrderId = Annotated[str, Field(min_length=1, max_length=64)]
 Quantity = Annotated[int, Field(gt=0, le=1_000_000)]
 Cents = Annotated[int, Field(ge=0, le=100_000_000_00)]
+
+
+class ReservationState(StrEnum):
+    """One reserved line: held for its order, then sold (committed) or given back (released)."""
+
+    HELD = "held"
+    COMMITTED = "committed"
+    RELEASED = "released"
+
+
+class HoldState(StrEnum):
+    """An order's hold, all its lines at once; ReservationClosed's `state` detail is one of these."""
+
+    OPEN = "open"
+    RELEASED = "released"
+    COMMITTED = "committed"
 
 
 class UnknownProduct(ContractError):
@@ -46,7 +62,7 @@ class Reservation(Schema):
     order_id: str
     sku: str
     quantity: int
-    state: Literal["held", "committed", "released"]
+    state: ReservationState
 
 
 class StockChanged(Schema):

@@ -3,6 +3,9 @@
 from django.db import models
 
 from bus.outbox import AbstractOutboxMessage
+from workers.vocabulary import choices
+
+from .contract import HoldState, ReservationState
 
 
 class Product(models.Model):
@@ -32,13 +35,8 @@ class Product(models.Model):
 class OrderHold(models.Model):
     """One per order: whether its reservations are still open, released or committed."""
 
-    class State(models.TextChoices):
-        OPEN = "open"
-        RELEASED = "released"
-        COMMITTED = "committed"
-
     order_id = models.CharField(primary_key=True, max_length=64)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    state = models.CharField(max_length=16, choices=choices(HoldState), default=HoldState.OPEN.value)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -50,15 +48,12 @@ class OrderHold(models.Model):
 
 
 class Reservation(models.Model):
-    class State(models.TextChoices):
-        HELD = "held"
-        COMMITTED = "committed"
-        RELEASED = "released"
-
     hold = models.ForeignKey(OrderHold, on_delete=models.CASCADE, related_name="reservations")
     product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="reservations")
     quantity = models.PositiveIntegerField()
-    state = models.CharField(max_length=16, choices=State.choices, default=State.HELD)
+    state = models.CharField(
+        max_length=16, choices=choices(ReservationState), default=ReservationState.HELD.value
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

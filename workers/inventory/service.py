@@ -20,11 +20,13 @@ from bus.outbox import emit, relay
 
 from . import models
 from .contract import (
+    HoldState,
     Inventory,
     OutOfStock,
     Product,
     Reservation,
     ReservationClosed,
+    ReservationState,
     Stock,
     UnknownProduct,
 )
@@ -47,8 +49,12 @@ def _reservation(reservation: models.Reservation) -> Reservation:
         order_id=reservation.hold_id,
         sku=reservation.product_id,
         quantity=reservation.quantity,
-        state=reservation.state,  # type: ignore[arg-type]
+        state=ReservationState(reservation.state),
     )
+
+
+# A closed hold's lines follow it: all sold, or all given back.
+_LINE_STATE = {HoldState.COMMITTED: ReservationState.COMMITTED, HoldState.RELEASED: ReservationState.RELEASED}
 
 
 def _save_stock(product: models.Product, *fields: str) -> None:
@@ -63,7 +69,7 @@ def _hold_lasts() -> datetime.timedelta:
 
 def _expired(hold: models.OrderHold) -> bool:
     """An open hold is saved once, when it opens: its updated_at is when it began."""
-    return hold.state == models.OrderHold.State.OPEN and timezone.now() - hold.updated_at >= _hold_lasts()
+    return hold.state == HoldState.OPEN and timezone.now() - hold.updated_at >= _hold_lasts()
 
 
 def _announce(products: list[models.Product]) -> None:
@@ -71,7 +77,7 @@ def _announce(products: list[models.Product]) -> None:
     for product in products:
         emit(
             models.Outbox,
-            "inventory.stock_changed",
+            Inventory.stock_changed.target,
             sku=product.sku,
             on_hand=product.on_hand,
             reserved=product.reserved,
@@ -110,7 +116,7 @@ class InventoryService(Service, contract=Inventory):
     def reserve(self, *, order_id: str, sku: str, quantity: int) -> Reservation:
         with transaction.atomic(using=self.database):
             hold = self._hold(order_id)
-            if hold.state != models.OrderHold.State.OPEN:
+            if hold.state != HoldState.OPEN:
                 raise ReservationClosed(
                     f"Order {order_id} was already {hold.state}; it cannot reserve more stock.",
                     order_id=order_id,
@@ -136,10 +142,10 @@ class InventoryService(Service, contract=Inventory):
     def release(self, *, order_id: str) -> list[Reservation]:
         with transaction.atomic(using=self.database):
             hold = self._hold(order_id)
-            if hold.state != models.OrderHold.State.RELEASED:
+            if hold.state != HoldState.RELEASED:
                 # A committed hold is given back too: the saga releases only an order that failed,
                 # and its commit may have landed unseen (the reply lost, or past the saga's patience).
-                self._close(hold, models.OrderHold.State.RELEASED)
+                self._close(hold, HoldState.RELEASED)
             return [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
 
     def commit(self, *, order_id: str) -> list[Reservation]:
@@ -147,9 +153,9 @@ class InventoryService(Service, contract=Inventory):
             hold = self._hold(order_id)
             expired = _expired(hold)
             if expired:
-                self._close(hold, models.OrderHold.State.RELEASED)
-            elif hold.state == models.OrderHold.State.OPEN:
-                self._close(hold, models.OrderHold.State.COMMITTED)
+                self._close(hold, HoldState.RELEASED)
+            elif hold.state == HoldState.OPEN:
+                self._close(hold, HoldState.COMMITTED)
             reservations = [_reservation(reservation) for reservation in hold.reservations.order_by("id")]
         # Raised after the transaction, so that an expired hold's release is kept.
         if expired:
@@ -158,9 +164,9 @@ class InventoryService(Service, contract=Inventory):
                 f"{_hold_lasts().total_seconds():.0f} s without a commit (INVENTORY_HOLD_SECONDS); "
                 "it cannot be committed.",
                 order_id=order_id,
-                state=models.OrderHold.State.RELEASED,
+                state=HoldState.RELEASED,
             )
-        if hold.state == models.OrderHold.State.RELEASED:
+        if hold.state == HoldState.RELEASED:
             raise ReservationClosed(
                 f"Order {order_id} was released; its stock cannot be committed.",
                 order_id=order_id,
@@ -175,13 +181,13 @@ class InventoryService(Service, contract=Inventory):
             return  # a deliberate pause of inventory's writes holds for the sweep too
         cutoff = timezone.now() - _hold_lasts()
         holds = models.OrderHold.objects.using(self.database).filter(
-            state=models.OrderHold.State.OPEN, updated_at__lte=cutoff
+            state=HoldState.OPEN, updated_at__lte=cutoff
         )
         for order_id in holds.values_list("order_id", flat=True)[:100]:
             with transaction.atomic(using=self.database):
                 hold = self._hold(order_id)
                 if _expired(hold):
-                    self._close(hold, models.OrderHold.State.RELEASED)
+                    self._close(hold, HoldState.RELEASED)
 
     # -- helpers -------------------------------------------------------------
 
@@ -204,14 +210,15 @@ class InventoryService(Service, contract=Inventory):
         )
         return hold
 
-    def _close(self, hold: models.OrderHold, state: str) -> None:
+    def _close(self, hold: models.OrderHold, state: HoldState) -> None:
         """Commit or release an order's hold: its units become sold, or available again."""
-        undo_sale = hold.state == models.OrderHold.State.COMMITTED
+        undo_sale = hold.state == HoldState.COMMITTED
         hold.state = state
         hold.save(update_fields=["state", "updated_at"])
         touched = []
         reservations = hold.reservations.select_for_update()
-        for reservation in reservations.filter(state="committed" if undo_sale else "held"):
+        was = ReservationState.COMMITTED if undo_sale else ReservationState.HELD
+        for reservation in reservations.filter(state=was):
             product = (
                 models.Product.objects.using(self.database)
                 .select_for_update()
@@ -221,10 +228,10 @@ class InventoryService(Service, contract=Inventory):
                 product.on_hand += reservation.quantity  # a sale undone: the units are back on hand
             else:
                 product.reserved -= reservation.quantity
-                if state == models.OrderHold.State.COMMITTED:
+                if state == HoldState.COMMITTED:
                     product.on_hand -= reservation.quantity
             _save_stock(product, "reserved", "on_hand")
-            reservation.state = state
+            reservation.state = _LINE_STATE[state]
             reservation.save(update_fields=["state"])
             touched.append(product)
         _announce(touched)

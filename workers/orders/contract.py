@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Literal
+from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
 from bus import Contract, ContractError, Event, Schema, rpc
+from workers.vocabulary import CustomerId, OrderId, Sku
 
-CustomerId = Annotated[str, Field(min_length=1, max_length=64)]
-OrderId = Annotated[str, Field(min_length=1, max_length=32)]
-OrderState = Literal["pending", "reserved", "charged", "confirmed", "compensating", "failed"]
-TERMINAL_STATES = ("confirmed", "failed")
+
+class OrderState(StrEnum):
+    """Where an order's checkout saga is: forward to confirmed, or through compensating to failed."""
+
+    PENDING = "pending"
+    RESERVED = "reserved"
+    CHARGED = "charged"
+    CONFIRMED = "confirmed"
+    COMPENSATING = "compensating"
+    FAILED = "failed"
+
+
+# The states an order never leaves: the one place that names them.
+TERMINAL_STATES: tuple[OrderState, ...] = (OrderState.CONFIRMED, OrderState.FAILED)
+
+
+class StepName(StrEnum):
+    """A step of the checkout saga, as the page lists them."""
+
+    PLACED = "placed"
+    RESERVED = "reserved"
+    CHARGED = "charged"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+    REFUNDED = "refunded"
+    FAILED = "failed"
 
 
 class InvalidOrder(ContractError):
@@ -32,7 +56,7 @@ class CatalogueUnavailable(ContractError):
 
 
 class OrderItem(Schema):
-    sku: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    sku: Sku
     quantity: Annotated[int, Field(gt=0, le=1000)]
 
 
@@ -46,7 +70,7 @@ class OrderLine(Schema):
 class Step(Schema):
     """One step of the checkout saga, as the page shows it."""
 
-    name: Literal["placed", "reserved", "charged", "confirmed", "released", "refunded", "failed"]
+    name: StepName
     at: datetime.datetime
     detail: str = ""
 

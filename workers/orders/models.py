@@ -9,6 +9,9 @@ from django.db import models
 from django.utils import timezone
 
 from bus.outbox import AbstractOutboxMessage
+from workers.vocabulary import choices
+
+from .contract import OrderState, StepName
 
 
 def new_order_id() -> str:
@@ -17,21 +20,13 @@ def new_order_id() -> str:
 
 
 class Order(models.Model):
-    class State(models.TextChoices):
-        PENDING = "pending"
-        RESERVED = "reserved"
-        CHARGED = "charged"
-        CONFIRMED = "confirmed"
-        COMPENSATING = "compensating"
-        FAILED = "failed"
-
     id = models.CharField(primary_key=True, max_length=32, default=new_order_id)
     customer_id = models.CharField(max_length=64)
     idempotency_key = models.CharField(max_length=100)
     fingerprint = models.CharField(max_length=64)
     lines = models.JSONField()
     total_cents = models.BigIntegerField()
-    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    state = models.CharField(max_length=16, choices=choices(OrderState), default=OrderState.PENDING.value)
     reason = models.CharField(max_length=300, blank=True)
     # What the saga waits for while a domain is away or read-only; cleared at its next step.
     waiting = models.CharField(max_length=300, blank=True)
@@ -54,7 +49,7 @@ class Order(models.Model):
 
 class Step(models.Model):
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="steps")
-    name = models.CharField(max_length=16)
+    name = models.CharField(max_length=16, choices=choices(StepName))
     at = models.DateTimeField(default=timezone.now)
     detail = models.CharField(max_length=300, blank=True)
 

@@ -15,7 +15,9 @@ again and the refund is written: it blocks a late charge from then on, and gives
 slipped in at the moment read-only ended. No charge stays on a failed order.
 
 Progress is stored with each step; a worker that dies mid-saga leaves a lease that expires, and
-the sweep in every orders worker picks the order up again.
+the sweep in every orders worker picks the order up again. While a domain is away, the saga tries
+again at the pace of ORDERS_RETRY_BACKOFF (bus/backoff.py: up to 0.5 s, 1 s, 2 s ... 10 s, with
+full jitter, so sagas that failed together do not come back together).
 """
 
 from __future__ import annotations
@@ -25,23 +27,32 @@ import datetime
 import hashlib
 import json
 import logging
-from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 import bus
 from bus import Service, every, wakeups
+from bus.backoff import Backoff
 from bus.context import handling
 from bus.databases import alias_for
 from bus.outbox import emit, relay
-from workers.inventory.contract import OutOfStock, ReservationClosed, UnknownProduct
-from workers.payments.contract import ChargeRefused, InsufficientFunds, UnknownAccount, money
+from workers.inventory.contract import Inventory, OutOfStock, ReservationClosed, UnknownProduct
+from workers.payments.contract import (
+    ChargeRefused,
+    InsufficientFunds,
+    Payments,
+    PaymentState,
+    UnknownAccount,
+    money,
+)
 
 from . import models
 from .contract import (
+    TERMINAL_STATES,
     CatalogueUnavailable,
     IdempotencyConflict,
     InvalidOrder,
@@ -51,25 +62,34 @@ from .contract import (
     OrderNotFound,
     OrderPage,
     Orders,
+    OrderState,
     Step,
+    StepName,
 )
 
 logger = logging.getLogger(__name__)
 
-State = models.Order.State
+# The states in which the saga waits on a domain to go forward, and which domain that is.
+_DOMAIN_OF_STATE: dict[str, str] = {
+    OrderState.PENDING: "inventory",
+    OrderState.RESERVED: "payments",
+    OrderState.CHARGED: "inventory",
+}
+# A saga's retries while a domain is away: up to 0.5 s, 1 s, 2 s, ... 10 s, with full jitter.
+_RETRY_BACKOFF = {"base": 0.5, "cap": 10.0, "jitter": 1.0}
 
 
 def _snapshot(order: models.Order) -> Order:
     return Order(
         order_id=order.id,
         customer_id=order.customer_id,
-        state=order.state,  # type: ignore[arg-type]
+        state=OrderState(order.state),
         reason=order.reason,
         waiting=order.waiting,
         total_cents=order.total_cents,
         lines=[OrderLine(**line) for line in order.lines],
         steps=[
-            Step(name=step.name, at=step.at, detail=step.detail)  # type: ignore[arg-type]
+            Step(name=StepName(step.name), at=step.at, detail=step.detail)
             for step in order.steps.order_by("at", "id")
         ],
         created_at=order.created_at,
@@ -86,11 +106,16 @@ def _give_up_after() -> datetime.timedelta:
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_GIVE_UP_SECONDS", 60))
 
 
-_DOMAIN_OF_STATE: dict[str, str] = {
-    State.PENDING: "inventory",
-    State.RESERVED: "payments",
-    State.CHARGED: "inventory",
-}
+def _retry_backoff() -> Backoff:
+    """ORDERS_RETRY_BACKOFF: the pace of a saga's retries while the domain it needs is away."""
+    configured = getattr(settings, "ORDERS_RETRY_BACKOFF", {})
+    try:
+        return Backoff(**{**_RETRY_BACKOFF, **configured})
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"ORDERS_RETRY_BACKOFF must be a dict with some of the keys base, cap and jitter "
+            f"(bus/backoff.py), not {configured!r}: {exc} The default is {_RETRY_BACKOFF!r}."
+        ) from None
 
 
 def _waiting_for(order: models.Order, error: bus.BusError) -> str:
@@ -137,7 +162,7 @@ class OrdersService(Service, contract=Orders):
                     total_cents=sum(line.price_cents * line.quantity for line in lines),
                 )
                 models.Saga.objects.using(alias).create(order=order)
-                self._record(order, "placed", f"{len(lines)} line(s), {money(order.total_cents)}")
+                self._record(order, StepName.PLACED, f"{len(lines)} line(s), {money(order.total_cents)}")
         except IntegrityError:
             # The same key placed concurrently: the other request won, and this is its order.
             return self._same_order(self._by_key(customer_id, idempotency_key), fingerprint)
@@ -159,7 +184,7 @@ class OrdersService(Service, contract=Orders):
     def advance(self, *, order_id: str) -> Order:
         order = self._order(order_id, write=True)
         # A failed order's saga may still be open: its refund waits to be written (see above).
-        if order.state == State.CONFIRMED or not self._claim(order_id):
+        if order.state == OrderState.CONFIRMED or not self._claim(order_id):
             return _snapshot(order)
         try:
             # Whichever worker runs it (a kick, the sweep), the saga speaks for the original request.
@@ -196,43 +221,38 @@ class OrdersService(Service, contract=Orders):
 
     def _run(self, order: models.Order) -> None:
         """Take the order from its current state to the end, one stored step at a time."""
-        while order.state not in (State.CONFIRMED, State.FAILED):
+        while order.state not in TERMINAL_STATES:
             self._renew(order)
-            if order.state == State.PENDING:
+            if order.state == OrderState.PENDING:
                 try:
                     for line in order.lines:
-                        bus.call(
-                            "inventory.reserve", order_id=order.id, sku=line["sku"], quantity=line["quantity"]
-                        )
+                        Inventory.reserve.call(order_id=order.id, sku=line["sku"], quantity=line["quantity"])
                 except (OutOfStock, UnknownProduct) as exc:
                     self._compensate(order, f"Not enough stock: {exc.message}")
                     continue
                 except ReservationClosed as exc:
                     self._compensate(order, f"The stock hold was lost: {exc.message}")
                     continue
-                self._move(order, State.RESERVED, "reserved", f"{len(order.lines)} line(s) held")
-            elif order.state == State.RESERVED:
+                self._move(order, OrderState.RESERVED, StepName.RESERVED, f"{len(order.lines)} line(s) held")
+            elif order.state == OrderState.RESERVED:
                 try:
-                    bus.call(
-                        "payments.charge",
-                        order_id=order.id,
-                        customer_id=order.customer_id,
-                        amount_cents=order.total_cents,
+                    Payments.charge.call(
+                        order_id=order.id, customer_id=order.customer_id, amount_cents=order.total_cents
                     )
                 except (InsufficientFunds, UnknownAccount, ChargeRefused) as exc:
                     self._compensate(order, f"Payment refused: {exc.message}")
                     continue
-                self._move(order, State.CHARGED, "charged", money(order.total_cents))
-            elif order.state == State.CHARGED:
+                self._move(order, OrderState.CHARGED, StepName.CHARGED, money(order.total_cents))
+            elif order.state == OrderState.CHARGED:
                 try:
-                    bus.call("inventory.commit", order_id=order.id)
+                    Inventory.commit.call(order_id=order.id)
                 except ReservationClosed as exc:
                     self._compensate(order, f"The stock hold was lost: {exc.message}")
                     continue
-                self._move(order, State.CONFIRMED, "confirmed", "", finished=True)
-            elif order.state == State.COMPENSATING:
+                self._move(order, OrderState.CONFIRMED, StepName.CONFIRMED, "", finished=True)
+            elif order.state == OrderState.COMPENSATING:
                 self._undo(order)
-        if order.state == State.FAILED:
+        if order.state == OrderState.FAILED:
             self._seal(order)
 
     # -- compensation ---------------------------------------------------------
@@ -241,9 +261,9 @@ class OrdersService(Service, contract=Orders):
         """Release and refund, each as soon as its domain answers; then the order has failed."""
         errors: list[bus.BusError] = []
         try:
-            released = bus.call("inventory.release", order_id=order.id)
-            if released and not order.steps.filter(name="released").exists():
-                self._record(order, "released", f"{len(released)} line(s) given back")
+            released = Inventory.release.call(order_id=order.id)
+            if released and not order.steps.filter(name=StepName.RELEASED).exists():
+                self._record(order, StepName.RELEASED, f"{len(released)} line(s) given back")
         except bus.BusError as exc:
             errors.append(exc)
         sealed = True
@@ -252,20 +272,20 @@ class OrdersService(Service, contract=Orders):
         except bus.ReadOnly as exc:
             # Payments cannot write the refund now; if it is a refund of nothing, the order need
             # not wait for it: the saga stays open and writes it when read-only ends.
-            paid = bus.call("payments.payment", order_id=order.id, customer_id=order.customer_id)
-            if paid["state"] == "charged":
+            paid = Payments.payment.call(order_id=order.id, customer_id=order.customer_id)
+            if paid.state == PaymentState.CHARGED:
                 errors.append(exc)  # money to give back: that needs the write, so the order waits
-            sealed = paid["state"] == "refunded"
+            sealed = paid.state == PaymentState.REFUNDED
         except bus.BusError as exc:
             errors.append(exc)
         if errors:
             raise errors[0]
-        self._move(order, State.FAILED, "failed", order.reason, finished=sealed)
+        self._move(order, OrderState.FAILED, StepName.FAILED, order.reason, finished=sealed)
 
     def _refund(self, order: models.Order) -> None:
-        refund = bus.call("payments.refund", order_id=order.id, customer_id=order.customer_id)
-        if refund["amount_cents"] and not order.steps.filter(name="refunded").exists():
-            self._record(order, "refunded", money(refund["amount_cents"]))
+        refund = Payments.refund.call(order_id=order.id, customer_id=order.customer_id)
+        if refund.amount_cents and not order.steps.filter(name=StepName.REFUNDED).exists():
+            self._record(order, StepName.REFUNDED, money(refund.amount_cents))
 
     def _seal(self, order: models.Order) -> None:
         """Write a failed order's refund that read-only mode held back; the saga ends with it."""
@@ -277,7 +297,7 @@ class OrdersService(Service, contract=Orders):
 
     def _compensate(self, order: models.Order, reason: str) -> None:
         logger.info("Order %s fails: %s", order.id, reason)
-        self._move(order, State.COMPENSATING, None, "", reason=reason)
+        self._move(order, OrderState.COMPENSATING, None, "", reason=reason)
 
     def _postpone(self, order: models.Order, error: bus.BusError) -> None:
         """A domain did not answer: try again later, or give up and compensate if it stays away."""
@@ -286,18 +306,18 @@ class OrdersService(Service, contract=Orders):
         # Patience counts from the saga's last step: how long the domain it needs has been away.
         last_step = order.steps.order_by("-at", "-id").values_list("at", flat=True).first()
         waited = timezone.now() - (last_step or order.created_at)
-        gives_up = order.state in (State.PENDING, State.RESERVED, State.CHARGED) and waited > _give_up_after()
+        gives_up = order.state in _DOMAIN_OF_STATE and waited > _give_up_after()
         saga = models.Saga.objects.using(order._state.db).get(order_id=order.id)
         # Giving up starts the compensation at the next sweep, with its own backoff.
         saga.attempts = 0 if gives_up else saga.attempts + 1
         saga.last_error = f"{type(error).__name__}: {error.message}"[:2000]
-        backoff = 0.0 if gives_up else min(0.25 * 2**saga.attempts, 10.0)
-        saga.next_attempt_at = timezone.now() + datetime.timedelta(seconds=backoff)
+        wait = 0.0 if gives_up else _retry_backoff().delay(saga.attempts)
+        saga.next_attempt_at = timezone.now() + datetime.timedelta(seconds=wait)
         saga.save(update_fields=["attempts", "last_error", "next_attempt_at"])
         logger.warning("Order %s waits (attempt %d): %s", order.id, saga.attempts, saga.last_error)
         if gives_up:
             self._compensate(order, f"Gave up after {waited.total_seconds():.0f} s waiting for {why}.")
-        elif order.state != State.FAILED:
+        elif order.state != OrderState.FAILED:
             self._set_waiting(order, f"Waiting for {why}.")
 
     # -- storage ------------------------------------------------------------
@@ -305,8 +325,8 @@ class OrdersService(Service, contract=Orders):
     def _move(
         self,
         order: models.Order,
-        state: str,
-        step: str | None,
+        state: OrderState,
+        step: StepName | None,
         detail: str,
         *,
         reason: str = "",
@@ -336,11 +356,11 @@ class OrdersService(Service, contract=Orders):
             order.save(update_fields=["waiting", "updated_at"])
             self._record(order, None, "")
 
-    def _record(self, order: models.Order, step: str | None, detail: str) -> None:
+    def _record(self, order: models.Order, step: StepName | None, detail: str) -> None:
         with transaction.atomic(using=order._state.db):
             if step is not None:
                 models.Step.objects.using(order._state.db).create(order=order, name=step, detail=detail[:300])
-            emit(models.Outbox, "orders.updated", order=_snapshot(order))
+            emit(models.Outbox, Orders.updated.target, order=_snapshot(order))
 
     def _claim(self, order_id: str) -> bool:
         now = timezone.now()
@@ -381,7 +401,7 @@ class OrdersService(Service, contract=Orders):
 
     def _priced(self, item: OrderItem) -> OrderLine:
         try:
-            stock: dict[str, Any] = bus.call("inventory.stock", sku=item.sku)
+            stock = Inventory.stock.call(sku=item.sku)
         except UnknownProduct as exc:
             raise InvalidOrder(f"No product has SKU {item.sku!r}.", sku=item.sku) from exc
         except (bus.Unavailable, bus.DeadlineExceeded, bus.RemoteError) as exc:
@@ -389,13 +409,11 @@ class OrdersService(Service, contract=Orders):
                 f"Prices could not be read from inventory ({exc.message}); nothing was placed. "
                 "Retry shortly.",
             ) from exc
-        return OrderLine(
-            sku=item.sku, name=stock["name"], quantity=item.quantity, price_cents=stock["price_cents"]
-        )
+        return OrderLine(sku=item.sku, name=stock.name, quantity=item.quantity, price_cents=stock.price_cents)
 
     def _kick(self, order_id: str) -> None:
         """Start the saga now rather than at the next sweep; if the send fails, the sweep still will."""
         try:
-            bus.send("orders.advance", order_id=order_id)
+            Orders.advance.send(order_id=order_id)
         except bus.BusError as exc:
             logger.warning("Could not start the saga of %s now (%s); the sweep will.", order_id, exc.message)

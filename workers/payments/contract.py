@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
 from bus import Contract, ContractError, Schema, rpc
+from workers.vocabulary import CustomerId, OrderId
 
-CustomerId = Annotated[str, Field(min_length=1, max_length=64)]
-OrderId = Annotated[str, Field(min_length=1, max_length=64)]
 PositiveCents = Annotated[int, Field(gt=0, le=100_000_000_00)]
+
+
+class ChargeState(StrEnum):
+    """An order's charge: taken, or given back (a refund before any charge blocks it for good)."""
+
+    CHARGED = "charged"
+    REFUNDED = "refunded"
+
+
+class PaymentState(StrEnum):
+    """What payments.payment says of an order: a ChargeState, or none when nothing was charged."""
+
+    NONE = "none"
+    CHARGED = ChargeState.CHARGED.value
+    REFUNDED = ChargeState.REFUNDED.value
+
+
+class LedgerKind(StrEnum):
+    """A movement of money: credits add, charges take (negative), refunds give a charge back."""
+
+    CREDIT = "credit"
+    CHARGE = "charge"
+    REFUND = "refund"
 
 
 class UnknownAccount(ContractError):
@@ -41,7 +64,7 @@ class Charge(Schema):
     order_id: str
     customer_id: str
     amount_cents: int
-    state: Literal["charged", "refunded"]
+    state: ChargeState
     balance_cents: int
 
 
@@ -49,12 +72,12 @@ class Payment(Schema):
     """What an order paid, as the ledger's primary says now: nothing, a charge, or a refund."""
 
     order_id: str
-    state: Literal["none", "charged", "refunded"]
+    state: PaymentState
     amount_cents: int
 
 
 class LedgerLine(Schema):
-    kind: Literal["credit", "charge", "refund"]
+    kind: LedgerKind
     amount_cents: int
     order_id: str
     reference: str

@@ -2,6 +2,10 @@
 
 from django.db import models
 
+from workers.vocabulary import choices
+
+from .contract import ChargeState, LedgerKind
+
 
 class Account(models.Model):
     customer_id = models.CharField(primary_key=True, max_length=64)
@@ -20,13 +24,8 @@ class Account(models.Model):
 class LedgerEntry(models.Model):
     """One movement of money; an account's entries always add up to its balance."""
 
-    class Kind(models.TextChoices):
-        CREDIT = "credit"
-        CHARGE = "charge"
-        REFUND = "refund"
-
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=8, choices=choices(LedgerKind))
     amount_cents = models.BigIntegerField()  # signed: charges are negative
     order_id = models.CharField(max_length=64, blank=True, default="")
     # Makes each movement happen once: "charge:<order>", "refund:<order>", "credit:<reference>".
@@ -40,15 +39,11 @@ class LedgerEntry(models.Model):
 class OrderCharge(models.Model):
     """The payment state of one order: charged, or refunded (possibly before any charge)."""
 
-    class State(models.TextChoices):
-        CHARGED = "charged"
-        REFUNDED = "refunded"
-
     order_id = models.CharField(primary_key=True, max_length=64)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="charges", null=True)
     customer_id = models.CharField(max_length=64)
     amount_cents = models.BigIntegerField(default=0)
-    state = models.CharField(max_length=8, choices=State.choices)
+    state = models.CharField(max_length=8, choices=choices(ChargeState))
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

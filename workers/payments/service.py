@@ -11,10 +11,13 @@ from .contract import (
     Balance,
     Charge,
     ChargeRefused,
+    ChargeState,
     InsufficientFunds,
+    LedgerKind,
     LedgerLine,
     Payment,
     Payments,
+    PaymentState,
     Statement,
     UnknownAccount,
     money,
@@ -27,7 +30,7 @@ def _charge(row: models.OrderCharge, balance_cents: int) -> Charge:
         order_id=row.order_id,
         customer_id=row.customer_id,
         amount_cents=row.amount_cents,
-        state=row.state,  # type: ignore[arg-type]
+        state=ChargeState(row.state),
         balance_cents=balance_cents,
     )
 
@@ -43,7 +46,9 @@ def _account(alias: str, customer_id: str, *, lock: bool) -> models.Account:
     return account
 
 
-def _move(account: models.Account, kind: str, amount_cents: int, reference: str, order_id: str = "") -> None:
+def _move(
+    account: models.Account, kind: LedgerKind, amount_cents: int, reference: str, order_id: str = ""
+) -> None:
     """Change a balance and write its ledger line together, inside the caller's transaction."""
     account.balance_cents += amount_cents
     account.save(update_fields=["balance_cents"])
@@ -60,7 +65,7 @@ class PaymentsService(Service, contract=Payments):
             existing = (
                 models.OrderCharge.objects.using(alias).select_for_update().filter(order_id=order_id).first()
             )
-            if existing is not None and existing.state == models.OrderCharge.State.REFUNDED:
+            if existing is not None and existing.state == ChargeState.REFUNDED:
                 raise ChargeRefused(
                     f"Order {order_id} was refunded; a late or repeated charge for it is refused.",
                     order_id=order_id,
@@ -80,9 +85,9 @@ class PaymentsService(Service, contract=Payments):
                 account=account,
                 customer_id=customer_id,
                 amount_cents=amount_cents,
-                state=models.OrderCharge.State.CHARGED,
+                state=ChargeState.CHARGED,
             )
-            _move(account, models.LedgerEntry.Kind.CHARGE, -amount_cents, f"charge:{order_id}", order_id)
+            _move(account, LedgerKind.CHARGE, -amount_cents, f"charge:{order_id}", order_id)
         return _charge(row, account.balance_cents)
 
     def refund(self, *, order_id: str, customer_id: str) -> Charge:
@@ -93,7 +98,7 @@ class PaymentsService(Service, contract=Payments):
                 .select_for_update()
                 .get_or_create(
                     order_id=order_id,
-                    defaults={"customer_id": customer_id, "state": models.OrderCharge.State.REFUNDED},
+                    defaults={"customer_id": customer_id, "state": ChargeState.REFUNDED},
                 )
             )
             account = (
@@ -103,14 +108,14 @@ class PaymentsService(Service, contract=Payments):
                 .first()
             )
             balance = account.balance_cents if account else 0
-            if created or row.state == models.OrderCharge.State.REFUNDED:
+            if created or row.state == ChargeState.REFUNDED:
                 # Nothing was charged (the refund is a tombstone that blocks a late charge), or
                 # it was refunded already: either way, nothing more to give back.
                 return _charge(row, balance)
             assert account is not None  # a charged order always has its account
-            row.state = models.OrderCharge.State.REFUNDED
+            row.state = ChargeState.REFUNDED
             row.save(update_fields=["state", "updated_at"])
-            _move(account, models.LedgerEntry.Kind.REFUND, row.amount_cents, f"refund:{order_id}", order_id)
+            _move(account, LedgerKind.REFUND, row.amount_cents, f"refund:{order_id}", order_id)
         return _charge(row, account.balance_cents)
 
     def payment(self, *, order_id: str, customer_id: str) -> Payment:
@@ -118,8 +123,8 @@ class PaymentsService(Service, contract=Payments):
         charges = models.OrderCharge.objects.using(database(customer_id, write=True))
         row = charges.filter(order_id=order_id).first()
         if row is None:
-            return Payment(order_id=order_id, state="none", amount_cents=0)
-        return Payment(order_id=order_id, state=row.state, amount_cents=row.amount_cents)  # type: ignore[arg-type]
+            return Payment(order_id=order_id, state=PaymentState.NONE, amount_cents=0)
+        return Payment(order_id=order_id, state=PaymentState(row.state), amount_cents=row.amount_cents)
 
     def balance(self, *, customer_id: str) -> Balance:
         account = _account(database(customer_id, write=False), customer_id, lock=False)
@@ -137,7 +142,7 @@ class PaymentsService(Service, contract=Payments):
                 key = (
                     f"credit:{customer_id}:{reference}" if reference else f"credit:{self.context.message_id}"
                 )
-                _move(account, models.LedgerEntry.Kind.CREDIT, amount_cents, key)
+                _move(account, LedgerKind.CREDIT, amount_cents, key)
         except IntegrityError:
             # The reference was used before: that credit happened once already.
             account = _account(alias, customer_id, lock=False)
@@ -148,7 +153,7 @@ class PaymentsService(Service, contract=Payments):
         account = _account(alias, customer_id, lock=False)
         lines = [
             LedgerLine(
-                kind=entry.kind,  # type: ignore[arg-type]
+                kind=LedgerKind(entry.kind),
                 amount_cents=entry.amount_cents,
                 order_id=entry.order_id,
                 reference=entry.reference,
