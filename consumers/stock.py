@@ -6,15 +6,14 @@ the last value is served marked stale instead of an error (bus/cache.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from bus.cache import acall_cached
-from bus.contracts import Contract
+from bus.contracts import RemoteMethod
 from workers.inventory.contract import Inventory, UnknownProduct
 
 from .api import as_json
@@ -42,17 +41,13 @@ class Fresh(Generic[R]):
     age: float
 
 
-async def through_cache(
-    contract: type[Contract],
-    read: Callable[Concatenate[Any, P], Awaitable[R]],
-    *positional: P.args,
-    **arguments: P.kwargs,
-) -> Fresh[R]:
-    """`contract`'s `read` method through bus.cache (`Inventory.stock`): mypy checks the arguments
-    and sees the result's type, where `acall_cached("inventory.stock", ...)` gives it `Any`."""
-    method = contract.methods.get(read.__name__)
-    if method is None or getattr(contract, read.__name__) is not read or positional:
-        raise TypeError(f"through_cache takes a method of {contract.__name__} and its arguments by name.")
+async def through_cache(read: RemoteMethod[P, R], *positional: P.args, **arguments: P.kwargs) -> Fresh[R]:
+    """A contract's read method through bus.cache (`through_cache(Inventory.stock, sku=...)`): mypy
+    checks the arguments and knows the result's type, where `acall_cached("inventory.stock", ...)`
+    takes any keywords and returns untyped JSON."""
+    method = read.method
+    if positional:
+        raise TypeError(f"{method.target} takes keyword arguments only, not {len(positional)} positional.")
     values: dict[str, Any] = dict(arguments)  # the contract's arguments, not acall_cached's own
     cached = await acall_cached(method.target, ttl=stock_ttl(), **values)
     # A clock stepped back must not make the age negative (the description says it is not).
@@ -78,7 +73,7 @@ async def through_cache(
     errors=usual(*BUS_FAILURES),
 )
 async def products(request: HttpRequest) -> HttpResponse:
-    listing = await through_cache(Inventory, Inventory.products)
+    listing = await through_cache(Inventory.products)
     return as_json(ProductListing(products=listing.value, stale=listing.stale, age=listing.age))
 
 
@@ -99,7 +94,7 @@ async def products(request: HttpRequest) -> HttpResponse:
 )
 async def product(request: HttpRequest, sku: str) -> HttpResponse:
     try:
-        stock = await through_cache(Inventory, Inventory.stock, sku=sku)
+        stock = await through_cache(Inventory.stock, sku=sku)
     except UnknownProduct as error:
         return problem(404, "Not found", error.message)
     return as_json(StockReading(**stock.value.model_dump(), stale=stock.stale, age=stock.age))
