@@ -18,7 +18,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from pydantic import BaseModel
 
-from bus.contracts import Contract
+from bus.contracts import RemoteMethod
 from bus.threads import in_pool
 from workers.orders.contract import Order, OrderPage, Orders
 from workers.payments.contract import Balance, Payments, UnknownAccount
@@ -85,7 +85,7 @@ IDEMPOTENCY_KEY = Parameter(
     "Idempotency-Key",
     "header",
     "A new random value per order, the same on a retry of it.",
-    argument(Orders, "place", "idempotency_key"),
+    argument(Orders.place, "idempotency_key"),
     required=True,
     example="0b6f1c4e-8d0a-4f57-9a3e-5c2d7e1f4b90",
 )
@@ -192,7 +192,7 @@ def _order_items(request: HttpRequest) -> Any:
         in_path(
             "order_id",
             "The order's id.",
-            argument(Orders, "get", "order_id"),
+            argument(Orders.get, "order_id"),
             example="179570914220993ca366eaf",
         )
     ],
@@ -214,10 +214,10 @@ async def order(request: HttpRequest, order_id: str) -> HttpResponse:
     return as_json(found)
 
 
-def _customer(contract: type[Contract], method: str) -> Parameter:
-    """The {customer_id} of a customer's own resource, with the limits of `method`'s argument."""
+def _customer(remote: RemoteMethod[..., Any]) -> Parameter:
+    """The {customer_id} of a customer's own resource, with the limits of `remote`'s argument."""
     description = "The signed-in customer's username; another's is 403."
-    return in_path("customer_id", description, argument(contract, method, "customer_id"), example="ada")
+    return in_path("customer_id", description, argument(remote, "customer_id"), example="ada")
 
 
 @Operation(
@@ -228,12 +228,12 @@ def _customer(contract: type[Contract], method: str) -> Parameter:
     summary="The signed-in customer's own orders, newest first, a page at a time",
     security=SIGNED_IN,
     parameters=[
-        _customer(Orders, "list"),
-        in_query("limit", "Orders per page.", argument(Orders, "list", "limit")),
+        _customer(Orders.list),
+        in_query("limit", "Orders per page.", argument(Orders.list, "limit")),
         in_query(
             "cursor",
             "The `next_cursor` of the page before; empty or absent for the first.",
-            argument(Orders, "list", "cursor"),
+            argument(Orders.list, "cursor"),
         ),
     ],
     ok=Ok(
@@ -285,7 +285,7 @@ async def customer_orders(request: HttpRequest, customer_id: str) -> HttpRespons
     summary="The signed-in customer's own balance, as payments has it now",
     description="The page reads it on load and again after each update of an order.",
     security=SIGNED_IN,
-    parameters=[_customer(Payments, "balance")],
+    parameters=[_customer(Payments.balance)],
     ok=Ok("The balance, in cents.", Balance),
     errors={
         400: "The customer id is not a valid customer id.",

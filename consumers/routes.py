@@ -4,7 +4,7 @@
         "GET", "/api/products/{sku}", "getProduct", tag="stock",
         summary="One product's stock, through the edge's cache",
         security=ANYONE,
-        parameters=[in_path("sku", "The product's SKU.", argument(Inventory, "stock", "sku"), "ANVIL-1")],
+        parameters=[in_path("sku", "The product's SKU.", argument(Inventory.stock, "sku"), "ANVIL-1")],
         ok=Ok("The product's stock figures.", StockReading),
         errors={404: "No product has this SKU.", **usual(*BUS_FAILURES)},
     )
@@ -35,7 +35,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
 import bus
-from bus.contracts import Contract, Method
+from bus.contracts import Method, RemoteMethod
 
 from .problems import from_bus_error, problem
 
@@ -44,7 +44,6 @@ V = TypeVar("V", bound=View)
 
 #: The modules that declare operations; urlpatterns() and the document import them all.
 MODULES = ("consumers.stock", "consumers.api", "consumers.health", "consumers.openapi")
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 # Security requirements: each names components/securitySchemes that must all be sent (openapi.py).
 Security = Sequence[Mapping[str, Sequence[str]]]
@@ -93,12 +92,14 @@ class Argument:
         return schema
 
 
-def argument(contract: type[Contract], method: str, name: str) -> Argument:
-    """`name`, an argument of `contract`'s `method`; a typo fails at import."""
-    found = contract.methods.get(method)
-    if found is None or name not in found.arguments.model_fields:
-        raise TypeError(f"{contract.__name__} has no method {method!r} with an argument {name!r}.")
-    return Argument(found, name)
+def argument(remote: RemoteMethod[..., Any], name: str) -> Argument:
+    """`name`, an argument of a contract's method (`Orders.get`); a typo fails at import."""
+    method = remote.method
+    if name not in method.arguments.model_fields:
+        raise TypeError(
+            f"{method.target} has no argument {name!r}; it takes {list(method.arguments.model_fields)}."
+        )
+    return Argument(method, name)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ async def products(request: HttpRequest) -> HttpResponse:
     tag="stock",
     summary="One product's stock, through the edge's cache",
     security=ANYONE,
-    parameters=[in_path("sku", "The product's SKU.", argument(Inventory, "stock", "sku"), example="ANVIL-1")],
+    parameters=[in_path("sku", "The product's SKU.", argument(Inventory.stock, "sku"), example="ANVIL-1")],
     ok=Ok("The product's stock figures.", StockReading),
     errors={
         400: "The SKU is not a valid SKU (`errors` names it).",

@@ -169,9 +169,9 @@ def test_links_go_to_declared_operations_and_their_parameters() -> None:
 
 
 def test_a_parameter_names_a_contract_argument_that_exists() -> None:
-    assert argument(Orders, "get", "order_id").json_schema()["maxLength"] > 0
-    with pytest.raises(TypeError, match=r"Orders has no method 'get' with an argument 'id'"):
-        argument(Orders, "get", "id")
+    assert argument(Orders.get, "order_id").json_schema()["maxLength"] > 0
+    with pytest.raises(TypeError, match=r"orders.get has no argument 'id'; it takes \['order_id'\]"):
+        argument(Orders.get, "id")
 
 
 async def test_reads_through_the_cache_take_the_contracts_arguments_by_name() -> None:
