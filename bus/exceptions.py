@@ -3,7 +3,8 @@
     BusError
     ├── BadMessage                 a message is malformed: missing fields, bad names
     │   └── MessageTooLarge        the encoded message exceeds BUS["MAX_MESSAGE_BYTES"]
-    ├── ValidationError            arguments or a result do not match the contract
+    ├── ValidationError            arguments or a payload do not match the contract
+    │   └── InvalidResult          a worker's result does not match the caller's contract
     ├── UnknownTarget              no such service, method or event in any contract
     ├── Unavailable                the message cannot be delivered now; retry later
     │   ├── BrokerUnreachable      Redis (or the configured layer) does not answer
@@ -30,6 +31,7 @@ __all__ = [
     "ChannelFull",
     "ContractError",
     "DeadlineExceeded",
+    "InvalidResult",
     "MessageTooLarge",
     "NoWorker",
     "ReadOnly",
@@ -82,6 +84,13 @@ class ValidationError(BusError):
     def errors(self) -> list[dict[str, Any]]:
         errors: list[dict[str, Any]] = self.details.get("errors", [])
         return errors
+
+
+class InvalidResult(ValidationError):
+    """A worker answered with a result its caller's contract does not accept: the caller's
+    arguments were fine, the two sides disagree (say, a worker of another contract version)."""
+
+    kind = "invalid_result"
 
 
 class UnknownTarget(BusError):
@@ -155,7 +164,8 @@ class ContractError(BusError):
 
 
 _by_kind: dict[str, type[BusError]] = {
-    error.kind: error for error in (BadMessage, ValidationError, UnknownTarget, DeadlineExceeded, RemoteError)
+    error.kind: error
+    for error in (BadMessage, ValidationError, InvalidResult, UnknownTarget, DeadlineExceeded, RemoteError)
 }
 _by_code: dict[str, type[BusError]] = {
     error.__name__: error

@@ -18,7 +18,7 @@ import pydantic
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
-from .exceptions import ContractError, UnknownTarget, ValidationError
+from .exceptions import ContractError, InvalidResult, UnknownTarget, ValidationError
 
 __all__ = ["Event", "Method", "RpcOptions", "lookup_event", "lookup_method", "register"]
 
@@ -28,13 +28,15 @@ RESERVED_ARGUMENTS = frozenset({"timeout"})
 M = TypeVar("M", bound=BaseModel)
 
 
-def _validation_error(what: str, exc: pydantic.ValidationError) -> ValidationError:
+def _validation_error(
+    what: str, exc: pydantic.ValidationError, kind: type[ValidationError] = ValidationError
+) -> ValidationError:
     errors = [
         {"field": ".".join(str(part) for part in error["loc"]) or "(root)", "message": error["msg"]}
         for error in exc.errors(include_url=False)
     ]
     listed = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
-    return ValidationError(f"Invalid {what}: {listed}.", errors=errors)
+    return kind(f"Invalid {what}: {listed}.", errors=errors)
 
 
 def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
@@ -103,14 +105,14 @@ class Method:
         try:
             return self._result.dump_python(self._result.validate_python(value), mode="json")
         except pydantic.ValidationError as exc:
-            raise _validation_error(f"result from {self.target}", exc) from None
+            raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 
     def load_result(self, data: Any) -> Any:
         """A JSON result turned back into the declared type, for typed clients."""
         try:
             return self._result.validate_python(data)
         except pydantic.ValidationError as exc:
-            raise _validation_error(f"result from {self.target}", exc) from None
+            raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 
     def json_schema(self) -> dict[str, Any]:
         return {

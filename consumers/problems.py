@@ -28,6 +28,13 @@ def problem(
 
 def from_bus_error(error: bus.BusError) -> JsonResponse:
     """The HTTP answer to an error from the bus: what happened, and what to do about it."""
+    if isinstance(error, bus.InvalidResult):
+        return problem(
+            502,
+            "A service answered in an unexpected shape",
+            f"{error.message} The web process and the worker disagree on the contract: "
+            "retry once the deploy is done.",
+        )
     if isinstance(error, bus.ValidationError):
         return problem(400, "Invalid request", error.message, errors=error.errors)
     if isinstance(error, InvalidOrder):

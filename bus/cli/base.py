@@ -17,6 +17,7 @@ from bus.exceptions import (
     BusError,
     ContractError,
     DeadlineExceeded,
+    InvalidResult,
     RemoteError,
     Unavailable,
     UnknownTarget,
@@ -27,6 +28,7 @@ Options = dict[str, Any]
 
 # The exit status of each failure, most specific first; what each means, for `--help`.
 EXIT_CODES: list[tuple[type[BusError], int]] = [
+    (InvalidResult, 5),
     (ValidationError, 3),
     (BadMessage, 3),
     (ContractError, 4),
@@ -40,7 +42,7 @@ MEANINGS: dict[int, str] = {
     2: "bad usage or JSON (a service alone, without a method or event, lists them)",
     3: "invalid arguments or malformed message",
     4: "a declared domain error",
-    5: "a remote error",
+    5: "a remote error, or a result the contract does not accept",
     6: "deadline exceeded",
     7: "unavailable (no worker, channel full, read-only, Redis unreachable)",
     8: "unknown service, method or event",

@@ -217,3 +217,16 @@ def test_an_rpc_method_outside_a_contract_says_where_it_belongs() -> None:
         loose.call(n=1)
     with pytest.raises(TypeError, match=r"echo\.add takes keyword arguments only, not 1 positional\."):
         Echo.add.call(1)  # type: ignore[call-arg]
+
+
+def test_a_result_the_contract_does_not_accept_is_an_invalid_result() -> None:
+    """Not the caller's mistake: a worker of another contract version answered (502 at the edge)."""
+    import bus
+    from bus.targets import lookup_method
+    from consumers.problems import from_bus_error
+
+    with pytest.raises(bus.InvalidResult, match=r"Invalid result from echo.add: \(root\)") as caught:
+        lookup_method("echo.add").load_result("three")
+    assert isinstance(caught.value, bus.ValidationError)
+    answer = from_bus_error(caught.value)
+    assert answer.status_code == 502 and b"disagree on the contract" in answer.content

@@ -71,6 +71,7 @@ def test_the_public_api_is_what_it_was() -> None:
         "ContractError",
         "DeadlineExceeded",
         "Event",
+        "InvalidResult",
         "MessageTooLarge",
         "NoWorker",
         "ReadOnly",
