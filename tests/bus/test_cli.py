@@ -154,7 +154,7 @@ def test_call_help_lists_the_exit_codes_and_send_those_it_can_give(tmp_path: Pat
         "  2  bad usage or JSON (a service alone, without a method or event, lists them)\n"
         "  3  invalid arguments or malformed message\n"
         "  4  a declared domain error\n"
-        "  5  a remote error\n"
+        "  5  a remote error, or a result the contract does not accept\n"
         "  6  deadline exceeded\n"
         "  7  unavailable (no worker, channel full, read-only, Redis unreachable)\n"
         "  8  unknown service, method or event\n"
