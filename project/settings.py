@@ -81,7 +81,11 @@ def _database(alias: str) -> dict[str, Any]:
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
         # (up to the timeout) instead of failing with "database is locked" half-way through.
-        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        config["OPTIONS"] = {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
         path = Path(config["NAME"])
         config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
     return config
