@@ -132,7 +132,8 @@ def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tu
         )
         env = system_env(redis_url, directory / "data", databases)
         port = free_port()
-        up = processes.start("up", [sys.executable, "manage.py", "up", "--port", str(port)], env)
+        workers = [f"--workers={spec}" for spec in arguments.workers]
+        up = processes.start("up", [sys.executable, "manage.py", "up", "--port", str(port), *workers], env)
         base = f"http://127.0.0.1:{port}"
         progress(f"{database}: waiting for `up` on {base}")
         try:
@@ -241,6 +242,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--suffix", default="checkout_bench", help="PostgreSQL databases are bus_<alias>_SUFFIX"
+    )
+    parser.add_argument(
+        "--workers",
+        action="append",
+        default=[],
+        metavar="DOMAIN=COUNT",
+        help="passed on to `up` (default: one each)",
     )
     parser.add_argument("--logs", type=Path, default=None, help="keep each run's `up` log in this folder")
     parser.add_argument(

@@ -79,11 +79,16 @@ def _database(alias: str) -> dict[str, Any]:
     url = os.environ.get(variable, f"sqlite:///{DATA_DIR / alias}.sqlite3")
     config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
-        # (up to the timeout) instead of failing with "database is locked" half-way through.
+        # Django's SQLite backend, with the threads of a process taking turns to write (see there).
+        config["ENGINE"] = "bus.sqlite"
         config["OPTIONS"] = {
+            # Seconds a writer may wait: longer than any bus deadline, so a write is refused only
+            # when the machine is overloaded (transactions last milliseconds), not for a queue.
             "timeout": 20,
+            # Transactions take the write lock up front, so none fails half-way to upgrade one.
             "transaction_mode": "IMMEDIATE",
+            # WAL: readers and the writer do not block each other. NORMAL: a commit does not wait
+            # for the disk (a power cut may lose the last commits, never corrupt the file).
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
         }
         path = Path(config["NAME"])

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 import redis
@@ -24,6 +24,19 @@ from bus.layers import RedisBusLayer
 from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.05
+) -> T:
+    """Poll `check` until it returns something true, and return that; fail saying `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what if isinstance(what, str) else what()}")
+        time.sleep(interval)
+    return result
 
 
 def free_port() -> int:

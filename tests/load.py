@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import wait_until
 from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,19 +186,25 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
     """The final form of every order the load placed, polling the API until all are terminal."""
     readers = {client.customer: client for client in load.clients}
     placed = set(load.order_ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        orders = {
-            order["order_id"]: order
+    seen: dict[str, dict[str, Any]] = {}
+
+    def all_terminal() -> bool:
+        seen.clear()
+        seen.update(
+            (order["order_id"], order)
             for client in readers.values()
             for order in orders_of(client)
             if order["order_id"] in placed
-        }
-        waiting = Counter(order["state"] for order in orders.values() if order["state"] not in TERMINAL)
-        if len(orders) == len(placed) and not waiting:
-            return orders
-        assert time.monotonic() < deadline, f"not terminal after {timeout} s: {dict(waiting)}"
-        time.sleep(0.2)
+        )
+        return len(seen) == len(placed) and all(order["state"] in TERMINAL for order in seen.values())
+
+    def waiting() -> str:
+        states = Counter(order["state"] for order in seen.values() if order["state"] not in TERMINAL)
+        missing = len(placed) - len(seen)
+        return f"of {len(placed)} orders, {missing} not listed and these not ended: {dict(states)}"
+
+    wait_until(all_terminal, timeout, waiting, interval=0.2)
+    return dict(seen)
 
 
 def settled_after(load: Load, orders: dict[str, dict[str, Any]]) -> float:

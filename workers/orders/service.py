@@ -79,7 +79,7 @@ def _give_up_after() -> datetime.timedelta:
 
 
 def _lease() -> datetime.timedelta:
-    """A worker's claim on a saga; renewed before each step, so only a dead worker's claim runs out."""
+    """A worker's claim on a saga; renewed with each stored step, so only a dead worker's claim runs out."""
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_LEASE_SECONDS", 20))
 
 
@@ -137,7 +137,9 @@ class OrdersService(Service, contract=Orders):
         except bus.BusError as exc:
             self._postpone(order, exc)
         finally:
-            models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
+            # A finished saga gave its lease up with its last step: one write less per order.
+            if order.state not in (State.CONFIRMED, State.FAILED):
+                models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
         return _snapshot(self._order(order_id, write=True))
 
     # -- periodic work in every orders worker ------------------------------
@@ -166,7 +168,6 @@ class OrdersService(Service, contract=Orders):
     def _run(self, order: models.Order) -> None:
         """Take the order from its current state to the end, one stored step at a time."""
         while order.state not in (State.CONFIRMED, State.FAILED):
-            self._renew(order)
             if order.state == State.PENDING:
                 try:
                     for line in order.lines:
@@ -234,16 +235,21 @@ class OrdersService(Service, contract=Orders):
         reason: str = "",
         finished: bool = False,
     ) -> None:
-        """Store a state change, its step and its event in one transaction."""
+        """Store a state change, its step and its event in one transaction, renewing the lease.
+
+        The lease is renewed here rather than in a write of its own before each step: every step
+        starts from a stored one (or from the claim), and each write holds SQLite's one write lock.
+        """
         with transaction.atomic(using=order._state.db):
             order.state = state
             order.reason = reason or order.reason
             order.updated_at = timezone.now()
             order.save(update_fields=["state", "reason", "updated_at"])
+            saga = models.Saga.objects.using(order._state.db).filter(order_id=order.id)
             if finished:
-                models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
-                    finished_at=timezone.now()
-                )
+                saga.update(finished_at=timezone.now(), lease_until=None)
+            else:
+                saga.update(lease_until=timezone.now() + _lease())
             self._record(order, step, detail)
 
     def _record(self, order: models.Order, step: str | None, detail: str) -> None:
@@ -259,11 +265,6 @@ class OrdersService(Service, contract=Orders):
             .filter(order_id=order_id, finished_at=None)
             .filter(Q(lease_until=None) | Q(lease_until__lt=now))
             .update(lease_until=now + _lease())
-        )
-
-    def _renew(self, order: models.Order) -> None:
-        models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
-            lease_until=timezone.now() + _lease()
         )
 
     def _order(self, order_id: str, *, write: bool) -> models.Order:
