@@ -3,12 +3,14 @@
 REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db); unset: in-memory
 BUS_ENCRYPTION_KEYS    comma-separated keys that encrypt messages on Redis (needs `cryptography`)
 DATABASE_URL           the default database; INVENTORY_DATABASE_URL etc. per domain (SQLite files by default)
+DATABASE_POOL_SIZE     PostgreSQL connections per process and database (default 8, with psycopg[pool])
 DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DJANGO_DATA_DIR
 """
 
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,8 @@ TEMPLATES = [
 
 # One database per domain (vertical partitioning); each is a SQLite file unless its URL is set.
 DOMAIN_DATABASES = ["inventory", "orders", "payments"]
+# PostgreSQL connections per process and database (with psycopg's pool, the `pool` extra).
+DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
 
 
 def _database(alias: str) -> dict[str, Any]:
@@ -93,6 +97,16 @@ def _database(alias: str) -> dict[str, Any]:
         }
         path = Path(config["NAME"])
         config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
+    elif config["ENGINE"] == "django.db.backends.postgresql" and find_spec("psycopg_pool") is not None:
+        # One pool per process and database: without it each of a worker's handler threads keeps a
+        # connection of its own to every database it touched, and five processes went past
+        # PostgreSQL's default max_connections (100) with 20 clients. Pooled connections are given
+        # back after each message or request (CONN_MAX_AGE 0), not closed.
+        config["CONN_MAX_AGE"] = 0
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "pool": {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 10},
+        }
     return config
 
 

@@ -166,16 +166,21 @@ def place_orders(base: str, *, clients: int, orders: int, seed: int = 1815) -> L
     return load
 
 
-def orders_of(client: Client) -> list[dict[str, Any]]:
-    """Every order of the client's customer, through GET /api/customers/<id>/orders, page by page."""
+def orders_of(client: Client) -> list[dict[str, Any]] | None:
+    """Every order of the client's customer, through GET /api/customers/<id>/orders page by page;
+    None when a page could not be had (a 5xx, a dropped connection), for the caller to ask again."""
     found: list[dict[str, Any]] = []
     cursor = ""
     while True:
-        status, page = client.visitor.request(
-            "GET", f"/api/customers/{client.customer}/orders?limit=100&cursor={cursor}"
-        )
-        if status != 200:
-            raise AssertionError(f"listing {client.customer}'s orders answered {status}: {str(page)[:300]}")
+        try:
+            status, page = client.visitor.request(
+                "GET", f"/api/customers/{client.customer}/orders?limit=100&cursor={cursor}"
+            )
+        except OSError:
+            return None
+        if status >= 500:
+            return None
+        assert status == 200, f"listing {client.customer}'s orders answered {status}: {str(page)[:300]}"
         found += page["orders"]
         cursor = page["next_cursor"]
         if not cursor:
@@ -189,11 +194,14 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
 
     def all_terminal() -> bool:
+        listings = [orders_of(client) for client in readers.values()]
+        if any(listing is None for listing in listings):
+            return False
         seen.clear()
         seen.update(
             (order["order_id"], order)
-            for client in readers.values()
-            for order in orders_of(client)
+            for listing in listings
+            for order in listing or []
             if order["order_id"] in placed
         )
         return len(seen) == len(placed) and all(order["state"] in TERMINAL for order in seen.values())

@@ -162,7 +162,10 @@ class InventoryService(Service, contract=Inventory):
     def _settle(self, hold: models.OrderHold, state: str) -> None:
         """Move every held reservation of an order to `state`, adjusting product counters."""
         touched = []
-        for reservation in hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD):
+        # Products are locked in SKU order in every transaction, so two orders that share products
+        # never each hold one that the other waits for (PostgreSQL's "deadlock detected").
+        held = hold.reservations.select_for_update().filter(state=models.Reservation.State.HELD)
+        for reservation in held.order_by("product_id"):
             product = (
                 models.Product.objects.using(self.database)
                 .select_for_update()
