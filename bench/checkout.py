@@ -1,27 +1,29 @@
 """Checkouts through the HTTP API: 20 signed-in clients against `manage.py up`, on SQLite and PostgreSQL.
 
     .venv/bin/python bench/checkout.py [--orders N] [--clients N] [--quick] [--databases sqlite,postgresql]
-                                       [--postgres-url URL] [--suffix NAME] [--output PATH]
+                                       [--postgres-url URL] [--suffix NAME] [--workers DOMAIN=COUNT]
+                                       [--logs DIR] [--output PATH]
 
 Run from the repository root. For each database it starts a private redis-server and
 `manage.py up` with REDIS_URL set (daphne and one `runworker` per domain, as a user gets it, with
 DEBUG off): first on its default SQLite files in a fresh directory, then on PostgreSQL databases
-`bus_<alias>_<suffix>` (dropped and created anew; `--postgres-url` or TEST_POSTGRES_URL, default
-postgres://postgres@127.0.0.1:5432). It stocks up, then `--clients` sessions (spread over the
-demo customers) place `--orders` checkouts between them through `POST /api/orders`, each client one
-after the other, retrying a 5xx with the same Idempotency-Key (tests/load.py, which
-tests/test_load.py drives the same way). It reports per database:
+`bus_<alias>_<suffix>` (created for the run and dropped after it; `--postgres-url` or
+TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432). It stocks up, then `--clients`
+sessions (spread over the demo customers) place `--orders` checkouts between them through
+`POST /api/orders`, each client one after the other, retrying a 5xx with the same
+Idempotency-Key (tests/load.py, which tests/test_load.py drives the same way). It reports per database:
 
 - checkouts per second: orders placed / seconds from the first request to the last answer;
 - p50 and p99 of every POST's latency, retries included; the share of 5xx (and dropped connections);
 - seconds from the last answer to the last order's final change (its `updated_at`): the saga's
   backlog when the load ends;
-- lines of the system's log that say "database is locked".
+- lines of the system's log that say "database is locked", and its lines at level ERROR.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -36,6 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -53,10 +56,9 @@ from bench.common import (  # noqa: E402  (the repository root must be on sys.pa
     start_redis,
     versions,
 )
-from tests.load import place_orders, settled_after, stock_up, wait_terminal  # noqa: E402
+from tests.load import Load, place_orders, postgres_databases, settled_after, stock_up, wait_terminal  # noqa: E402
 from tests.site import Visitor, wait_ready  # noqa: E402
 
-ALIASES = ("default", "inventory", "orders", "payments")
 DATABASES = ("sqlite", "postgresql")
 READY_TIMEOUT = 120.0
 TERMINAL_TIMEOUT = 600.0
@@ -78,27 +80,13 @@ class Row:
     confirmed: int
     failed: int
     locked: int
+    error_lines: int  # log lines at level ERROR, of any process
     refused: int  # checkouts that ended in a 4xx, or 5xx past the client's retry budget
     cpu: dict[str, float | None]  # CPU seconds each process used during the load
 
     @property
     def per_second(self) -> float:
         return self.orders / self.seconds if self.seconds else 0.0
-
-
-def postgres_urls(base: str, suffix: str) -> dict[str, str]:
-    """The <ALIAS>_DATABASE_URL variables of databases bus_<alias>_<suffix>, created anew."""
-    import psycopg
-
-    urls = {}
-    with psycopg.connect(f"{base.rstrip('/')}/postgres", autocommit=True) as connection:
-        for alias in ALIASES:
-            name = f"bus_{alias}_{suffix}"
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            connection.execute(f'CREATE DATABASE "{name}"')
-            variable = "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL"
-            urls[variable] = f"{base.rstrip('/')}/{name}"
-    return urls
 
 
 def system_env(redis_url: str, data_dir: Path, databases: dict[str, str]) -> dict[str, str]:
@@ -110,7 +98,7 @@ def system_env(redis_url: str, data_dir: Path, databases: dict[str, str]) -> dic
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DJANGO_DATA_DIR": str(data_dir),
         "REDIS_URL": redis_url,
-        "DJANGO_DEBUG": os.environ.get("BENCH_DEBUG", "0"),
+        "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": secrets.token_hex(32),
         "PYTHONUNBUFFERED": "1",
     }
@@ -125,11 +113,15 @@ def children(log: Path) -> dict[str, int]:
 def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tuple[Row, list[str]]:
     """Start the system on `database`, run the load, read the orders back; the row, and versions."""
     processes = Processes(directory)
-    try:
+    with contextlib.ExitStack() as stack:
+        databases: dict[str, str] = {}
+        if database == "postgresql":
+            databases = stack.enter_context(postgres_databases(arguments.postgres_url, arguments.suffix))
+        # Called first on the way out: the system stops before its databases are dropped.
+        stack.callback(processes.stop_all)
+        if arguments.logs:
+            stack.callback(keep_log, directory / "up.log", arguments.logs / f"{database}-up.log")
         redis_url = start_redis(processes)
-        databases = (
-            postgres_urls(arguments.postgres_url, arguments.suffix) if database == "postgresql" else {}
-        )
         env = system_env(redis_url, directory / "data", databases)
         port = free_port()
         workers = [f"--workers={spec}" for spec in arguments.workers]
@@ -149,30 +141,38 @@ def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tu
         orders = wait_terminal(load, timeout=TERMINAL_TIMEOUT)
         if up.poll() is not None:
             raise BenchmarkError(f"`up` exited with {up.returncode}:\n{processes.output('up')}")
-        latencies = sorted(seconds for _, seconds in load.responses)
         log = (directory / "up.log").read_text(errors="replace")
-        states = [order["state"] for order in orders.values()]
-        row = Row(
-            database=database,
-            orders=len(load.order_ids),
-            requests=len(load.responses),
-            seconds=load.seconds(),
-            p50_ms=1000 * percentile(latencies, 50),
-            p99_ms=1000 * percentile(latencies, 99),
-            server_errors=load.server_errors(),
-            settled=settled_after(load, orders),
-            confirmed=states.count("confirmed"),
-            failed=states.count("failed"),
-            locked=log.count(LOCKED),
-            refused=len(load.errors),
-            cpu=cpu,
-        )
-        return row, versions(redis_url, ("daphne", "psycopg"))
-    finally:
-        processes.stop_all()
-        if arguments.logs:
-            arguments.logs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(directory / "up.log", arguments.logs / f"{database}-up.log")
+        return row_of(database, load, orders, log, cpu), versions(redis_url, ("daphne", "psycopg"))
+    raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions
+
+
+def keep_log(log: Path, kept: Path) -> None:
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, kept)
+
+
+def row_of(
+    database: str, load: Load, orders: dict[str, dict[str, Any]], log: str, cpu: dict[str, float | None]
+) -> Row:
+    """The figures of one run."""
+    latencies = sorted(seconds for _, seconds in load.responses)
+    states = [order["state"] for order in orders.values()]
+    return Row(
+        database=database,
+        orders=len(load.order_ids),
+        requests=len(load.responses),
+        seconds=load.seconds(),
+        p50_ms=1000 * percentile(latencies, 50),
+        p99_ms=1000 * percentile(latencies, 99),
+        server_errors=load.server_errors(),
+        settled=settled_after(load, orders),
+        confirmed=states.count("confirmed"),
+        failed=states.count("failed"),
+        locked=log.count(LOCKED),
+        error_lines=len(re.findall(r"^\S+\s+\| \S+ \S+ ERROR ", log, re.MULTILINE)),
+        refused=len(load.errors),
+        cpu=cpu,
+    )
 
 
 def table(rows: Sequence[Row], clients: int) -> list[str]:
@@ -187,7 +187,7 @@ def table(rows: Sequence[Row], clients: int) -> list[str]:
         lines.append(
             f"| {row.database} | {row.per_second:.1f} | {row.p50_ms:.0f} | {row.p99_ms:.0f} | "
             f"{share:.1f}% ({row.server_errors} of {row.requests:,}) | {row.settled:.1f} | "
-            f"{row.confirmed} / {row.failed} | {row.locked} |"
+            f"{row.confirmed} / {row.failed} | {row.locked} / {row.error_lines} |"
         )
     names = list(rows[0].cpu) if rows else []
     lines += [

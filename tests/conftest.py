@@ -257,7 +257,13 @@ class UpProcess:
     The up and chaos tests start the whole system the same way: one launcher keeps them alike.
     """
 
-    def __init__(self, data_dir: Path, redis_url: str | None, log_level: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        redis_url: str | None,
+        log_level: str | None = None,
+        databases: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.visitor = Visitor(self.base)
@@ -271,6 +277,7 @@ class UpProcess:
             env["REDIS_URL"] = redis_url
         if log_level:
             env["LOG_LEVEL"] = log_level
+        env.update(databases or {})  # <ALIAS>_DATABASE_URL variables; SQLite files in data_dir without
         self.env = env
         self.log_file = self.log.open("w")
         self.process = subprocess.Popen(

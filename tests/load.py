@@ -14,6 +14,7 @@ with the same key after a short pause, as a careful client would, and every resp
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import random
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CUSTOMERS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
 SKUS = ["ANVIL-1", "BELLOWS-2", "TONGS-3", "HAMMER-4", "APRON-5", "QUENCH-6"]
 TERMINAL = {"confirmed", "failed"}
+ALIASES = ("default", "inventory", "orders", "payments")  # the databases of `up` (PAYMENTS_SHARDS=1)
 #: Seconds a client goes on retrying one checkout answered with 5xx before it gives up on it.
 RETRY_BUDGET = 120.0
 MOST_EXPENSIVE_CENTS = 12_900  # ANVIL-1
@@ -60,6 +63,33 @@ def stock_up(env: dict[str, str], orders: int) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, timeout=120
     )
+
+
+@contextlib.contextmanager
+def postgres_databases(server: str, suffix: str) -> Iterator[dict[str, str]]:
+    """Empty PostgreSQL databases bus_<alias>_<suffix> on `server` for the time of the block, as the
+    <ALIAS>_DATABASE_URL variables of a system that should use them; dropped before and after."""
+    import psycopg
+
+    server = server.rstrip("/")
+    names = {alias: f"bus_{alias}_{suffix}" for alias in ALIASES}
+
+    def drop(connection: psycopg.Connection[Any]) -> None:
+        for name in names.values():
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        drop(connection)
+        for name in names.values():
+            connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {
+            "DATABASE_URL" if alias == "default" else f"{alias.upper()}_DATABASE_URL": f"{server}/{name}"
+            for alias, name in names.items()
+        }
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+            drop(connection)
 
 
 @dataclass
