@@ -268,14 +268,32 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return arguments
 
 
+def postgres_missing(url: str) -> str:
+    """Why PostgreSQL at `url` cannot be used ("" when it can): its row is then left out, said why."""
+    import psycopg
+
+    try:
+        psycopg.connect(f"{url.rstrip('/')}/postgres", connect_timeout=3).close()
+    except psycopg.Error as exc:
+        reason = str(exc).strip()[:200]
+        return f"PostgreSQL not measured: {url} could not be reached ({reason}); set --postgres-url."
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the load on each database in turn; every child process is stopped before it returns."""
     arguments = parse_arguments(argv)
     started = time.monotonic()
     rows = []
+    notes = []
     measured: list[str] = []
     try:
         for database in arguments.databases:
+            missing = postgres_missing(arguments.postgres_url) if database == "postgresql" else ""
+            if missing:
+                progress(missing)
+                notes.append(missing)
+                continue
             with tempfile.TemporaryDirectory(prefix=f"bench-checkout-{database}-") as directory:
                 row, measured = measure(database, arguments, Path(directory))
                 rows.append(row)
@@ -283,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkError, subprocess.CalledProcessError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    lines = [*header(arguments, measured), *table(rows, arguments.clients), ""]
+    lines = [*header(arguments, measured), *table(rows, arguments.clients), *notes, ""]
     lines.append(f"_Whole run: {time.monotonic() - started:.1f} s._")
     return publish(lines, arguments.output)
 
