@@ -145,7 +145,9 @@ def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tu
             raise BenchmarkError(f"`up` exited with {up.returncode}:\n{processes.output('up')}")
         with open(directory / "up.log", "rb") as whole:
             log = whole.read()[start_of_load:].decode(errors="replace")
-        return row_of(database, load, orders, log, cpu), versions(redis_url, ("daphne", "psycopg"))
+        return row_of(database, load, orders, log, cpu), versions(
+            redis_url, ("daphne", "psycopg", "psycopg-pool")
+        )
     raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions
 
 
