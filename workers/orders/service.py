@@ -137,9 +137,7 @@ class OrdersService(Service, contract=Orders):
         except bus.BusError as exc:
             self._postpone(order, exc)
         finally:
-            # A finished saga gave its lease up with its last step: one write less per order.
-            if order.state not in (State.CONFIRMED, State.FAILED):
-                models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
+            models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
         return _snapshot(self._order(order_id, write=True))
 
     # -- periodic work in every orders worker ------------------------------
@@ -235,21 +233,22 @@ class OrdersService(Service, contract=Orders):
         reason: str = "",
         finished: bool = False,
     ) -> None:
-        """Store a state change, its step and its event in one transaction, renewing the lease.
-
-        The lease is renewed here rather than in a write of its own before each step: every step
-        starts from a stored one (or from the claim), and each write holds SQLite's one write lock.
-        """
+        """Store a state change, its step and its event in one transaction."""
         with transaction.atomic(using=order._state.db):
             order.state = state
             order.reason = reason or order.reason
             order.updated_at = timezone.now()
             order.save(update_fields=["state", "reason", "updated_at"])
-            saga = models.Saga.objects.using(order._state.db).filter(order_id=order.id)
             if finished:
-                saga.update(finished_at=timezone.now(), lease_until=None)
+                models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
+                    finished_at=timezone.now()
+                )
             else:
-                saga.update(lease_until=timezone.now() + _lease())
+                # The lease is renewed here, not in a write of its own before each step: every step
+                # starts from a stored one (or the claim), and on SQLite each write waits its turn.
+                models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
+                    lease_until=timezone.now() + _lease()
+                )
             self._record(order, step, detail)
 
     def _record(self, order: models.Order, step: str | None, detail: str) -> None:
