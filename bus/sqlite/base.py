@@ -85,8 +85,11 @@ _turns_lock = threading.Lock()
 
 def turns_for(name: str) -> WriteTurns:
     """The one queue of the process for database file `name`."""
-    with _turns_lock:
-        return _turns.setdefault(name, WriteTurns(name))
+    turns = _turns.get(name)
+    if turns is None:
+        with _turns_lock:
+            turns = _turns.setdefault(name, WriteTurns(name))
+    return turns
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
