@@ -31,12 +31,12 @@ from typing import Any
 
 from tests.conftest import wait_until
 from tests.site import Visitor
+from workers.orders.contract import TERMINAL_STATES
 
 ROOT = Path(__file__).resolve().parent.parent
 # The seed's demo logins (consumers/management/commands/seed.py, which needs Django to import).
 CUSTOMERS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
 SKUS = ["ANVIL-1", "BELLOWS-2", "TONGS-3", "HAMMER-4", "APRON-5", "QUENCH-6"]
-TERMINAL = {"confirmed", "failed"}
 ALIASES = ("default", "inventory", "orders", "payments")  # the databases of `up` (PAYMENTS_SHARDS=1)
 #: Seconds a client goes on retrying one checkout answered with 5xx before it gives up on it.
 RETRY_BUDGET = 120.0
@@ -234,10 +234,10 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
             for order in listing or []
             if order["order_id"] in placed
         )
-        return len(seen) == len(placed) and all(order["state"] in TERMINAL for order in seen.values())
+        return len(seen) == len(placed) and all(order["state"] in TERMINAL_STATES for order in seen.values())
 
     def waiting() -> str:
-        states = Counter(order["state"] for order in seen.values() if order["state"] not in TERMINAL)
+        states = Counter(order["state"] for order in seen.values() if order["state"] not in TERMINAL_STATES)
         missing = len(placed) - len(seen)
         return f"of {len(placed)} orders, {missing} not listed and these not ended: {dict(states)}"
 
