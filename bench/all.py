@@ -3,9 +3,11 @@
     .venv/bin/python bench/all.py [--quick] [--output bench/results/all.md]
 
 Runs bench/rpc.py (the bus against the raw channels-redis layer and a hand-rolled redis-py
-request/reply) and bench/edge.py (HTTP through the bus against a plain Channels endpoint,
-WebSockets held, broadcast fan-out), each in its own process so that neither warms the other, and
-joins their reports. Every figure in them is a ratio to a baseline measured in the same run.
+request/reply), bench/edge.py (HTTP through the bus against a plain Channels endpoint,
+WebSockets held, broadcast fan-out) and bench/checkout.py (20 clients placing orders through the
+HTTP API of `manage.py up`, on SQLite and PostgreSQL), each in its own process so that none warms
+another, and joins their reports. The figures of the first two are ratios to baselines measured in
+the same run; the checkout's are absolute, with the CPU each process spent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SUITE = ["rpc.py", "edge.py"]
+SUITE = ["rpc.py", "edge.py", "checkout.py"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,13 @@ DJANGO_ALLOWED_HOSTS   host names this site answers to (localhost, 127.0.0.1, [:
 DJANGO_HTTPS=1         served over HTTPS (behind the balancer): Secure cookies, HSTS, redirects to https
 DJANGO_BEHIND_PROXY=1  trust the balancer's X-Forwarded-Proto and X-Forwarded-For
 DJANGO_DATA_DIR        SQLite files and the demo's secret key (var/)
+DATABASE_POOL_SIZE     PostgreSQL connections per process and database (default 8, with psycopg[pool])
 """
 
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,8 @@ TEMPLATES = [
 
 # One database per domain (vertical partitioning); each is a SQLite file unless its URL is set.
 DOMAIN_DATABASES = ["inventory", "orders", "payments"]
+# PostgreSQL connections per process and database (with psycopg's pool, the `pool` extra).
+DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
 
 
 def _database(alias: str) -> dict[str, Any]:
@@ -110,11 +114,30 @@ def _database(alias: str) -> dict[str, Any]:
     url = os.environ.get(variable, f"sqlite:///{DATA_DIR / alias}.sqlite3")
     config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
-        # (up to the timeout) instead of failing with "database is locked" half-way through.
-        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        # Django's SQLite backend, with the threads of a process taking turns to write (see there).
+        config["ENGINE"] = "bus.sqlite"
+        config["OPTIONS"] = {
+            # Seconds a writer may wait: longer than any bus deadline, so a write is refused only
+            # when the machine is overloaded (transactions last milliseconds), not for a queue.
+            "timeout": 20,
+            # Transactions take the write lock up front, so none fails half-way to upgrade one.
+            "transaction_mode": "IMMEDIATE",
+            # WAL: readers and the writer do not block each other. NORMAL: a commit does not wait
+            # for the disk (a power cut may lose the last commits, never corrupt the file).
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
         path = Path(config["NAME"])
         config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
+    elif config["ENGINE"] == "django.db.backends.postgresql" and find_spec("psycopg_pool") is not None:
+        # One pool per process and database: without it each of a worker's handler threads keeps a
+        # connection of its own to every database it touched, and five processes went past
+        # PostgreSQL's default max_connections (100) with 20 clients. Pooled connections are given
+        # back after each message or request (CONN_MAX_AGE 0), not closed.
+        config["CONN_MAX_AGE"] = 0
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "pool": {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 10},
+        }
     return config
 
 

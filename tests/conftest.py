@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 import redis
@@ -24,6 +24,22 @@ from bus.layers import RedisBusLayer
 from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T],
+    timeout: float = 30,
+    what: str | Callable[[], str] = "the condition",
+    interval: float = 0.05,
+) -> T:
+    """Poll `check` until it returns something true, and return that; fail saying `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what if isinstance(what, str) else what()}")
+        time.sleep(interval)
+    return result
 
 
 def free_port() -> int:
@@ -245,7 +261,12 @@ class UpProcess:
     """
 
     def __init__(
-        self, data_dir: Path, redis_url: str | None, log_level: str | None = None, **environment: str
+        self,
+        data_dir: Path,
+        redis_url: str | None,
+        log_level: str | None = None,
+        databases: dict[str, str] | None = None,
+        **environment: str,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -260,6 +281,7 @@ class UpProcess:
             env["REDIS_URL"] = redis_url
         if log_level:
             env["LOG_LEVEL"] = log_level
+        env.update(databases or {})  # <ALIAS>_DATABASE_URL variables; SQLite files in data_dir without
         env.update(environment)  # a test's own settings module, say
         self.env = env
         self.log_file = self.log.open("w")
@@ -302,14 +324,6 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
     # Tests that are themselves coroutines call this too: run it on a thread's own loop.
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, look()).result()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    """Block until `check()` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def wait_for_worker(

@@ -27,7 +27,7 @@ BUS = {
 # Handler threads close their connections after each message, as Django does after a request,
 # so no test leaves a PostgreSQL session open on a test database it must drop.
 for database in DATABASES.values():  # noqa: F405
-    if database["ENGINE"] != "django.db.backends.sqlite3":
+    if database["ENGINE"] not in ("django.db.backends.sqlite3", "bus.sqlite"):
         database["CONN_MAX_AGE"] = 0
 
 # A killed worker's claim on a saga runs out this soon in tests that kill workers on purpose.

@@ -216,9 +216,11 @@ class InventoryService(Service, contract=Inventory):
         hold.state = state
         hold.save(update_fields=["state", "updated_at"])
         touched = []
+        # Products are locked in SKU order in every transaction, so two orders that share products
+        # never each hold one that the other waits for (PostgreSQL's "deadlock detected").
         reservations = hold.reservations.select_for_update()
         was = ReservationState.COMMITTED if undo_sale else ReservationState.HELD
-        for reservation in reservations.filter(state=was):
+        for reservation in reservations.filter(state=was).order_by("product_id"):
             product = (
                 models.Product.objects.using(self.database)
                 .select_for_update()

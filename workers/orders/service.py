@@ -134,7 +134,7 @@ def _waiting_for(order: models.Order, error: bus.BusError) -> str:
 
 
 def _lease() -> datetime.timedelta:
-    """A worker's claim on a saga; renewed before each step, so only a dead worker's claim runs out."""
+    """A worker's claim on a saga; renewed with each stored step, so only a dead worker's claim runs out."""
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_LEASE_SECONDS", 20))
 
 
@@ -222,7 +222,6 @@ class OrdersService(Service, contract=Orders):
     def _run(self, order: models.Order) -> None:
         """Take the order from its current state to the end, one stored step at a time."""
         while order.state not in TERMINAL_STATES:
-            self._renew(order)
             if order.state == OrderState.PENDING:
                 try:
                     for line in order.lines:
@@ -343,6 +342,12 @@ class OrdersService(Service, contract=Orders):
                 models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
                     finished_at=timezone.now()
                 )
+            else:
+                # The lease is renewed here, not in a write of its own before each step: every step
+                # starts from a stored one (or the claim), and on SQLite each write waits its turn.
+                models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
+                    lease_until=timezone.now() + _lease()
+                )
             self._record(order, step, detail)
 
     def _set_waiting(self, order: models.Order, waiting: str) -> None:
@@ -369,11 +374,6 @@ class OrdersService(Service, contract=Orders):
             .filter(order_id=order_id, finished_at=None)
             .filter(Q(lease_until=None) | Q(lease_until__lt=now))
             .update(lease_until=now + _lease())
-        )
-
-    def _renew(self, order: models.Order) -> None:
-        models.Saga.objects.using(order._state.db).filter(order_id=order.id).update(
-            lease_until=timezone.now() + _lease()
         )
 
     def _order(self, order_id: str, *, write: bool) -> models.Order:
