@@ -9,13 +9,12 @@ DJANGO_ALLOWED_HOSTS   host names this site answers to (localhost, 127.0.0.1, [:
 DJANGO_HTTPS=1         served over HTTPS (behind the balancer): Secure cookies, HSTS, redirects to https
 DJANGO_BEHIND_PROXY=1  trust the balancer's X-Forwarded-Proto and X-Forwarded-For
 DJANGO_DATA_DIR        SQLite files and the demo's secret key (var/)
-DATABASE_POOL_SIZE     PostgreSQL connections per process and database (default 8, with psycopg[pool])
+DATABASE_POOL_SIZE     PostgreSQL connections per process and database (default 8)
 """
 
 from __future__ import annotations
 
 import os
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ TEMPLATES = [
 
 # One database per domain (vertical partitioning); each is a SQLite file unless its URL is set.
 DOMAIN_DATABASES = ["inventory", "orders", "payments"]
-# PostgreSQL connections per process and database (with psycopg's pool, the `pool` extra).
+# PostgreSQL connections per process and database (psycopg's pool).
 DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
 
 
@@ -128,7 +127,7 @@ def _database(alias: str) -> dict[str, Any]:
         }
         path = Path(config["NAME"])
         config["TEST"] = {"NAME": str(path.with_name(f"test_{path.name}"))}
-    elif config["ENGINE"] == "django.db.backends.postgresql" and find_spec("psycopg_pool") is not None:
+    elif config["ENGINE"] == "django.db.backends.postgresql":
         # One pool per process and database: without it each of a worker's handler threads keeps a
         # connection of its own to every database it touched, and five processes went past
         # PostgreSQL's default max_connections (100) with 20 clients. Pooled connections are given

@@ -53,9 +53,6 @@ def test_twenty_clients_on_postgresql(tmp_path: Path, private_redis: RedisServer
     configured = os.environ.get("DATABASE_URL", "")
     if not configured.startswith("postgres"):
         pytest.skip("runs in the PostgreSQL pass of scripts/test (DATABASE_URL=postgres://...)")
-    pytest.importorskip(
-        "psycopg_pool", reason="PostgreSQL under load needs psycopg[pool] (a pool per process)"
-    )
     server, _, name = configured.rpartition("/")
     # Databases of its own beside the test run's, e.g. bus_default_x -> bus_<alias>_x_load.
     suffix = "_".join(filter(None, [name.removeprefix("bus_default").strip("_"), "load"]))
