@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -45,18 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402  (the repository root must be on sys.path first)
-    BenchmarkError,
-    Processes,
-    cpu_snapshot,
-    cpu_used,
-    free_port,
-    percentile,
-    progress,
-    publish,
-    start_redis,
-    versions,
-)
+from bench import common  # noqa: E402  (the repository root must be on sys.path first)
 from tests.load import Load, place_orders, postgres_databases, settled_after, stock_up, wait_terminal  # noqa: E402
 from tests.site import Visitor, wait_ready  # noqa: E402
 
@@ -113,7 +100,7 @@ def children(log: Path) -> dict[str, int]:
 
 def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tuple[Row, list[str]]:
     """Start the system on `database`, run the load, read the orders back; the row, and versions."""
-    processes = Processes(directory)
+    processes = common.Processes(directory)
     with contextlib.ExitStack() as stack:
         databases: dict[str, str] = {}
         if database == "postgresql":
@@ -122,30 +109,30 @@ def measure(database: str, arguments: argparse.Namespace, directory: Path) -> tu
         stack.callback(processes.stop_all)
         if arguments.logs:
             stack.callback(keep_log, directory / "up.log", arguments.logs / f"{database}-up.log")
-        redis_url = start_redis(processes)
+        redis_url = common.start_redis(processes)
         env = system_env(redis_url, directory / "data", databases)
-        port = free_port()
+        port = common.free_port()
         workers = [f"--workers={spec}" for spec in arguments.workers]
         up = processes.start("up", [sys.executable, "manage.py", "up", "--port", str(port), *workers], env)
         base = f"http://127.0.0.1:{port}"
-        progress(f"{database}: waiting for `up` on {base}")
+        common.progress(f"{database}: waiting for `up` on {base}")
         try:
             wait_ready(Visitor(base), timeout=READY_TIMEOUT)
         except AssertionError as exc:
-            raise BenchmarkError(f"`up` was not ready: {exc}\n{processes.output('up')}") from exc
+            raise common.BenchmarkError(f"`up` was not ready: {exc}\n{processes.output('up')}") from exc
         stock_up(env, arguments.orders)
-        progress(f"{database}: {arguments.clients} clients place {arguments.orders} orders")
+        common.progress(f"{database}: {arguments.clients} clients place {arguments.orders} orders")
         pids = {**children(directory / "up.log"), "redis": processes.pid("redis-server"), "clients": None}
-        before = cpu_snapshot(pids)
+        before = common.cpu_snapshot(pids)
         start_of_load = (directory / "up.log").stat().st_size  # the log from here on is the load's
         load = place_orders(base, clients=arguments.clients, orders=arguments.orders)
-        cpu = cpu_used(before, cpu_snapshot(pids))
+        cpu = common.cpu_used(before, common.cpu_snapshot(pids))
         orders = wait_terminal(load, timeout=TERMINAL_TIMEOUT)
         if up.poll() is not None:
-            raise BenchmarkError(f"`up` exited with {up.returncode}:\n{processes.output('up')}")
+            raise common.BenchmarkError(f"`up` exited with {up.returncode}:\n{processes.output('up')}")
         with open(directory / "up.log", "rb") as whole:
             log = whole.read()[start_of_load:].decode(errors="replace")
-        return row_of(database, load, orders, log, cpu), versions(
+        return row_of(database, load, orders, log, cpu), common.versions(
             redis_url, ("daphne", "psycopg", "psycopg-pool")
         )
     raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions
@@ -167,8 +154,8 @@ def row_of(
         orders=len(load.order_ids),
         requests=len(load.responses),
         seconds=load.seconds(),
-        p50_ms=1000 * percentile(latencies, 50),
-        p99_ms=1000 * percentile(latencies, 99),
+        p50_ms=1000 * common.percentile(latencies, 50),
+        p99_ms=1000 * common.percentile(latencies, 99),
         server_errors=load.server_errors(),
         settled=settled_after(load, orders),
         confirmed=states.count("confirmed"),
@@ -212,13 +199,10 @@ def table(rows: Sequence[Row], clients: int) -> list[str]:
 
 
 def header(arguments: argparse.Namespace, measured: list[str]) -> list[str]:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
-        "# Checkouts through the HTTP API",
-        "",
-        f"- date: {now}",
-        f"- versions: {', '.join(measured)}, SQLite {sqlite3.sqlite_version}",
-        f"- host: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs",
+        *common.report_header(
+            "Checkouts through the HTTP API", [*measured, f"SQLite {sqlite3.sqlite_version}"]
+        ),
         "- `manage.py up` with REDIS_URL (a private redis-server): daphne and one `runworker` per domain, "
         "project settings, DEBUG off; SQLite: its default files in a fresh directory; PostgreSQL: "
         f"databases bus_<alias>_{arguments.suffix} on {arguments.postgres_url}",
@@ -296,19 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for database in arguments.databases:
             missing = postgres_missing(arguments.postgres_url) if database == "postgresql" else ""
             if missing:
-                progress(missing)
+                common.progress(missing)
                 notes.append(missing)
                 continue
             with tempfile.TemporaryDirectory(prefix=f"bench-checkout-{database}-") as directory:
                 row, measured = measure(database, arguments, Path(directory))
                 rows.append(row)
-                progress(f"{database}: {row}")
-    except (BenchmarkError, subprocess.CalledProcessError, AssertionError) as exc:
+                common.progress(f"{database}: {row}")
+    except (common.BenchmarkError, subprocess.CalledProcessError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     lines = [*header(arguments, measured), *table(rows, arguments.clients), *notes, ""]
     lines.append(f"_Whole run: {time.monotonic() - started:.1f} s._")
-    return publish(lines, arguments.output)
+    return common.publish(lines, arguments.output)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import this module as ``bench.common``.
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import math
 import os
@@ -312,3 +313,52 @@ def publish(lines: list[str], output: Path | None) -> int:
     if output:
         output.write_text(report)
     return 0
+
+
+def area(path: str) -> str:
+    """The part of the stack a profiled file belongs to; the project's own files are named one by one."""
+    for start, name in (
+        ("bus/", ""),
+        ("consumers/", ""),
+        ("workers/", ""),
+        ("bench/", ""),
+        ("tests/", ""),
+        ("channels_redis/", "channels-redis"),
+        ("channels/", "channels"),
+        ("daphne/", "daphne"),
+        ("twisted/", "twisted"),
+        ("autobahn/", "autobahn"),
+        ("txaio/", "autobahn"),
+        ("redis/", "redis-py"),
+        ("asyncio/", "asyncio"),
+        ("selectors.py", "asyncio"),
+        ("asgiref/", "asgiref"),
+        ("pydantic", "pydantic"),
+        ("json/", "json"),
+        ("msgpack/", "msgpack"),
+        ("django/", "django"),
+    ):
+        if path.startswith(start):
+            return name or path
+    return f"other: {path.split('/')[0]}"
+
+
+def report_header(title: str, versions: Sequence[str]) -> list[str]:
+    """A report's first lines: its title, when, with which versions, on which machine."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"# {title}",
+        "",
+        f"- date: {now}",
+        f"- versions: {', '.join(versions)}",
+        f"- host: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs",
+    ]
+
+
+def report_failure(exc: BenchmarkError, processes: Processes, tail: int = 0) -> int:
+    """Say why the run failed (and, with `tail`, the last lines of every process); exit status 1."""
+    print(f"benchmark failed: {exc}", file=sys.stderr)
+    if tail:
+        for name, _ in processes.started:
+            print(f"--- {name}:\n{processes.output(name, tail)}", file=sys.stderr)
+    return 1

@@ -31,11 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -56,26 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402  (the repository root must be on sys.path first)
-    RAW_GROUP,
-    RAW_PREFIX,
-    SETTINGS,
-    BenchmarkError,
-    Processes,
-    cpu_snapshot,
-    cpu_used,
-    free_port,
-    percentile,
-    progress,
-    publish,
-    py_spy_executable,
-    py_spy_stacks,
-    raw_host,
-    setup_django,
-    start_redis,
-    summarize,
-    versions,
-)
+from bench import common  # noqa: E402  (the repository root must be on sys.path first)
 
 APP = "bench.edge_app:application"
 SKU = "BENCH-1"
@@ -126,7 +105,7 @@ def plan_for(arguments: argparse.Namespace) -> Plan:
 class Cluster:
     """The child processes of the run and how to reach them."""
 
-    processes: Processes
+    processes: common.Processes
     url: str
     env: dict[str, str]
     ports: dict[str, int] = field(default_factory=dict)  # daphne name -> port
@@ -143,7 +122,9 @@ class Cluster:
         """Raise with its output if the child `name` has exited."""
         process = self.process(name)
         if process.poll() is not None:
-            raise BenchmarkError(f"{name} exited with {process.returncode}:\n{self.processes.output(name)}")
+            raise common.BenchmarkError(
+                f"{name} exited with {process.returncode}:\n{self.processes.output(name)}"
+            )
 
 
 def child_env(url: str, data_dir: Path) -> dict[str, str]:
@@ -155,7 +136,7 @@ def child_env(url: str, data_dir: Path) -> dict[str, str]:
     env.pop("REDIS_URL", None)
     return {
         **env,
-        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "DJANGO_SETTINGS_MODULE": common.SETTINGS,
         "DJANGO_DATA_DIR": str(data_dir),
         "BUS_TEST_REDIS_URL": url,
         "DJANGO_DEBUG": "0",
@@ -177,25 +158,25 @@ def manage(env: dict[str, str], *arguments: str, timeout: float = 120) -> subpro
     )
 
 
-def start_stack(processes: Processes, app: str = APP) -> Cluster:
+def start_stack(processes: common.Processes, app: str = APP) -> Cluster:
     """Redis, migrated databases, the two workers and the three daphne processes."""
-    url = start_redis(processes)
+    url = common.start_redis(processes)
     data_dir = processes.directory / "data"
     data_dir.mkdir()
     env = child_env(url, data_dir)
-    progress("migrating the databases")
+    common.progress("migrating the databases")
     migrated = manage(env, "migrate_all", "-v0")
     if migrated.returncode != 0:
-        raise BenchmarkError(f"migrate_all failed:\n{migrated.stdout}{migrated.stderr}")
+        raise common.BenchmarkError(f"migrate_all failed:\n{migrated.stdout}{migrated.stderr}")
     stack = Cluster(processes, url, env)
     for domain in DOMAINS:
-        argv = [sys.executable, "manage.py", "runworker", domain, "--settings", SETTINGS]
+        argv = [sys.executable, "manage.py", "runworker", domain, "--settings", common.SETTINGS]
         processes.start(f"worker-{domain}", argv, env)
     daphne = str(Path(sys.executable).parent / "daphne")
     if not Path(daphne).exists():
         daphne = shutil.which("daphne") or "daphne"
     for name in ("daphne-http", "daphne-ws", "daphne-raw"):
-        port = stack.ports[name] = free_port()
+        port = stack.ports[name] = common.free_port()
         processes.start(name, [daphne, "-b", "127.0.0.1", "-p", str(port), app], env)
     return stack
 
@@ -209,7 +190,7 @@ async def wait_for_presence(stack: Cluster, domain: str) -> None:
     while not await layer.presence(domain):
         stack.check(f"worker-{domain}")
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"runworker {domain} did not beat within {READY_TIMEOUT:.0f} s")
+            raise common.BenchmarkError(f"runworker {domain} did not beat within {READY_TIMEOUT:.0f} s")
         await asyncio.sleep(0.1)
 
 
@@ -225,7 +206,7 @@ async def wait_for_http(stack: Cluster, name: str) -> None:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"{name} did not answer within {READY_TIMEOUT:.0f} s")
+            raise common.BenchmarkError(f"{name} did not answer within {READY_TIMEOUT:.0f} s")
         await asyncio.sleep(0.1)
 
 
@@ -269,7 +250,7 @@ def seed(stack: Cluster) -> None:
                 break
             if done.returncode != 7 or time.monotonic() > deadline:  # 7: unavailable (no worker yet)
                 output = f"{done.stdout}{done.stderr}"
-                raise BenchmarkError(f"bus call {target} exited {done.returncode}:\n{output}")
+                raise common.BenchmarkError(f"bus call {target} exited {done.returncode}:\n{output}")
             time.sleep(0.3)
 
 
@@ -278,7 +259,7 @@ def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise BenchmarkError(f"no VmRSS for process {pid}")
+    raise common.BenchmarkError(f"no VmRSS for process {pid}")
 
 
 def raise_open_files() -> int:
@@ -327,7 +308,7 @@ _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 def _wrk_ms(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     if match is None:
-        raise BenchmarkError(f"cannot read wrk latency {text!r}")
+        raise common.BenchmarkError(f"cannot read wrk latency {text!r}")
     return float(match.group(1)) * _WRK_UNITS[match.group(2)]
 
 
@@ -338,7 +319,7 @@ def parse_wrk(name: str, output: str) -> HttpRow:
         match = re.search(pattern, output)
         if match is None:
             if default is None:
-                raise BenchmarkError(f"cannot read wrk output ({pattern}):\n{output}")
+                raise common.BenchmarkError(f"cannot read wrk output ({pattern}):\n{output}")
             return default
         return match.group(1)
 
@@ -369,7 +350,7 @@ async def run_wrk(name: str, port: int, path: str, seconds: float) -> HttpRow:
     )
     output, _ = await asyncio.wait_for(process.communicate(), seconds + 60)
     if process.returncode != 0:
-        raise BenchmarkError(f"wrk exited {process.returncode}:\n{output.decode(errors='replace')}")
+        raise common.BenchmarkError(f"wrk exited {process.returncode}:\n{output.decode(errors='replace')}")
     return parse_wrk(name, output.decode(errors="replace"))
 
 
@@ -402,7 +383,7 @@ async def run_client(name: str, port: int, path: str, seconds: float) -> HttpRow
     elapsed = time.perf_counter() - start
     latencies.sort()
     non_2xx = sum(count for status, count in statuses.items() if not 200 <= status < 300)
-    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    p50, p99 = common.percentile(latencies, 50) * 1000, common.percentile(latencies, 99) * 1000
     return HttpRow(name, "asyncio client", elapsed, len(latencies), p50, p99, non_2xx, errors)
 
 
@@ -421,10 +402,10 @@ async def measure_http(stack: Cluster, plan: Plan) -> list[HttpRow]:
         if worker is not None:
             pids["worker"] = stack.pid(worker)
         await load(name, port, path, plan.warmup)
-        before = cpu_snapshot(pids)
+        before = common.cpu_snapshot(pids)
         row = await load(name, port, path, plan.seconds)
-        row.cpu = cpu_used(before, cpu_snapshot(pids))
-        progress(
+        row.cpu = common.cpu_used(before, common.cpu_snapshot(pids))
+        common.progress(
             f"HTTP {name:<5}: {row.rate:,.0f} requests/s, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms, "
             f"{row.non_2xx} non-2xx, {row.errors} socket errors ({row.tool})"
         )
@@ -493,7 +474,7 @@ class Fleet:
                     await socket.send(json.dumps({"type": "resume", "cursor": None}))
                     hello = json.loads(await asyncio.wait_for(socket.recv(), 30))
                     if hello.get("type") != "hello":
-                        raise BenchmarkError(f"expected hello, got {hello!r}")
+                        raise common.BenchmarkError(f"expected hello, got {hello!r}")
                 return socket
 
         opened = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -504,7 +485,7 @@ class Fleet:
                 self.sockets.append(result)
                 self.readers.append(asyncio.create_task(self._read(index, result)))
         if failures:
-            raise BenchmarkError(
+            raise common.BenchmarkError(
                 f"{self.name}: {len(failures)} of {count} sockets failed to open: {failures[0]!r}"
             )
 
@@ -582,11 +563,11 @@ class Broadcast:
 
     def ms(self, percent: float) -> float:
         """Percentile of every socket's latency, in milliseconds."""
-        return percentile(sorted(self.latencies), percent) * 1000
+        return common.percentile(sorted(self.latencies), percent) * 1000
 
     def median_ms(self, values: Sequence[float]) -> float:
         """Median of per-round values, in milliseconds."""
-        return percentile(sorted(values), 50) * 1000
+        return common.percentile(sorted(values), 50) * 1000
 
     @property
     def rounds(self) -> int:
@@ -669,7 +650,7 @@ async def restock_rounds(fleet: Fleet, rounds: int) -> Broadcast:
 
 def report_broadcast(result: Broadcast) -> None:
     """A progress line for a set of rounds."""
-    progress(
+    common.progress(
         f"{result.name:<22} {result.sockets:,} sockets: "
         f"p50 {result.ms(50):.1f} ms, p99 {result.ms(99):.1f} ms, "
         f"all arrived (median round) {result.median_ms(result.last):.1f} ms, {result.missing} missing"
@@ -702,10 +683,12 @@ async def open_measured(stack: Cluster, name: str, fleet: Fleet, count: int) -> 
     before = rss_kb(pid)
     started = time.perf_counter()
     await fleet.open(count)
-    progress(f"{fleet.name}: {count:,} sockets open in {time.perf_counter() - started:.1f} s")
+    common.progress(f"{fleet.name}: {count:,} sockets open in {time.perf_counter() - started:.1f} s")
     await asyncio.sleep(1.0)
     after = rss_kb(pid)
-    progress(f"{name} RSS {before:,} KiB -> {after:,} KiB: {(after - before) / count:.1f} KiB per socket")
+    common.progress(
+        f"{name} RSS {before:,} KiB -> {after:,} KiB: {(after - before) / count:.1f} KiB per socket"
+    )
     return before, after
 
 
@@ -748,10 +731,10 @@ async def measure_raw(stack: Cluster, plan: Plan) -> SocketResults:
 
     port = stack.ports["daphne-raw"]
     fleet = Fleet("raw", f"ws://127.0.0.1:{port}/bench/raw/", f"http://127.0.0.1:{port}", resume=False)
-    layer = RedisChannelLayer(hosts=[raw_host(stack.url)], prefix=RAW_PREFIX)  # as daphne-raw's
+    layer = RedisChannelLayer(hosts=[common.raw_host(stack.url)], prefix=common.RAW_PREFIX)  # as daphne-raw's
 
     async def send(message: dict[str, Any]) -> None:
-        await layer.group_send(RAW_GROUP, message)
+        await layer.group_send(common.RAW_GROUP, message)
 
     try:
         before, after = await open_measured(stack, "daphne-raw", fleet, plan.sockets)
@@ -768,37 +751,12 @@ async def measure_raw(stack: Cluster, plan: Plan) -> SocketResults:
 # --------------------------------------------------------------------------------------------
 
 
-def area(path: str) -> str:
-    """The part of daphne's stack a file belongs to; the project's files are named one by one."""
-    for start, name in (
-        ("bus/", ""),
-        ("consumers/", ""),
-        ("bench/", ""),
-        ("channels_redis/", "channels-redis"),
-        ("channels/", "channels"),
-        ("daphne/", "daphne"),
-        ("twisted/", "twisted"),
-        ("autobahn/", "autobahn"),
-        ("txaio/", "autobahn"),
-        ("redis/", "redis-py"),
-        ("asyncio/", "asyncio"),
-        ("selectors.py", "asyncio"),
-        ("asgiref/", "asgiref"),
-        ("json/", "json"),
-        ("msgpack/", "msgpack"),
-        ("django/", "django"),
-    ):
-        if path.startswith(start):
-            return name or path
-    return f"other: {path.split('/')[0]}"
-
-
 @contextlib.asynccontextmanager
 async def py_spy(pids: dict[str, int], directory: Path) -> AsyncIterator[dict[str, Path]]:
     """Record each named process with py-spy while the block runs: name -> collapsed stacks file."""
-    executable = py_spy_executable()
+    executable = common.py_spy_executable()
     if executable is None:
-        raise BenchmarkError("py-spy is not installed (`.venv/bin/pip install py-spy`)")
+        raise common.BenchmarkError("py-spy is not installed (`.venv/bin/pip install py-spy`)")
     outputs = {name: directory / f"{name}-py-spy.txt" for name in pids}
     spies = []
     for name, pid in pids.items():
@@ -837,11 +795,11 @@ def profile_section(title: str, raw: Path, keep: Path | None, top: int = 20) -> 
         lines = [f"Collapsed stacks: `{keep}`.", ""]
     return [
         *lines,
-        *summarize(
+        *common.summarize(
             title,
-            py_spy_stacks(raw),
+            common.py_spy_stacks(raw),
             "samples",
-            area,
+            common.area,
             top=top,
             inclusive_of=("bus/", "consumers/", "channels/", "channels_redis/", "daphne/", "workers/"),
             inclusive_title="project, channels and daphne functions",
@@ -891,7 +849,7 @@ async def profile_http(stack: Cluster, plan: Plan, output: Path) -> list[str]:
     pids = {"daphne-http": stack.pid("daphne-http"), "worker-inventory": stack.pid("worker-inventory")}
     async with py_spy(pids, stack.processes.directory) as outputs:
         row = await load("bus", stack.ports["daphne-http"], f"/bench/bus?sku={SKU}", plan.profile_seconds)
-    progress(f"HTTP bus under py-spy: {row.rate:,.0f} requests/s")
+    common.progress(f"HTTP bus under py-spy: {row.rate:,.0f} requests/s")
     lines = [
         "## Profile: `/bench/bus` under load (py-spy, CPU samples of all threads)",
         "",
@@ -910,14 +868,12 @@ async def profile_http(stack: Cluster, plan: Plan, output: Path) -> list[str]:
 
 def header(stack: Cluster, plan: Plan, http_tool: str, open_files: int, app: str) -> list[str]:
     """The report's title and setup lines."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
-        "# The edge: HTTP with a bus call, WebSockets held, broadcasts fanned out",
-        "",
-        f"- date: {now}",
-        f"- versions: {', '.join(versions(stack.url, ('daphne', 'twisted', 'autobahn', 'websockets')))}",
-        f"- host: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs; "
-        f"open files limit {open_files:,}",
+        *common.report_header(
+            "The edge: HTTP with a bus call, WebSockets held, broadcasts fanned out",
+            common.versions(stack.url, ("daphne", "twisted", "autobahn", "websockets")),
+        ),
+        f"- open files limit {open_files:,}",
         f"- everything on 127.0.0.1: private redis-server ({stack.url}), `runworker inventory`, "
         f"`runworker presentation`, three daphne processes serving `{app}` (HTTP; /ws/; "
         "the raw baseline), settings tests.settings with DEBUG off, SQLite",
@@ -1125,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if open_files < 2 * plan.sockets + 200:
         print(f"{plan.sockets} sockets need more open files than the limit of {open_files}", file=sys.stderr)
         return 2
-    if arguments.profile and py_spy_executable() is None:
+    if arguments.profile and common.py_spy_executable() is None:
         print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
     try:
@@ -1135,25 +1091,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as directory:
-        processes = Processes(Path(directory))
+        processes = common.Processes(Path(directory))
         try:
             stack = start_stack(processes, arguments.app)
             os.environ["DJANGO_DATA_DIR"] = stack.env["DJANGO_DATA_DIR"]
-            setup_django(stack.url)
+            common.setup_django(stack.url)
             profile = arguments.profile_output if arguments.profile else None
             http, ws, raw, profile_lines = asyncio.run(run(stack, plan, profile))
             tool = "wrk -t1 (--latency)" if http[0].tool == "wrk" else "an asyncio keep-alive client"
             lines = [*header(stack, plan, tool, open_files, arguments.app), *table(http, ws, raw, plan), ""]
             lines += profile_lines
             lines.append(f"_Whole run: {time.monotonic() - started:.1f} s._")
-        except BenchmarkError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for name, _ in processes.started:
-                print(f"--- {name}:\n{processes.output(name, 15)}", file=sys.stderr)
-            return 1
+        except common.BenchmarkError as exc:
+            return common.report_failure(exc, processes, tail=15)
         finally:
             processes.stop_all()
-    return publish(lines, arguments.output)
+    return common.publish(lines, arguments.output)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -46,26 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402  (the repository root must be on sys.path first)
-    RAW_PREFIX,
-    SETTINGS,
-    BenchmarkError,
-    Processes,
-    Stack,
-    cpu_snapshot,
-    cpu_used,
-    percentile,
-    progress,
-    publish,
-    py_spy_executable,
-    py_spy_stacks,
-    raw_host,
-    setup_django,
-    short_path,
-    start_redis,
-    summarize,
-    versions,
-)
+from bench import common  # noqa: E402  (the repository root must be on sys.path first)
 
 RAW_CHANNEL = "bench.raw.requests"
 HAND_PREFIX = "benchhand:"
@@ -136,7 +115,7 @@ class Row:
 
     def ms(self, percent: float) -> float:
         """The latency percentile `percent`, in milliseconds."""
-        return percentile(self.latencies, percent) * 1000
+        return common.percentile(self.latencies, percent) * 1000
 
     def joined(self, other: Row) -> Row:
         """This row and another slice of the same system and level, as one row."""
@@ -183,18 +162,18 @@ async def measure(
 
     processes = {"client": None, **(pids or {})}
     gc.collect()
-    before = cpu_snapshot(processes)
+    before = common.cpu_snapshot(processes)
     commands_before = commands() if commands else None
     start = time.perf_counter()
     await asyncio.gather(*(runner() for _ in range(in_flight)))
     seconds = time.perf_counter() - start
-    after = cpu_snapshot(processes)
+    after = common.cpu_snapshot(processes)
     # Minus 1: the INFO command that reads the count is counted too.
     processed = commands() - commands_before - 1 if commands and commands_before is not None else None
     if len(errors) >= MAX_ERRORS:
-        raise BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
+        raise common.BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
     latencies.sort()
-    cpu = cpu_used(before, after)
+    cpu = common.cpu_used(before, after)
     return Row(system, in_flight, seconds, latencies, len(errors), cpu, processed)
 
 
@@ -231,7 +210,7 @@ async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[
         for system in systems:
             row = rows[(system.name, in_flight)]
             errors = f", {row.errors} errors" if row.errors else ""
-            progress(
+            common.progress(
                 f"{system.name:<20} {in_flight:>3} in flight: p50 {row.ms(50):.3f} ms, "
                 f"{row.rate:,.0f} calls/s{errors}"
             )
@@ -247,7 +226,7 @@ def raw_layer(url: str) -> Any:
     """The stock channels-redis layer, configured to work with redis-py 8."""
     from channels_redis.core import RedisChannelLayer
 
-    return RedisChannelLayer(hosts=[raw_host(url)], prefix=RAW_PREFIX, capacity=1000)
+    return RedisChannelLayer(hosts=[common.raw_host(url)], prefix=common.RAW_PREFIX, capacity=1000)
 
 
 def hand_client(url: str) -> Any:
@@ -390,7 +369,7 @@ async def bus_call() -> Any:
     return await bus.acall("echo.add", a=1, b=2)
 
 
-async def wait_for_bus(worker: subprocess.Popen[bytes], processes: Processes) -> None:
+async def wait_for_bus(worker: subprocess.Popen[bytes], processes: common.Processes) -> None:
     """Call until the worker answers (it is up once NoWorker stops), within READY_TIMEOUT."""
     import bus
 
@@ -398,19 +377,19 @@ async def wait_for_bus(worker: subprocess.Popen[bytes], processes: Processes) ->
     while True:
         if worker.poll() is not None:
             output = processes.output("worker")
-            raise BenchmarkError(f"the bus worker exited with {worker.returncode}:\n{output}")
+            raise common.BenchmarkError(f"the bus worker exited with {worker.returncode}:\n{output}")
         try:
             result = await bus.acall("echo.add", a=1, b=2, timeout=2)
         except (bus.NoWorker, bus.DeadlineExceeded):
             if time.monotonic() > deadline:
                 output = processes.output("worker")
-                raise BenchmarkError(
+                raise common.BenchmarkError(
                     f"the bus worker did not answer within {READY_TIMEOUT:.0f} s:\n{output}"
                 ) from None
             await asyncio.sleep(0.1)
             continue
         if result != 3:
-            raise BenchmarkError(f"echo.add(a=1, b=2) answered {result!r}, not 3")
+            raise common.BenchmarkError(f"echo.add(a=1, b=2) answered {result!r}, not 3")
         return
 
 
@@ -429,7 +408,9 @@ async def close_bus() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def wait_for_server(url: str, name: str, process: subprocess.Popen[bytes], processes: Processes) -> None:
+def wait_for_server(
+    url: str, name: str, process: subprocess.Popen[bytes], processes: common.Processes
+) -> None:
     """Wait until a baseline server has set its ready key."""
     import redis
 
@@ -437,14 +418,14 @@ def wait_for_server(url: str, name: str, process: subprocess.Popen[bytes], proce
     deadline = time.monotonic() + READY_TIMEOUT
     while not client.exists(READY_KEY.format(name)):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise BenchmarkError(f"the {name} server did not start:\n{processes.output(name)}")
+            raise common.BenchmarkError(f"the {name} server did not start:\n{processes.output(name)}")
         time.sleep(0.02)
 
 
-def start_worker(url: str, processes: Processes) -> subprocess.Popen[bytes]:
+def start_worker(url: str, processes: common.Processes) -> subprocess.Popen[bytes]:
     """Start `manage.py runworker echo` on the test settings and our Redis."""
-    env = {**os.environ, "BUS_TEST_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS}
-    argv = [sys.executable, "manage.py", "runworker", "echo", "--settings", SETTINGS]
+    env = {**os.environ, "BUS_TEST_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": common.SETTINGS}
+    argv = [sys.executable, "manage.py", "runworker", "echo", "--settings", common.SETTINGS]
     return processes.start("worker", argv, env)
 
 
@@ -454,7 +435,7 @@ def start_worker(url: str, processes: Processes) -> subprocess.Popen[bytes]:
 
 
 async def run_benchmark(
-    url: str, worker: subprocess.Popen[bytes], processes: Processes, plan: Plan
+    url: str, worker: subprocess.Popen[bytes], processes: common.Processes, plan: Plan
 ) -> list[Row]:
     """Measure the three systems; rows in table order (bus, raw channels-redis, hand-rolled)."""
     import redis
@@ -484,13 +465,10 @@ async def run_benchmark(
 
 def header(url: str, plan: Plan) -> list[str]:
     """The report's title and setup lines."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
-        "# RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py",
-        "",
-        f"- date: {now}",
-        f"- versions: {', '.join(versions(url))}",
-        f"- host: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs",
+        *common.report_header(
+            "RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py", common.versions(url)
+        ),
         f"- client and server in two OS processes on a private redis-server ({url}); "
         f"{plan.sequential:,} calls per sequential row, {plan.concurrent:,} per in-flight row, "
         f"after {plan.warmup} warm-up calls sequentially and {plan.warmup} with 100 in flight",
@@ -553,40 +531,19 @@ def goals(rows: Sequence[Row]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def area(path: str) -> str:
-    """The part of the stack a file belongs to; bus files are named one by one."""
-    for start, name in (
-        ("bus/", ""),
-        ("bench/", "bench (this script)"),
-        ("tests/", "tests (echo service)"),
-        ("channels_redis/", "channels-redis"),
-        ("channels/", "channels"),
-        ("redis/", "redis-py"),
-        ("asyncio/", "asyncio"),
-        ("selectors.py", "asyncio"),
-        ("asgiref/", "asgiref"),
-        ("pydantic", "pydantic"),
-        ("msgpack/", "msgpack"),
-        ("django/", "django"),
-    ):
-        if path.startswith(start):
-            return name or path
-    return f"other: {path.split('/')[0]}"
-
-
-def pyinstrument_stacks(session: Any) -> Iterable[Stack]:
+def pyinstrument_stacks(session: Any) -> Iterable[common.Stack]:
     """The samples of a pyinstrument session as (frames, seconds)."""
     for records, seconds in session.frame_records:
         frames = []
         for record in records:
             parts = record.split("\x01")[0].split("\x00")
             if len(parts) >= 2 and parts[1] != "<thread>":
-                frames.append((parts[0], short_path(parts[1])))
+                frames.append((parts[0], common.short_path(parts[1])))
         yield frames, seconds
 
 
 async def run_profile(
-    url: str, worker: subprocess.Popen[bytes], processes: Processes, plan: Plan
+    url: str, worker: subprocess.Popen[bytes], processes: common.Processes, plan: Plan
 ) -> tuple[list[Row], Any, Path | None]:
     """The bus's sequential and 100-in-flight rows under pyinstrument (client) and py-spy (worker)."""
     from pyinstrument import Profiler
@@ -596,7 +553,7 @@ async def run_profile(
     await measure("bus", bus_call, plan.warmup, 100)
     spy = None
     spy_output = processes.directory / "worker-py-spy.txt"
-    executable = py_spy_executable()
+    executable = common.py_spy_executable()
     if executable:
         argv = ["record", "--pid", str(worker.pid), "--rate", "500", "--format", "raw", "--full-filenames"]
         spy = await asyncio.create_subprocess_exec(
@@ -639,13 +596,13 @@ def profile_report(rows: Sequence[Row], profiled: Any, worker_profile: Path | No
         "",
         "## Client (this process, pyinstrument, wall clock of the event loop thread)",
         "",
-        *summarize("Client", pyinstrument_stacks(session), "s", area),
+        *common.summarize("Client", pyinstrument_stacks(session), "s", common.area),
     ]
     if worker_profile is not None:
         lines += [
             "## Worker (`manage.py runworker echo`, py-spy, CPU samples of all threads, idle excluded)",
             "",
-            *summarize("Worker", py_spy_stacks(worker_profile), "samples", area),
+            *common.summarize("Worker", common.py_spy_stacks(worker_profile), "samples", common.area),
         ]
     else:
         lines += ["Worker not profiled: install py-spy (`.venv/bin/pip install py-spy`).", ""]
@@ -698,12 +655,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = plan_for(arguments)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-rpc-") as directory:
-        processes = Processes(Path(directory))
+        processes = common.Processes(Path(directory))
         try:
-            url = start_redis(processes)
+            url = common.start_redis(processes)
             worker = start_worker(url, processes)
             if arguments.profile:
-                setup_django(url)
+                common.setup_django(url)
                 rows, profiled, worker_profile = asyncio.run(run_profile(url, worker, processes, plan))
                 lines = [*header(url, plan), *profile_report(rows, profiled, worker_profile)]
             else:
@@ -713,16 +670,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 for name, process in servers.items():
                     wait_for_server(url, name, process, processes)
-                setup_django(url)
+                common.setup_django(url)
                 rows = asyncio.run(run_benchmark(url, worker, processes, plan))
                 lines = [*header(url, plan), *table(rows), *goals(rows)]
             lines.append(f"\n_Whole run: {time.monotonic() - started:.1f} s._")
-        except BenchmarkError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
+        except common.BenchmarkError as exc:
+            return common.report_failure(exc, processes)
         finally:
             processes.stop_all()
-    return publish(lines, arguments.output)
+    return common.publish(lines, arguments.output)
 
 
 if __name__ == "__main__":
