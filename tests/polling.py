@@ -28,8 +28,10 @@ INTERVAL = 0.05
 
 def _failure(what: str, timeout: float, last: object) -> AssertionError:
     seen = repr(last)
-    if len(seen) > 1_000:
-        seen = seen[:1_000] + f"… ({len(seen):,} characters)"
+    if len(seen) > 2_000:
+        # Text (a log, an output) grows at its end: show the end; anything else, its start.
+        cut = f"({len(seen):,} characters)"
+        seen = f"{cut} …{seen[-2_000:]}" if isinstance(last, str) else f"{seen[:2_000]}… {cut}"
     return AssertionError(f"Waited {timeout} s for {what}; the last answer was {seen}")
 
 

@@ -34,9 +34,9 @@ from bus.client import default_bus, run_sync
 from bus.conf import channel_layers as layers_for
 from bus.exceptions import BusError
 from tests.conftest import ROOT, RedisServer, UpProcess
-from tests.site import Visitor, wait_ready
+from tests.site import DEMO_PASSWORDS, Visitor, wait_ready
 
-CUSTOMERS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
+CUSTOMERS = list(DEMO_PASSWORDS)  # the seeded demo customers
 DOMAIN_CHILDREN = ("inventory", "payments", "orders.1", "orders.2", "presentation")
 TERMINAL = {"confirmed", "failed"}
 REPORT = ROOT / "tests" / "artifacts" / "chaos-report.md"
@@ -259,7 +259,7 @@ def run_load(
         for index in range(sessions_per_customer):
             share = mine[index::sessions_per_customer]
             visitor = Visitor(base)
-            visitor.sign_in(customer, CUSTOMERS[customer])
+            visitor.sign_in(customer)
 
             def shop(visitor: Visitor = visitor, share: list[Checkout] = share) -> None:
                 for checkout in share:

@@ -35,7 +35,7 @@ async def until(socket: WebsocketCommunicator, predicate: Any, timeout: float = 
 
 
 async def past_events(socket: WebsocketCommunicator) -> dict[str, Any]:
-    """The next output that is not a live event: the shop fixture's own stock changes may still
+    """The next output that is not a live event: the in_process_shop fixture's own stock changes may still
     be arriving (the outbox relays them as soon as they commit)."""
     while True:
         output: dict[str, Any] = await socket.receive_output(5)
@@ -61,7 +61,9 @@ async def test_a_foreign_or_missing_origin_is_refused() -> None:
         await socket.disconnect()
 
 
-async def test_anonymous_pages_follow_stock_only_and_signed_in_ones_their_orders(shop: None) -> None:
+async def test_anonymous_pages_follow_stock_only_and_signed_in_ones_their_orders(
+    in_process_shop: None,
+) -> None:
     anonymous, hello = await opened(Browser())
     assert hello["topics"] == ["stock"]
     ada = await sign_in("ada")
@@ -81,7 +83,7 @@ async def test_anonymous_pages_follow_stock_only_and_signed_in_ones_their_orders
     await anonymous.disconnect()
 
 
-async def test_resuming_after_a_gap_replays_what_was_missed_once_and_in_order(shop: None) -> None:
+async def test_resuming_after_a_gap_replays_what_was_missed_once_and_in_order(in_process_shop: None) -> None:
     ada = await sign_in("ada")
     socket, hello = await opened(ada)
     await socket.disconnect()  # the page goes away; events happen meanwhile
@@ -96,7 +98,7 @@ async def test_resuming_after_a_gap_replays_what_was_missed_once_and_in_order(sh
     await socket.disconnect()
 
 
-async def test_a_cursor_that_cannot_be_resumed_gets_reload(shop: None) -> None:
+async def test_a_cursor_that_cannot_be_resumed_gets_reload(in_process_shop: None) -> None:
     socket, _ = await opened(Browser(), cursor="0ldepoch:12")
     reload = await receive(socket)
     assert reload["type"] == "reload" and "is not from this log" in reload["reason"]
@@ -104,7 +106,7 @@ async def test_a_cursor_that_cannot_be_resumed_gets_reload(shop: None) -> None:
     await socket.disconnect()
 
 
-async def test_a_silent_client_is_closed_by_the_heartbeat(shop: None, settings: object) -> None:
+async def test_a_silent_client_is_closed_by_the_heartbeat(in_process_shop: None, settings: object) -> None:
     settings.EDGE_WEBSOCKET = {"HEARTBEAT": 0.2}  # type: ignore[attr-defined]
     socket, hello = await opened(Browser())
     assert hello["heartbeat"] == 0.2
@@ -118,7 +120,7 @@ async def test_a_silent_client_is_closed_by_the_heartbeat(shop: None, settings: 
 
 
 async def test_sockets_are_closed_with_the_reconnect_code_when_their_lifetime_ends(
-    shop: None, settings: object
+    in_process_shop: None, settings: object
 ) -> None:
     settings.EDGE_WEBSOCKET = {"LIFETIME": 0.3}  # type: ignore[attr-defined]
     socket, _ = await opened(Browser())
@@ -126,7 +128,9 @@ async def test_sockets_are_closed_with_the_reconnect_code_when_their_lifetime_en
     assert closed["type"] == "websocket.close" and closed["code"] == 4000
 
 
-async def test_a_client_that_does_not_acknowledge_is_closed_as_too_slow(shop: None, settings: object) -> None:
+async def test_a_client_that_does_not_acknowledge_is_closed_as_too_slow(
+    in_process_shop: None, settings: object
+) -> None:
     settings.EDGE_WEBSOCKET = {"MAX_UNACKED": 2}  # type: ignore[attr-defined]
     ada = await sign_in("ada")
     socket, _ = await opened(ada)
@@ -142,7 +146,7 @@ async def test_a_client_that_does_not_acknowledge_is_closed_as_too_slow(shop: No
 
 
 async def test_acknowledged_events_keep_a_slow_limit_from_closing_the_socket(
-    shop: None, settings: object
+    in_process_shop: None, settings: object
 ) -> None:
     settings.EDGE_WEBSOCKET = {"MAX_UNACKED": 2}  # type: ignore[attr-defined]
     ada = await sign_in("ada")
@@ -157,7 +161,7 @@ async def test_acknowledged_events_keep_a_slow_limit_from_closing_the_socket(
     await socket.disconnect()
 
 
-async def test_hostile_frames_get_an_error_or_a_policy_close(shop: None, settings: object) -> None:
+async def test_hostile_frames_get_an_error_or_a_policy_close(in_process_shop: None, settings: object) -> None:
     socket, _ = await opened(Browser())
 
     async def answer() -> dict[str, Any]:
@@ -203,7 +207,7 @@ async def test_losing_the_channel_layer_closes_the_socket_so_the_page_resumes(
 
 async def closed_and_then_silent(socket: WebsocketCommunicator, code: int) -> dict[str, Any]:
     """The close the server sends, after which it sends nothing (and did not crash: `disconnect`
-    re-raises what the consumer died of). Live events the shop fixture still relays are skipped."""
+    re-raises what the consumer died of). Live events the in_process_shop fixture still relays are skipped."""
     closed = await past_events(socket)
     assert closed["type"] == "websocket.close" and closed["code"] == code, closed
     await socket.disconnect()  # after every frame the test sent: the consumer has handled them all
@@ -230,7 +234,7 @@ async def test_a_resume_while_redis_is_down_closes_with_4003_not_a_crash(
     assert closed["reason"] == "events interrupted: reconnect and resume"
 
 
-async def test_frames_after_a_policy_close_are_ignored(shop: None) -> None:
+async def test_frames_after_a_policy_close_are_ignored(in_process_shop: None) -> None:
     socket, _ = await opened(Browser())
     await socket.send_to(text_data="x" * 5000)
     # Already on their way when the server closed: nothing may answer them (in daphne, a send
@@ -240,7 +244,9 @@ async def test_frames_after_a_policy_close_are_ignored(shop: None) -> None:
     await closed_and_then_silent(socket, 4008)
 
 
-async def test_acknowledgements_do_not_count_against_the_frame_rate(shop: None, settings: object) -> None:
+async def test_acknowledgements_do_not_count_against_the_frame_rate(
+    in_process_shop: None, settings: object
+) -> None:
     # Two frames at once and hardly any more: a page acknowledging each of an order's events
     # (four order updates and the stock changes) would be cut off if acks took tokens.
     settings.EDGE_WEBSOCKET = {"BURST": 2, "RATE": 0.001}  # type: ignore[attr-defined]

@@ -168,7 +168,7 @@ async def play(batch: list[tuple[str, Any]]) -> None:
 @FUZZ_SETTINGS
 @given(batch=st.lists(frames, min_size=1, max_size=12))
 async def test_random_frames_get_errors_or_a_policy_close_never_a_crash(
-    shop: None, batch: list[tuple[str, Any]]
+    in_process_shop: None, batch: list[tuple[str, Any]]
 ) -> None:
     name = await epoch()
     await play([frame for frame in batch if not known_bug(with_epoch(frame, name))])
@@ -194,12 +194,12 @@ async def test_random_frames_get_errors_or_a_policy_close_never_a_crash(
         "bad-utf8",
     ],
 )
-async def test_named_hostile_frames(shop: None, frame: tuple[str, Any]) -> None:
+async def test_named_hostile_frames(in_process_shop: None, frame: tuple[str, Any]) -> None:
     await play([frame])
     await still_says_hello()
 
 
-async def test_a_rapid_burst_is_closed_with_4008(shop: None) -> None:
+async def test_a_rapid_burst_is_closed_with_4008(in_process_shop: None) -> None:
     socket = Browser().socket()
     connected, _ = await socket.connect(timeout=10)
     assert connected
