@@ -8,10 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 import redis
@@ -24,6 +24,7 @@ from tests.polling import poll
 from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 __all__ = ["free_port"]  # the benchmarks' one, for the tests that import it from here
 
@@ -290,19 +291,24 @@ class UpProcess:
         self.log_file.close()
 
 
-def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
-    """The live workers of a channel, as `bus status` sees them."""
+def on_the_bus(redis_url: str, use: Callable[[RedisBusLayer], Awaitable[T]]) -> T:
+    """`use` a layer on the bus at `redis_url` (prefix "bus:", as every process has it); its result."""
 
-    async def look() -> dict[str, dict[str, object]]:
+    async def run() -> T:
         layer = RedisBusLayer(hosts=[redis_url], prefix="bus:")
         try:
-            return await layer.presence(channel)
+            return await use(layer)
         finally:
             await layer.close_pools()
 
     # Tests that are themselves coroutines call this too: run it on a thread's own loop.
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, look()).result()
+        return pool.submit(asyncio.run, run()).result()
+
+
+def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
+    """The live workers of a channel, as `bus status` sees them."""
+    return on_the_bus(redis_url, lambda layer: layer.presence(channel))
 
 
 def group_members(redis_url: str, group: str) -> set[str]:

@@ -41,11 +41,13 @@ def poll(
     *,
     what: str,
     timeout: float = 30,
+    every: float = INTERVAL,
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
     """`probe()` once `done` holds for it; an AssertionError naming `what` after `timeout` seconds.
 
-    Exceptions of the `ignoring` types count as "not yet" (a server still starting, say).
+    Exceptions of the `ignoring` types count as "not yet" (a server still starting, say). `every`
+    spaces the looks out, for probes that cost the system under test something.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -59,7 +61,7 @@ def poll(
             last = answer
         if time.monotonic() > deadline:
             raise _failure(what, timeout, last)
-        time.sleep(INTERVAL)
+        time.sleep(every)
 
 
 async def apoll(
@@ -68,6 +70,7 @@ async def apoll(
     *,
     what: str,
     timeout: float = 30,
+    every: float = INTERVAL,
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
     """The async twin of `poll`: `await probe()` until `done` holds for its answer."""
@@ -83,4 +86,4 @@ async def apoll(
             last = answer
         if time.monotonic() > deadline:
             raise _failure(what, timeout, last)
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(every)
