@@ -6,11 +6,9 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TypeVar
@@ -19,33 +17,16 @@ import pytest
 import redis
 from channels.layers import channel_layers
 
+from bench.common import free_port
 from bus.conf import channel_layers as layers_for
 from bus.layers import RedisBusLayer
+from tests.polling import poll
 from tests.site import Visitor
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
-
-def wait_until(
-    check: Callable[[], T],
-    timeout: float = 30,
-    what: str | Callable[[], str] = "the condition",
-    interval: float = 0.05,
-) -> T:
-    """Poll `check` until it returns something true, and return that; fail saying `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what if isinstance(what, str) else what()}")
-        time.sleep(interval)
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port"]  # the benchmarks' one, for the tests that import it from here
 
 
 class RedisServer:
@@ -75,13 +56,11 @@ class RedisServer:
             self.command(executable), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        pytest.fail(f"redis-server on port {self.port} did not start.")
+        poll(
+            client.ping,
+            what=f"redis-server on port {self.port} to answer PING",
+            ignoring=(redis.ConnectionError,),
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -154,6 +133,13 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        poll(
+            lambda: text in self.output(),
+            what=f"{text!r} in the output of worker {self.pid}",
+            timeout=timeout,
+        )
 
     def terminate(self, timeout: float = 20) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -311,33 +297,46 @@ class UpProcess:
         self.log_file.close()
 
 
-def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
-    """The live workers of a channel, as `bus status` sees them."""
+def on_the_bus(redis_url: str, use: Callable[[RedisBusLayer], Awaitable[T]]) -> T:
+    """`use` a layer on the bus at `redis_url` (prefix "bus:", as every process has it); its result."""
 
-    async def look() -> dict[str, dict[str, object]]:
+    async def run() -> T:
         layer = RedisBusLayer(hosts=[redis_url], prefix="bus:")
         try:
-            return await layer.presence(channel)
+            return await use(layer)
         finally:
             await layer.close_pools()
 
     # Tests that are themselves coroutines call this too: run it on a thread's own loop.
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, look()).result()
+        return pool.submit(asyncio.run, run()).result()
+
+
+def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
+    """The live workers of a channel, as `bus status` sees them."""
+    return on_the_bus(redis_url, lambda layer: layer.presence(channel))
+
+
+def group_members(redis_url: str, group: str) -> set[str]:
+    """The channels in a Channels group, read from Redis where channels-redis keeps them."""
+    key = RedisBusLayer(hosts=[redis_url], prefix="bus:")._group_key(group)
+    return {member.decode() for member in redis.Redis.from_url(redis_url).zrange(key, 0, -1)}
 
 
 def wait_for_worker(
     worker: WorkerProcess, redis_url: str, channels: tuple[str, ...], timeout: float = 30
 ) -> None:
     """Block until the worker's heartbeat is visible on every channel it serves."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def beating() -> bool:
         if worker.process.poll() is not None:
             pytest.fail(f"Worker exited with {worker.process.returncode}:\n{worker.output()}")
-        if all(
+        return all(
             any(f".{worker.pid}." in member for member in presence(redis_url, channel))
             for channel in channels
-        ):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"Worker did not beat within {timeout} s:\n{worker.output()}")
+        )
+
+    try:
+        poll(beating, what=f"worker {worker.pid} to beat on {', '.join(channels)}", timeout=timeout)
+    except AssertionError as late:
+        pytest.fail(f"{late}. Its output:\n{worker.output()}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import wait_until
+from tests.polling import poll
 from tests.site import Visitor
 from workers.orders.contract import TERMINAL_STATES
 
@@ -223,10 +223,11 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
     placed = set(load.order_ids)
     seen: dict[str, dict[str, Any]] = {}
 
-    def all_terminal() -> bool:
+    def progress() -> tuple[int, dict[str, int]] | None:
+        """(orders listed, states of those not ended); None while the listings cannot be read."""
         listings = [orders_of(client) for client in readers.values()]
         if any(listing is None for listing in listings):
-            return False
+            return None
         seen.clear()
         seen.update(
             (order["order_id"], order)
@@ -234,14 +235,18 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
             for order in listing or []
             if order["order_id"] in placed
         )
-        return len(seen) == len(placed) and all(order["state"] in TERMINAL_STATES for order in seen.values())
+        open_states = Counter(
+            order["state"] for order in seen.values() if order["state"] not in TERMINAL_STATES
+        )
+        return len(seen), dict(open_states)
 
-    def waiting() -> str:
-        states = Counter(order["state"] for order in seen.values() if order["state"] not in TERMINAL_STATES)
-        missing = len(placed) - len(seen)
-        return f"of {len(placed)} orders, {missing} not listed and these not ended: {dict(states)}"
-
-    wait_until(all_terminal, timeout, waiting, interval=0.2)
+    poll(
+        progress,
+        lambda now: now == (len(placed), {}),
+        what=f"all {len(placed)} orders listed and ended (orders listed, states of those not ended)",
+        timeout=timeout,
+        every=0.2,
+    )
     return dict(seen)
 
 

@@ -16,6 +16,11 @@ from typing import Any
 
 import websockets
 
+from consumers.management.commands.seed import CUSTOMERS
+
+#: The demo logins `manage.py seed` creates: username -> password.
+DEMO_PASSWORDS = {username: password for username, password, _ in CUSTOMERS}
+
 
 class Visitor:
     """Cookies, CSRF and JSON over urllib; the WebSocket through the `websockets` client."""
@@ -41,7 +46,9 @@ class Visitor:
         except ValueError:
             return status, body.decode(errors="replace")
 
-    def sign_in(self, username: str, password: str) -> None:
+    def sign_in(self, username: str, password: str | None = None) -> None:
+        """Through the login form; a demo customer's password by default."""
+        password = DEMO_PASSWORDS[username] if password is None else password
         _, page = self.request("GET", "/accounts/login/")
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert token, "the login page has no CSRF field"

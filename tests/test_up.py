@@ -9,20 +9,20 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, RedisServer, UpProcess, process_env
-from tests.site import SAGA, Visitor, frames_until, order_states, wait_ready, whole_saga
+from tests.polling import poll
+from tests.site import DEMO_PASSWORDS, SAGA, Visitor, frames_until, order_states, wait_ready, whole_saga
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 async def checkout_over_http_and_websocket(visitor: Visitor, correlation: str = "") -> None:
     """Sign in, listen on the socket, place an order over HTTP, see it confirmed on the socket."""
-    visitor.sign_in("ada", "ada-demo-1815")
+    visitor.sign_in("ada")
     async with visitor.socket() as socket:
         await socket.send(json.dumps({"type": "resume", "cursor": None}))
         hello = json.loads(await socket.recv())
@@ -41,7 +41,9 @@ def test_one_process_without_redis(tmp_path: Path) -> None:
         ready = wait_ready(up.visitor)
         assert set(ready["domains"]) == {"inventory", "orders", "payments", "presentation"}
         assert "One process (in-memory layer)" in up.text()
-        assert "ada / ada-demo-1815" in up.text(), "first start seeds demo data and prints the logins"
+        assert f"ada / {DEMO_PASSWORDS['ada']}" in up.text(), (
+            "first start seeds demo data and prints the logins"
+        )
         asyncio.run(checkout_over_http_and_websocket(up.visitor))
         assert up.stop() == 0
         assert "stopped after handling" in up.text(), "the in-process workers drained"
@@ -63,10 +65,8 @@ def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisSer
         # A worker dies: the supervisor says so and starts it again; the system is ready again.
         pid = int(re.findall(r"payments\s+\| started \(pid (\d+)\)", up.text())[-1])
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while "payments      | killed by SIGKILL; restarting in" not in up.text():
-            assert time.monotonic() < deadline, up.text()[-2000:]
-            time.sleep(0.1)
+        poll(up.text, lambda text: "payments      | killed by SIGKILL; restarting in" in text,
+             what="the supervisor to restart payments")  # fmt: skip
         wait_ready(up.visitor)
         children = [int(pid) for pid in re.findall(r"started \(pid (\d+)\)", up.text())]
         assert up.stop() == 0
@@ -90,7 +90,7 @@ def test_sockets_dropped_abruptly_or_by_a_daphne_restart_resume_without_losing_e
     up = UpProcess(tmp_path, private_redis.url, log_level="DEBUG")
     try:
         wait_ready(up.visitor)
-        up.visitor.sign_in("ada", "ada-demo-1815")
+        up.visitor.sign_in("ada")
 
         async def drop_abruptly() -> str:
             """The connection dies with no close frame (a pulled cable): the client keeps its cursor."""

@@ -30,6 +30,8 @@ from playwright.async_api import Browser, Page, WebSocket, async_playwright, exp
 
 from tests.conftest import ROOT, WorkerProcess, migrated, process_env, wait_for_worker
 from tests.edge.servers import Daphne
+from tests.polling import poll
+from tests.site import DEMO_PASSWORDS
 
 CHROMIUM = os.environ.get("BROWSER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,7 +47,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DOMAINS = ("inventory", "payments", "orders", "presentation", "echo")
 SEEDED_PRODUCTS = 6  # consumers/management/commands/seed.py: one stock_changed event each
-PASSWORDS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
 
 # Counts every close of every WebSocket the page opens, with its code (the page's own handlers
 # are untouched): lets a test tell a server-side 4000 close from a dropped connection (1006).
@@ -145,8 +146,10 @@ class Shop:
         assert done.returncode == 0, f"seed exited {done.returncode}:\n{done.stdout}{done.stderr}"
         # The seed's stock_changed events leave through inventory's outbox: let them reach the
         # event log before any page loads, so none arrives after the page's first state.
-        self.web.wait_for(
-            lambda: self.log_offset() >= SEEDED_PRODUCTS, 30, "the seed's stock events to reach the log"
+        poll(
+            self.log_offset,
+            lambda offset: offset >= SEEDED_PRODUCTS,
+            what="the seed's stock events in the log",
         )
 
     # -- HTTP, as a client that is not the page ---------------------------------------------------
@@ -169,10 +172,7 @@ class Shop:
         return int(body["cursor"].rpartition(":")[2])
 
     def wait_ready(self) -> None:
-        def ready() -> bool:
-            return self.get("/readyz")[0] == 200
-
-        self.web.wait_for(ready, 30, f"/readyz to answer 200 (last: {self.get('/readyz')})")
+        poll(lambda: self.get("/readyz"), lambda answer: answer[0] == 200, what="/readyz to answer 200")
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def shop(
+def shop_processes(
     request: pytest.FixtureRequest,
     redis_layer: str,
     start_worker: Callable[..., WorkerProcess],
@@ -289,16 +289,16 @@ async def open_tab(
 
 
 @pytest.fixture
-async def tab(open_tab: Callable[[str], Awaitable[Tab]], shop: Shop) -> Tab:
+async def tab(open_tab: Callable[[str], Awaitable[Tab]], shop_processes: Shop) -> Tab:
     """A fresh browser context on the shop."""
-    return await open_tab(shop.url)
+    return await open_tab(shop_processes.url)
 
 
 async def sign_in(page: Page, username: str) -> None:
     """Through the real login form, as a person would; lands on the shop."""
     await page.goto("/accounts/login/?next=/")
     await page.fill("#id_username", username)
-    await page.fill("#id_password", PASSWORDS[username])
+    await page.fill("#id_password", DEMO_PASSWORDS[username])
     async with page.expect_navigation():
         await page.click("form button[type=submit]")
     assert urlsplit(page.url).path == "/", f"sign-in as {username} landed on {page.url}"

@@ -30,7 +30,9 @@ def no_policy_violations(tab: Tab) -> None:
     assert not [line for line in tab.console if "Content Security Policy" in line], tab.console
 
 
-async def test_on_a_phone_the_cart_is_at_hand_and_every_saga_step_shows(shop: Shop, tab: Tab) -> None:
+async def test_on_a_phone_the_cart_is_at_hand_and_every_saga_step_shows(
+    shop_processes: Shop, tab: Tab
+) -> None:
     page = tab.page
     await page.set_viewport_size(PHONE)
     await sign_in(page, "ada")
@@ -65,7 +67,7 @@ async def test_on_a_phone_the_cart_is_at_hand_and_every_saga_step_shows(shop: Sh
     no_policy_violations(tab)
 
 
-async def test_balance_cart_limits_and_money_read_as_a_person_expects(shop: Shop, tab: Tab) -> None:
+async def test_balance_cart_limits_and_money_read_as_a_person_expects(shop_processes: Shop, tab: Tab) -> None:
     page = tab.page
     await sign_in(page, "linus")
     await wait_live(page)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from playwright.async_api import Locator, Page, expect
 import bus
 from tests.browser.conftest import Shop, Tab, in_thread, sign_in
 from tests.conftest import presence
+from tests.polling import apoll
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -50,14 +50,6 @@ async def cards(page: Page) -> dict[str, dict[str, str]]:
     return found
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"Not within {timeout} s: {what}")
-        await asyncio.sleep(0.2)
-
-
 def is_event_poll(url: str) -> bool:
     """The page's catch-up polls, `GET /api/events?since=CURSOR`, used while its socket is down."""
     return "/api/events?since=" in url
@@ -67,7 +59,9 @@ async def session_cookie(page: Page) -> str:
     return "; ".join(f"{c['name']}={c['value']}" for c in await page.context.cookies())
 
 
-async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(shop: Shop, tab: Tab) -> None:
+async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(
+    shop_processes: Shop, tab: Tab
+) -> None:
     page = tab.page
     await sign_in(page, "ada")
     shown = await page.reload()
@@ -95,16 +89,18 @@ async def test_an_order_placed_on_the_page_reaches_confirmed_without_a_reload(sh
     await expect(page.get_by_test_id("balance")).to_have_text("371.00")  # the anvil's 129.00 charged
 
     # The server tells the same story.
-    status, order = await in_thread(shop.get, f"/api/orders/{order_id}", cookie=await session_cookie(page))
+    status, order = await in_thread(
+        shop_processes.get, f"/api/orders/{order_id}", cookie=await session_cookie(page)
+    )
     assert status == 200, order
     assert order["state"] == "confirmed"
     assert [step["name"] for step in order["steps"]] == ["placed", "reserved", "charged", "confirmed"]
 
-    async def server_stock_agrees() -> bool:
-        _, stock = await in_thread(shop.get, "/api/products/ANVIL-1")
-        return bool(stock["available"] == SEEDED["ANVIL-1"] - 1)
-
-    await eventually(server_stock_agrees, "GET /api/products/ANVIL-1 shows the order's stock")
+    await apoll(
+        lambda: in_thread(shop_processes.get, "/api/products/ANVIL-1"),
+        lambda answer: answer[1]["available"] == SEEDED["ANVIL-1"] - 1,
+        what="GET /api/products/ANVIL-1 to show the order's stock",
+    )
     assert tab.errors == []
     # All of it (the sign-in form, the script, the styles, the socket) under the page's own policy.
     assert tab.violations == []
@@ -115,7 +111,9 @@ SHORT_LIFETIME = {"EDGE_TEST_WEBSOCKET": json.dumps({"LIFETIME": 3, "LIFETIME_JI
 
 
 @pytest.mark.parametrize("edge", [SHORT_LIFETIME], indirect=True, ids=["lifetime-3s"])
-async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(shop: Shop, tab: Tab) -> None:
+async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(
+    shop_processes: Shop, tab: Tab
+) -> None:
     page = tab.page
     await sign_in(page, "ada")
     await wait_live(page)
@@ -124,7 +122,9 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
 
     # 1. The socket's lifetime runs out: the server closes it with 4000, the page resumes at
     #    once, and a restock made across those reconnects shows.
-    restocked = asyncio.create_task(in_thread(shop.bus_call, "inventory.restock", sku="TONGS-3", quantity=5))
+    restocked = asyncio.create_task(
+        in_thread(shop_processes.bus_call, "inventory.restock", sku="TONGS-3", quantity=5)
+    )
     await page.wait_for_function("() => window.__socketCloses.filter(code => code === 4000).length >= 2")
     assert (await restocked)["available"] == SEEDED["TONGS-3"] + 5
     await wait_live(page)
@@ -137,10 +137,12 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
     #    socket's resume from its cursor.
     before = await shop_state(page)
     await page.route(is_event_poll, lambda route: route.abort())
-    await in_thread(shop.web.kill)
+    await in_thread(shop_processes.web.kill)
     frames_before = len(tab.frames)
     await expect(page.get_by_test_id("socket-state")).not_to_have_attribute("data-state", "live")
-    apron = asyncio.create_task(in_thread(shop.bus_call, "inventory.restock", sku="APRON-5", quantity=4))
+    apron = asyncio.create_task(
+        in_thread(shop_processes.bus_call, "inventory.restock", sku="APRON-5", quantity=4)
+    )
     placed = await bus.acall(
         "orders.place",
         customer_id="ada",
@@ -148,14 +150,14 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
         idempotency_key=f"browser-{secrets.token_hex(8)}",
     )
 
-    async def confirmed_on_the_bus() -> bool:
-        order = await bus.acall("orders.get", order_id=placed["order_id"])
-        return bool(order["state"] == "confirmed")
-
-    await eventually(confirmed_on_the_bus, "the order placed while daphne was down to be confirmed")
+    await apoll(
+        lambda: bus.acall("orders.get", order_id=placed["order_id"]),
+        lambda order: order["state"] == "confirmed",
+        what="the order placed while daphne was down to be confirmed",
+    )
     assert (await apron)["available"] == SEEDED["APRON-5"] + 4
     assert await page.locator(ORDER_ROWS).count() == 0, "the page saw an order while daphne was down"
-    await in_thread(shop.web.start)
+    await in_thread(shop_processes.web.start)
 
     await wait_live(page, timeout=45_000)
     after = await shop_state(page)
@@ -171,15 +173,19 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
         "APRON-5": SEEDED["APRON-5"] + 4,
     }
 
-    async def page_and_server_agree() -> bool:
+    async def page_and_server() -> tuple[dict[str, int], dict[str, int]]:
         on_page = {sku: int(data["available"]) for sku, data in (await cards(page)).items()}
         on_server = {}
         for sku in expected:
-            _, stock = await in_thread(shop.get, f"/api/products/{sku}")
+            _, stock = await in_thread(shop_processes.get, f"/api/products/{sku}")
             on_server[sku] = stock["available"]
-        return on_page == on_server == expected
+        return on_page, on_server
 
-    await eventually(page_and_server_agree, f"page and GET /api/products/<sku> to show {expected}")
+    await apoll(
+        page_and_server,
+        lambda seen: seen[0] == seen[1] == expected,
+        what=f"page and GET /api/products/<sku> to show {expected}",
+    )
 
     # Those came over the new socket: it resumed from the cursor the page had before the drop.
     sent = [frame for way, frame in tab.frames[frames_before:] if way == "sent"]
@@ -201,7 +207,7 @@ async def test_a_socket_the_server_kills_comes_back_live_and_no_event_is_lost(sh
 
 @pytest.mark.parametrize("edge", [{"EDGE_TEST_STOCK_TTL": "1"}], indirect=True, ids=["stock-ttl-1s"])
 async def test_with_inventory_down_a_reload_shows_stale_stock_and_nothing_breaks(
-    shop: Shop, tab: Tab
+    shop_processes: Shop, tab: Tab
 ) -> None:
     page = tab.page
     await sign_in(page, "grace")
@@ -213,13 +219,19 @@ async def test_with_inventory_down_a_reload_shows_stale_stock_and_nothing_breaks
     fresh = await cards(page)
     assert {sku: int(data["available"]) for sku, data in fresh.items()} == SEEDED
 
-    shop.workers["inventory"].kill()
+    shop_processes.workers["inventory"].kill()
 
-    async def inventory_gone() -> bool:
-        return not await in_thread(presence, shop.redis_url, "inventory")
-
-    await eventually(inventory_gone, "the killed inventory worker's heartbeat to lapse")
-    await asyncio.sleep(1.2)  # past EDGE_STOCK_TTL: the next read asks inventory, which is gone
+    await apoll(
+        lambda: in_thread(presence, shop_processes.redis_url, "inventory"),
+        lambda live: not live,
+        what="the killed inventory worker's heartbeat to lapse",
+    )
+    # Past EDGE_STOCK_TTL the edge asks inventory, which is gone, and serves what it last knew.
+    await apoll(
+        lambda: in_thread(shop_processes.get, "/api/products"),
+        lambda answer: answer[1]["stale"] is True,
+        what="GET /api/products to serve stale stock",
+    )
     await page.reload()
 
     await expect(banner).to_be_visible()
@@ -230,7 +242,7 @@ async def test_with_inventory_down_a_reload_shows_stale_stock_and_nothing_breaks
         sku: data["available"] for sku, data in fresh.items()
     }, "the cards show the last stock known"
     assert {data["stale"] for data in stale.values()} == {"true"}
-    _, listing = await in_thread(shop.get, "/api/products")
+    _, listing = await in_thread(shop_processes.get, "/api/products")
     assert listing["stale"] is True
 
     # The rest of the page still works: live updates, and the cart.

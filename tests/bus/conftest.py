@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,17 +17,6 @@ from tests.conftest import RedisServer
 def redis_url(redis_server: RedisServer) -> str:
     """The session's private Redis; tests keep apart by prefix, so it is not flushed."""
     return redis_server.url
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone, for tests that stop and restart it."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

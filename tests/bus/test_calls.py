@@ -11,9 +11,11 @@ from channels.layers import get_channel_layer
 
 import bus
 from bus import wakeups
+from bus.targets import lookup_event
 from bus.testing import serving
 from tests.conftest import read_records
 from tests.echo.contract import Echo, Refused
+from tests.polling import apoll, poll
 
 # Write methods read the domain's mode (read-only or not) from the database, in handler threads.
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -88,7 +90,9 @@ async def test_deadline_raises_timeout_and_the_late_request_never_runs(
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
     async with serving("echo", concurrency=1):
         first = asyncio.create_task(bus.acall("echo.sleep_sync", seconds=0.5, tag="first"))
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(
+            poll, lambda: read_records(record_dir, "sleeping"), what="the first call running"
+        )
         with pytest.raises(
             bus.DeadlineExceeded, match=r"echo\.sleep_sync did not answer within 0\.1 s"
         ) as caught:
@@ -145,15 +149,24 @@ async def test_hundreds_of_concurrent_calls_in_one_loop() -> None:
     assert results == [n + 1 for n in range(500)]
 
 
-async def test_full_channel_is_a_clear_unavailable_error(settings: object) -> None:
+async def test_full_channel_is_a_clear_unavailable_error(
+    settings: object, record_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
     settings.CHANNEL_LAYERS = {  # type: ignore[attr-defined]
         "default": {"BACKEND": "bus.layers.InMemoryBusLayer", "CONFIG": {"capacity": 2}}
     }
     async with serving("echo", concurrency=1):
         busy = [asyncio.create_task(bus.acall("echo.sleep", seconds=0.3))]
-        await asyncio.sleep(0.05)  # the worker's only slot takes it
+        await asyncio.to_thread(
+            poll, lambda: read_records(record_dir, "sleeping"), what="the worker's only slot to take a call"
+        )
         busy += [asyncio.create_task(bus.acall("echo.sleep", seconds=0.3)) for _ in range(2)]
-        await asyncio.sleep(0.05)  # and these two fill the queue
+        await apoll(
+            lambda: get_channel_layer().queue_depth("echo"),
+            lambda depth: depth == 2,
+            what="two more calls to fill the queue",
+        )
         with pytest.raises(bus.ChannelFull, match="The 'echo' channel is full: its workers are behind"):
             await bus.acall("echo.echo", text="one too many")
         await asyncio.gather(*busy)
@@ -164,21 +177,24 @@ async def test_send_runs_a_command_without_waiting(record_dir: Path, monkeypatch
     async with serving("echo"):
         message_id = await bus.asend("echo.record", n=7)
         assert len(message_id) == 32
-        await bus.acall("echo.sleep", seconds=0.05)
+        await asyncio.to_thread(poll, lambda: read_records(record_dir, "record"), what="the command to run")
     assert read_records(record_dir, "record") == ["7"]
 
 
 async def test_publish_reaches_subscribed_domains(record_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
     async with serving("echo"):
-        await asyncio.sleep(0.05)  # the first heartbeat joins the event group
+        group = lookup_event("echo.happened").group
+
+        async def members() -> set[str]:
+            return set(get_channel_layer().groups.get(group, {}))
+
+        # Heartbeats join the event groups right after announcing the worker: wait for the join.
+        await apoll(members, lambda joined: "echo" in joined, what=f"echo to join the group {group}")
         await bus.apublish("echo.happened", text="tick")
         with pytest.raises(bus.ValidationError, match="text: Field required"):
             await bus.apublish("echo.happened")
-        for _ in range(100):
-            if read_records(record_dir, "event"):
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(poll, lambda: read_records(record_dir, "event"), what="the event handled")
     assert read_records(record_dir, "event") == ["tick"]
 
 
@@ -225,11 +241,9 @@ async def test_a_wakeup_runs_a_periodic_method_before_its_period(
     record_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
+    # The worker starts its periodic tasks (which listen for wakeups at once) before its first
+    # heartbeat, and `serving` returns after that beat: the hourly task is listening by then.
     async with serving("echo"):
-        await asyncio.sleep(0.1)  # the periodic task is waiting for its hour
         await asyncio.to_thread(wakeups.wake, "echo.poked")  # from another thread, as on_commit is
-        for _ in range(200):
-            if read_records(record_dir, "poked"):
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(poll, lambda: read_records(record_dir, "poked"), what="the woken task to run")
     assert len(read_records(record_dir, "poked")) == 1

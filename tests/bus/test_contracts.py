@@ -13,8 +13,9 @@ from bus import Contract, ContractError, Schema, Service, rpc
 from bus.contracts import RemoteMethod, lookup_method
 from bus.exceptions import RemoteError, ValidationError, error_from_wire
 from bus.testing import serving
-from tests.conftest import read_records, wait_until
+from tests.conftest import read_records
 from tests.echo.contract import Echo, Item, Refused
+from tests.polling import poll
 
 
 def test_argument_names_may_not_clash_with_the_calls_own_keywords() -> None:
@@ -198,7 +199,11 @@ async def test_sync_code_calls_a_method_by_its_declared_name_and_types(
             await sync_to_async(Echo.add.call)(a="2")  # type: ignore[arg-type]
         sent = [await sync_to_async(Echo.record.send)(n=7), await Echo.record.asend(n=8)]
         assert [len(message_id) for message_id in sent] == [32, 32]
-        await sync_to_async(wait_until)(lambda: sorted(read_records(record_dir, "record")) == ["7", "8"])
+        await sync_to_async(poll)(
+            lambda: sorted(read_records(record_dir, "record")),
+            lambda seen: seen == ["7", "8"],
+            what="both records",
+        )
 
 
 def test_a_declared_method_is_what_the_bus_knows_and_its_client_calls() -> None:

@@ -16,9 +16,11 @@ from channels.layers import get_channel_layer
 import bus
 from bus import deadletters, messages
 from bus.client import default_bus
+from bus.targets import lookup_event
 from bus.testing import serving
 from bus.threads import in_pool
-from tests.conftest import WorkerProcess, migrated, read_records, run_bus, wait_until
+from tests.conftest import WorkerProcess, group_members, migrated, read_records, run_bus
+from tests.polling import poll
 
 pytestmark = [pytest.mark.redis]
 
@@ -38,8 +40,16 @@ def test_a_failing_command_is_retried_then_dead_lettered_and_replayed(
 
     asyncio.run(send())
     # "once" fails one try and succeeds on the retry; "always" fails 1 + 2 retries.
-    wait_until(lambda: len(read_records(record_dir, "flaky-once")) == 2)
-    wait_until(lambda: "always" in run_bus(data_dir, redis_layer, "deadletters").stdout)
+    poll(
+        lambda: len(read_records(record_dir, "flaky-once")),
+        lambda tries: tries == 2,
+        what="two tries of 'once'",
+    )
+    poll(
+        lambda: run_bus(data_dir, redis_layer, "deadletters").stdout,
+        lambda listing: "always" in listing,
+        what="'always' among the dead letters",
+    )
     assert len(read_records(record_dir, "flaky-always")) == 3
     assert len(set(read_records(record_dir, "flaky-always"))) == 1, "every try carries the same message id"
     listing = run_bus(data_dir, redis_layer, "deadletters").stdout
@@ -57,7 +67,11 @@ def test_a_failing_command_is_retried_then_dead_lettered_and_replayed(
     (record_dir / "flaky-always.failures").write_text("0")  # the cause is fixed
     replayed = run_bus(data_dir, redis_layer, "deadletters", "replay", letter_id)
     assert replayed.returncode == 0 and "Replayed" in replayed.stdout
-    wait_until(lambda: len(read_records(record_dir, "flaky-always")) == 4)
+    poll(
+        lambda: len(read_records(record_dir, "flaky-always")),
+        lambda tries: tries == 4,
+        what="the replay's try",
+    )
     assert run_bus(data_dir, redis_layer, "deadletters").stdout.strip() == ""
     again = run_bus(data_dir, redis_layer, "deadletters", "replay", letter_id)
     assert again.returncode != 0 and "was replayed already" in again.stderr
@@ -67,8 +81,14 @@ def test_a_published_event_whose_handler_fails_is_retried_then_dead_lettered(
     tmp_path: Path, redis_layer: str, start_worker: StartWorker, record_dir: Path
 ) -> None:
     data_dir = migrated(tmp_path / "data")
-    start_worker(redis_layer, "echo", data_dir=data_dir)
-    time.sleep(1.0)  # the first heartbeat joins the event group
+    worker = start_worker(redis_layer, "echo", data_dir=data_dir)
+    group = lookup_event("echo.happened").group
+    # Heartbeats join the event group after announcing the worker: wait for the join itself.
+    poll(
+        lambda: group_members(redis_layer, group),
+        lambda members: "echo" in members,
+        what=f"worker {worker.pid}'s channel in the group {group}",
+    )
 
     async def publish() -> None:
         await bus.apublish("echo.happened", text="explode")
@@ -76,7 +96,11 @@ def test_a_published_event_whose_handler_fails_is_retried_then_dead_lettered(
         await default_bus.aclose()
 
     asyncio.run(publish())
-    wait_until(lambda: "echo.happened" in run_bus(data_dir, redis_layer, "deadletters").stdout)
+    poll(
+        lambda: run_bus(data_dir, redis_layer, "deadletters").stdout,
+        lambda listing: "echo.happened" in listing,
+        what="echo.happened among the dead letters",
+    )
     listing = run_bus(data_dir, redis_layer, "deadletters").stdout
     assert "x2  ValueError: this event always fails" in listing
     assert read_records(record_dir, "event") == ["fine"]
@@ -97,13 +121,18 @@ async def test_a_sigterm_during_a_retry_wait_hands_the_retry_on_to_the_next_work
         messages.COMMAND, "echo.stubborn", {"key": "handover", "failures": 1}, headers={"attempt": 5}
     )
     await get_channel_layer().send("echo", dict(command))
-    await asyncio.to_thread(wait_until, lambda: "echo.stubborn failed (try 5 of 7)" in first.output())
+    await asyncio.to_thread(first.wait_for_output, "echo.stubborn failed (try 5 of 7)")
     assert "trying again in 8.0 s" in first.output()
     (record_dir / "flaky-handover.failures").write_text("0")  # the cause is fixed: the next try works
     assert await asyncio.to_thread(first.terminate) == 0
     assert "Handed on 1 retry(ies) waiting in this worker: back on their channels" in first.output()
     start_worker(redis_layer, "echo", data_dir=data_dir)
-    await asyncio.to_thread(wait_until, lambda: len(read_records(record_dir, "flaky-handover")) == 2)
+    await asyncio.to_thread(
+        poll,
+        lambda: len(read_records(record_dir, "flaky-handover")),
+        lambda tries: tries == 2,
+        what="the retry",
+    )
     assert set(read_records(record_dir, "flaky-handover")) == {command["id"]}, "one message, tried twice"
     dead = await asyncio.to_thread(run_bus, data_dir, redis_layer, "deadletters")
     assert dead.returncode == 0 and "echo.stubborn" not in dead.stdout
@@ -131,7 +160,7 @@ async def test_a_waiting_retry_goes_back_to_its_channel_with_its_try_count_and_d
     back["headers"]["not_before"] = due = time.time() + 1
     await layer.send("echo", back)
     start_worker(redis_layer, "echo")
-    await asyncio.to_thread(wait_until, lambda: read_records(record_dir, "record") == ["7"])
+    await asyncio.to_thread(poll, lambda: read_records(record_dir, "record"), what="the retry tried when due")
     tried = min(path.stat().st_mtime for path in record_dir.glob("record-*.txt"))  # noqa: ASYNC240
     assert tried >= due, "tried when due, not before"
     await default_bus.aclose()

@@ -22,10 +22,36 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from bus.layers import DEFAULT_MAX_CONNECTIONS, InMemoryBusLayer, RedisBusLayer, wire
+from tests.polling import apoll
 
 REPO = Path(__file__).resolve().parents[2]
 
 MakeLayer = Callable[..., RedisBusLayer]
+
+
+def blocked_clients(url: str) -> int:
+    """Clients of the server at `url` waiting in a blocking command (BZMPOP, BZPOPMIN)."""
+    return int(redis.Redis.from_url(url).info("clients")["blocked_clients"])
+
+
+async def until_blocked(url: str, more_than: int = 0) -> None:
+    """Until more than `more_than` clients wait in Redis: a receive started is now waiting there."""
+    await apoll(
+        lambda: asyncio.to_thread(blocked_clients, url),
+        lambda blocked: blocked > more_than,
+        what=f"more than {more_than} client(s) blocked in Redis",
+    )
+
+
+async def until_waiting(layer: InMemoryBusLayer, channel: str, receivers: int) -> None:
+    """Until `receivers` receives wait on `channel` of an in-memory layer."""
+
+    async def waiting() -> int:
+        return layer._held.get(channel, (None, 0))[1]
+
+    await apoll(
+        waiting, lambda count: count == receivers, what=f"{receivers} receive(s) waiting on {channel}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,8 +151,7 @@ async def test_expired_messages_are_skipped_not_delivered(make_layer: MakeLayer)
     receiver = make_layer(expiry=1)  # same keys, shorter view of what is still alive
     await sender.send("work", {"type": "job", "n": "old"})
     await sender.send("work", {"type": "job", "n": "old2"})
-    await asyncio.sleep(1.2)
-    assert await receiver.queue_depth("work") == 0
+    await apoll(lambda: receiver.queue_depth("work"), lambda depth: depth == 0, what="both jobs expired")
     assert await sender.queue_depth("work") == 2
     await sender.send("work", {"type": "job", "n": "fresh"})
     assert await receiver.receive_batch("work", 10, 1.0) == [{"type": "job", "n": "fresh"}]
@@ -161,10 +186,11 @@ async def test_receive_batch_never_takes_more_than_asked(make_layer: MakeLayer) 
 @pytest.mark.redis
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
-async def test_receive_batch_wakes_on_first_message(make_layer: MakeLayer) -> None:
+async def test_receive_batch_wakes_on_first_message(make_layer: MakeLayer, redis_url: str) -> None:
     layer = make_layer()
+    blocked = await asyncio.to_thread(blocked_clients, redis_url)
     waiter = asyncio.ensure_future(layer.receive_batch("work", 5, 5.0))
-    await asyncio.sleep(0.2)
+    await until_blocked(redis_url, blocked)
     started = time.monotonic()
     await layer.send("work", {"type": "job"})
     assert await waiter == [{"type": "job"}]
@@ -174,11 +200,12 @@ async def test_receive_batch_wakes_on_first_message(make_layer: MakeLayer) -> No
 @pytest.mark.redis
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
-async def test_cancelled_receive_leaves_the_layer_usable(make_layer: MakeLayer) -> None:
+async def test_cancelled_receive_leaves_the_layer_usable(make_layer: MakeLayer, redis_url: str) -> None:
     layer = make_layer()
     for call in (layer.receive("work"), layer.receive_batch("work", 5, 3.0)):
+        blocked = await asyncio.to_thread(blocked_clients, redis_url)
         waiting = asyncio.ensure_future(call)
-        await asyncio.sleep(0.1)
+        await until_blocked(redis_url, blocked)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -294,7 +321,7 @@ async def test_idle_receive_longer_than_redis_py_socket_timeout(make_layer: Make
     layer = make_layer()
     receive = asyncio.ensure_future(layer.receive("idle"))
     batch = asyncio.ensure_future(layer.receive_batch("idle-batch", 3, 7.0))
-    await asyncio.sleep(6.0)
+    await asyncio.sleep(6.0)  # not a wait for something: the idle time is what this test is about
     assert not receive.done() and not batch.done()
     await layer.send("idle", {"type": "late"})
     await layer.send("idle-batch", {"type": "late"})
@@ -390,7 +417,7 @@ async def test_presence_beat_list_expire_leave(make_layer: MakeLayer) -> None:
     await layer.presence_beat("work", "w2", {"pid": 2}, ttl=10)
     await layer.presence_beat("other", "w3", {"pid": 3}, ttl=10)
     assert await other.presence("work") == {"w1": {"pid": 1, "slots": 8}, "w2": {"pid": 2}}
-    await asyncio.sleep(0.7)
+    await apoll(lambda: other.presence("work"), lambda live: "w1" not in live, what="w1's record to expire")
     assert await other.presence("work") == {"w2": {"pid": 2}}
     assert await layer.presence("work") == {"w2": {"pid": 2}}
     await layer.presence_beat("work", "w1", {"pid": 1, "slots": 4}, ttl=10)  # came back
@@ -434,8 +461,9 @@ async def test_receive_paths_with_and_without_bzmpop(
     assert [m["n"] for m in await layer.receive_batch("work", 1, 1.0)] == [0]
     assert [m["n"] for m in await layer.receive_batch("work", 3, 1.0)] == [1, 2, 3]
     assert [m["n"] for m in await layer.receive_batch("work", 10, 0)] == [4, 5, 6]
+    blocked = await asyncio.to_thread(blocked_clients, redis_url)
     waiter = asyncio.ensure_future(layer.receive_batch("work", 5, 5.0))
-    await asyncio.sleep(0.1)
+    await until_blocked(redis_url, blocked)
     await layer.send("work", {"type": "job", "n": 7})
     assert await waiter == [{"type": "job", "n": 7}]
     assert await layer.receive_batch("work", 5, 0.2) == []
@@ -473,11 +501,12 @@ async def test_server_version_is_asked_once_and_again_after_a_reconnect(
     conns = layer._host(0).conns
     conn = await conns.take()
     client_id = await wire.command(conn, "CLIENT", "ID")
-    await conns.give(conn)
     admin = aioredis.Redis.from_url(redis_url)
     await admin.client_kill_filter(_id=client_id)
     await admin.aclose()
-    await asyncio.sleep(0.1)
+    # The close reaches our socket a moment after CLIENT KILL answers.
+    await apoll(lambda: wire.closed_by_server(conn), what="the server's close to reach the kept connection")
+    await conns.give(conn)
     await layer.send("work", {"type": "job"})
     assert len(await layer.receive_batch("work", 5, 1.0)) == 1
     assert asked == 2
@@ -499,11 +528,8 @@ async def test_a_connection_the_server_closed_is_seen_as_closed(
     admin = aioredis.Redis.from_url(redis_url)
     await admin.client_kill_filter(_id=client_id)
     await admin.aclose()
-    for _ in range(100):  # the close reaches our socket a moment after CLIENT KILL answers
-        if await wire.closed_by_server(conn):
-            break
-        await asyncio.sleep(0.02)
-    assert await wire.closed_by_server(conn)
+    # The close reaches our socket a moment after CLIENT KILL answers.
+    await apoll(lambda: wire.closed_by_server(conn), what="the server's close to reach the connection")
     await conns.give(conn)
     # Taken again, it is reconnected and works.
     conn = await conns.take()
@@ -529,7 +555,7 @@ async def test_kept_connections_are_replaced_after_a_redis_restart(private_redis
 
     # Restarted under a receive waiting in BZMPOP: that caller gets the error and retries.
     waiting = asyncio.ensure_future(layer.receive_batch("work", 5, 10.0))
-    await asyncio.sleep(0.1)
+    await until_blocked(private_redis.url)
     await asyncio.to_thread(private_redis.stop)
     with pytest.raises(redis.exceptions.ConnectionError):
         await waiting
@@ -594,10 +620,13 @@ async def test_a_burst_of_receives_gives_extra_connections_back_to_the_pool(make
 async def test_expired_messages_do_not_count_against_capacity(make_layer: MakeLayer) -> None:
     layer = make_layer(capacity=2, expiry=1)
     local = await layer.new_channel()
-    for channel in ("work", local):
+    for channel in (local, "work"):
         await layer.send(channel, {"type": "old"})
         await layer.send(channel, {"type": "old"})
-    await asyncio.sleep(1.2)
+    # The local channel's messages went first: once "work"'s have expired, so have they.
+    await apoll(
+        lambda: layer.queue_depth("work"), lambda depth: depth == 0, what="the old messages to expire"
+    )
     # Full of expired messages: the send trims them, then stores.
     await layer.send("work", {"type": "new"})
     await layer.send(local, {"type": "new"})
@@ -645,7 +674,7 @@ async def test_in_memory_extension_api() -> None:
     await layer.presence_beat("work", "w1", {"pid": 1}, ttl=0.2)
     await layer.presence_beat("work", "w2", {"pid": 2}, ttl=10)
     assert await layer.presence("work") == {"w1": {"pid": 1}, "w2": {"pid": 2}}
-    await asyncio.sleep(0.3)
+    await apoll(lambda: layer.presence("work"), lambda live: "w1" not in live, what="w1's record to expire")
     assert await layer.presence("work") == {"w2": {"pid": 2}}
     await layer.presence_leave("work", "w2")
     assert await layer.presence("work") == {}
@@ -656,7 +685,7 @@ async def test_in_memory_extension_api() -> None:
 async def test_in_memory_skips_expired() -> None:
     layer = InMemoryBusLayer(expiry=0.2)
     await layer.send("work", {"type": "old"})
-    await asyncio.sleep(0.3)
+    await apoll(lambda: layer.queue_depth("work"), lambda depth: depth == 0, what="the old message to expire")
     await layer.send("work", {"type": "new"})
     assert await layer.queue_depth("work") == 1
     assert await layer.receive_batch("work", 5, 0.5) == [{"type": "new"}]
@@ -670,16 +699,16 @@ async def test_in_memory_send_while_receivers_wait_loses_nothing() -> None:
     # so the second waits on an orphaned queue forever.
     first = asyncio.ensure_future(layer.receive("work"))
     second = asyncio.ensure_future(layer.receive("work"))
-    await asyncio.sleep(0.05)
+    await until_waiting(layer, "work", 2)
     await layer.send("work", {"type": "a"})
-    await asyncio.sleep(0.05)
+    await until_waiting(layer, "work", 1)  # one receiver served, the other still waiting
     await layer.send("work", {"type": "b"})
     got = await asyncio.wait_for(asyncio.gather(first, second), 2)
     assert sorted(m["type"] for m in got) == ["a", "b"]
 
     # receive_batch waiting, then a send arrives; and a timed-out batch loses nothing.
     batch = asyncio.ensure_future(layer.receive_batch("work", 5, 2.0))
-    await asyncio.sleep(0.05)
+    await until_waiting(layer, "work", 1)
     await layer.send("work", {"type": "c"})
     assert await batch == [{"type": "c"}]
     assert await layer.receive_batch("work", 5, 0.05) == []
@@ -688,7 +717,7 @@ async def test_in_memory_send_while_receivers_wait_loses_nothing() -> None:
 
     # A cancelled receive_batch does not take the message that wakes it.
     batch = asyncio.ensure_future(layer.receive_batch("work", 5, 2.0))
-    await asyncio.sleep(0.05)
+    await until_waiting(layer, "work", 1)
     await layer.send("work", {"type": "e"})
     batch.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -705,7 +734,7 @@ async def test_in_memory_groups_and_flush() -> None:
     await layer.group_send("room", {"type": "hello"})
     assert await layer.receive(reply) == {"type": "hello"}
     waiting = asyncio.ensure_future(layer.receive("work"))
-    await asyncio.sleep(0.01)
+    await until_waiting(layer, "work", 1)
     await layer.flush()
     await layer.send("work", {"type": "after-flush"})
     assert await asyncio.wait_for(waiting, 1) == {"type": "after-flush"}
@@ -730,8 +759,9 @@ async def test_a_group_message_reaches_every_local_receiver_in_a_few_round_trips
     channels = [await layer.new_channel() for _ in range(300)]
     for channel in channels:
         await layer.group_add("room", channel)
+    blocked = await asyncio.to_thread(blocked_clients, redis_url)
     receivers = [asyncio.ensure_future(layer.receive(channel)) for channel in channels]
-    await asyncio.sleep(0.2)  # every receiver waits, the reader blocks on the shared key
+    await until_blocked(redis_url, blocked)  # every receiver waits, the reader blocks on the shared key
     before = _commands_processed(redis_url)
     await layer.group_send("room", {"type": "news", "n": 1})
     got = await asyncio.wait_for(asyncio.gather(*receivers), 5)
@@ -766,7 +796,7 @@ async def test_a_local_message_delivered_as_its_receive_is_cancelled_is_kept(mak
     for n in range(50):
         receive = asyncio.ensure_future(layer.receive(channel))
         await layer.send(channel, {"type": "m", "n": n})
-        await asyncio.sleep(0.0005 * (n % 5))
+        await asyncio.sleep(0.0005 * (n % 5))  # not a wait: cancels land at varied moments, on purpose
         receive.cancel()
         try:
             message = await receive
@@ -826,7 +856,8 @@ async def test_waiting_local_receives_fail_when_redis_goes_and_work_when_it_is_b
     channel, busy = await layer.new_channel(), await layer.new_channel()
     await layer.send(busy, {"type": "before"})
     waiting = asyncio.ensure_future(layer.receive(channel))
-    await asyncio.sleep(0.2)  # the reader has delivered "before" to busy's mailbox
+    # The reader takes "before" off the shared key for busy's mailbox, then blocks for more.
+    await until_blocked(private_redis.url)
     private_redis.stop()
     # A consumer that may have missed messages hears so rather than waiting forever: at once if
     # it is waiting, at its next receive if it was busy.
@@ -836,11 +867,11 @@ async def test_waiting_local_receives_fail_when_redis_goes_and_work_when_it_is_b
         await asyncio.wait_for(layer.receive(busy), 5)
     private_redis.start()
     again = asyncio.ensure_future(layer.receive(channel))
-    for _ in range(50):  # the reader retries with backoff until Redis answers
-        try:
-            await layer.send(channel, {"type": "back"})
-            break
-        except redis.exceptions.ConnectionError:
-            await asyncio.sleep(0.1)
+    await apoll(  # the reader retries with backoff until Redis answers
+        lambda: layer.send(channel, {"type": "back"}),
+        lambda _: True,
+        what="a send once Redis is back",
+        ignoring=(redis.exceptions.ConnectionError,),
+    )
     assert await asyncio.wait_for(again, 5) == {"type": "back"}
     await layer.close_pools()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import redis
 
 from bus.layers import RedisBusLayer
 from tests.conftest import RedisServer
+from tests.polling import apoll, poll
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -35,6 +35,7 @@ class SentinelServer(RedisServer):
 
     def primary_port(self) -> int:
         host_and_port = redis.Redis(port=self.port).sentinel_get_master_addr_by_name(MASTER)
+        assert isinstance(host_and_port, tuple), f"Sentinel does not know {MASTER!r}: {host_and_port!r}"
         return int(host_and_port[1])
 
 
@@ -55,13 +56,6 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentine
             server.stop()
 
 
-def wait_until(condition: object, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.1)
-
-
 async def round_trips(layer: RedisBusLayer, n: int) -> None:
     """A normal channel, a process-local one and a group, each carrying message `n`."""
     await layer.send("work", {"type": "job", "n": n})
@@ -77,8 +71,11 @@ async def test_the_layer_follows_sentinel_to_the_new_primary_after_a_failover(
     sentinel: tuple[RedisServer, RedisServer, SentinelServer], prefix: str
 ) -> None:
     primary, replica, watcher = sentinel
-    wait_until(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up",
-               "the replica syncs")  # fmt: skip
+    poll(
+        lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"],
+        lambda status: status == "up",
+        what="the replica to sync",
+    )
     layer = RedisBusLayer(
         hosts=[{"sentinels": [("127.0.0.1", watcher.port)], "master_name": MASTER}], prefix=prefix
     )
@@ -86,16 +83,15 @@ async def test_the_layer_follows_sentinel_to_the_new_primary_after_a_failover(
 
     primary.stop()
     await asyncio.to_thread(
-        wait_until, lambda: watcher.primary_port() == replica.port, "Sentinel promotes the replica"
+        poll, watcher.primary_port, lambda port: port == replica.port, what="Sentinel to promote the replica"
     )
     # The first use after the failover may meet a connection to the old primary; then the layer
     # asks Sentinel again and goes on against the new one.
-    for attempt in range(50):
-        try:
-            await round_trips(layer, 2)
-            break
-        except (redis.exceptions.ConnectionError, redis.exceptions.ReadOnlyError, OSError):
-            assert attempt < 49
-            await asyncio.sleep(0.2)
+    await apoll(
+        lambda: round_trips(layer, 2),
+        lambda _: True,
+        what="round trips through the new primary",
+        ignoring=(redis.exceptions.ConnectionError, redis.exceptions.ReadOnlyError, OSError),
+    )
     await round_trips(layer, 3)
     await layer.close_pools()

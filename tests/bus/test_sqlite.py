@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import OperationalError, connections, transaction
 
 from bus.sqlite.base import WriteTurns
-from tests.conftest import wait_until
+from tests.polling import poll
 
 
 def in_thread(target: Callable[[], None]) -> threading.Thread:
@@ -42,7 +42,7 @@ def test_turns_go_to_writers_in_the_order_they_came() -> None:
         threads.append(threading.Thread(target=writer, args=(number,), daemon=True))
         threads[-1].start()
         # The next one comes only once this one waits in the queue.
-        wait_until(lambda number=number: len(turns) == number + 1, 10, f"writer {number} queued")
+        poll(lambda number=number: len(turns) == number + 1, what=f"writer {number} queued", timeout=10)
     turns.release()
     for thread in threads:
         thread.join(10)
@@ -99,6 +99,6 @@ def test_another_threads_write_waits_its_turn_in_the_process_not_in_sqlite(turns
         users.create(username="ada")
         # Outside a transaction, one INSERT is a write of its own: it queues behind this one.
         writer = in_thread(lambda: users.create(username="grace") and None)
-        wait_until(lambda: len(turns) == 1, 10, "the other thread's INSERT queued for its turn")
+        poll(lambda: len(turns) == 1, what="the other thread's INSERT queued for its turn", timeout=10)
     writer.join(10)
     assert sorted(users.values_list("username", flat=True)) == ["ada", "grace"]

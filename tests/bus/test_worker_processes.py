@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,22 +25,12 @@ from tests.conftest import (
     read_records,
     run_bus,
     wait_for_worker,
-    wait_until,
 )
+from tests.polling import apoll
 
 pytestmark = [pytest.mark.redis]
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-async def wait_for_records(record_dir: Path, kind: str, count: int, timeout: float = 60) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = read_records(record_dir, kind)
-        if len(records) >= count:
-            return records
-        await asyncio.sleep(0.1)
-    return read_records(record_dir, kind)
 
 
 async def test_call_from_this_process_to_a_worker_process(
@@ -70,8 +59,18 @@ async def test_three_workers_share_one_channel_without_duplicates_or_losses(
                 await asyncio.sleep(0.05)
 
     await asyncio.gather(*(send(n) for n in range(total)))
-    records = await wait_for_records(record_dir, "record", total)
-    await asyncio.sleep(1.0)  # anything executed twice would show up by now
+    layer = get_channel_layer()
+
+    async def idle() -> bool:
+        """Every message handled, none queued or in flight: a duplicate would have run by now."""
+        beats = await asyncio.to_thread(presence, redis_layer, "echo")
+        return (
+            await layer.queue_depth("echo") == 0
+            and sum(int(info["handled"]) for info in beats.values()) >= total
+            and not any(info["in_flight"] for info in beats.values())
+        )
+
+    await apoll(idle, what=f"the workers to handle {total} messages and go idle", timeout=60)
     records = read_records(record_dir, "record")
     counts = Counter(records)
     duplicates = {n: c for n, c in counts.items() if c > 1}
@@ -134,7 +133,11 @@ async def test_sigterm_finishes_in_flight_work_and_leaves_the_rest_queued(
     worker = start_worker(redis_layer, "echo", concurrency=2)
     for n in range(6):
         await bus.asend("echo.sleep_sync", seconds=1.0, tag=f"job{n}")
-    await asyncio.sleep(0.5)  # the worker has taken two; four wait in Redis
+    await apoll(
+        lambda: get_channel_layer().queue_depth("echo"),
+        lambda depth: depth == 4,
+        what="the worker to take two jobs and leave four in Redis",
+    )
     assert await asyncio.to_thread(worker.terminate) == 0
     assert sorted(read_records(record_dir, "slept")) == ["job0", "job1"]
     assert await get_channel_layer().queue_depth("echo") == 4
@@ -170,6 +173,7 @@ async def test_idle_for_longer_than_redis_py_socket_timeout(
 ) -> None:
     start_worker(redis_layer, "echo")
     assert await bus.acall("echo.echo", text="first") == "first"
+    # Not a wait for something: the idle time is what this test is about.
     await asyncio.sleep(6)  # redis-py 8's default socket_timeout is 5 s
     assert await bus.acall("echo.echo", text="second") == "second"
     await default_bus.aclose()
@@ -245,11 +249,11 @@ def test_a_worker_says_when_it_loses_redis_and_when_redis_is_back(
 ) -> None:
     worker = start_worker(private_redis.url, "echo")
     private_redis.stop()
-    wait_until(lambda: "Receiving on 'echo' failed" in worker.output())
-    wait_until(lambda: "Heartbeat failed" in worker.output())
+    worker.wait_for_output("Receiving on 'echo' failed")
+    worker.wait_for_output("Heartbeat failed")
     private_redis.start()
-    wait_until(lambda: "Receiving on 'echo' works again, after" in worker.output())
-    wait_until(lambda: "Heartbeat works again: echo is seen as live." in worker.output())
+    worker.wait_for_output("Receiving on 'echo' works again, after")
+    worker.wait_for_output("Heartbeat works again: echo is seen as live.")
     assert worker.process.poll() is None
 
 

@@ -32,13 +32,15 @@ import pytest
 import bus
 from bus.client import default_bus, run_sync
 from bus.conf import channel_layers as layers_for
-from bus.exceptions import BusError
-from tests.conftest import ROOT, RedisServer, UpProcess
-from tests.site import Visitor, wait_ready
+from bus.exceptions import BrokerUnreachable, ChannelFull, DeadlineExceeded, NoWorker
+from bus.layers import RedisBusLayer
+from tests.conftest import ROOT, RedisServer, UpProcess, on_the_bus
+from tests.polling import poll
+from tests.site import DEMO_PASSWORDS, Visitor, wait_ready
+from workers.orders.contract import TERMINAL_STATES
 
-CUSTOMERS = {"ada": "ada-demo-1815", "grace": "grace-demo-1906", "linus": "linus-demo-1969"}
+CUSTOMERS = list(DEMO_PASSWORDS)  # the seeded demo customers
 DOMAIN_CHILDREN = ("inventory", "payments", "orders.1", "orders.2", "presentation")
-TERMINAL = {"confirmed", "failed"}
 REPORT = ROOT / "tests" / "artifacts" / "chaos-report.md"
 
 
@@ -56,6 +58,7 @@ class System(UpProcess):
 
     def __init__(self, data_dir: Path, redis_url: str, **environment: str) -> None:
         super().__init__(data_dir, redis_url, log_level="INFO", **environment)
+        self.redis_url = redis_url
         self.stopped: set[int] = set()
 
     def pids(self, name: str) -> list[int]:
@@ -79,10 +82,18 @@ class System(UpProcess):
     def ready(self, timeout: float = 90) -> None:
         wait_ready(Visitor(self.base), timeout=timeout, orders=2)
 
-    def pause(self, name: str) -> int:
+    def pause(self, name: str, *, seen_as_live: bool = False) -> int:
+        """SIGSTOP child `name`. With `seen_as_live`, its presence is kept as a worker that is
+        alive but takes nothing (busy, or stalled), so callers wait out their deadlines instead
+        of hearing at once that no worker serves the domain; its own next beat, once resumed,
+        takes over again."""
         pid = self.pid(name)
         os.kill(pid, signal.SIGSTOP)
         self.stopped.add(pid)
+        if seen_as_live:
+            channel = name.split(".")[0]
+            kept = on_the_bus(self.redis_url, lambda layer: keep_present(layer, channel, pid))
+            assert kept, f"{name} (pid {pid}) had no presence on {channel!r} left to keep"
         return pid
 
     def resume(self, pid: int) -> None:
@@ -259,7 +270,7 @@ def run_load(
         for index in range(sessions_per_customer):
             share = mine[index::sessions_per_customer]
             visitor = Visitor(base)
-            visitor.sign_in(customer, CUSTOMERS[customer])
+            visitor.sign_in(customer)
 
             def shop(visitor: Visitor = visitor, share: list[Checkout] = share) -> None:
                 for checkout in share:
@@ -283,25 +294,29 @@ def join(threads: list[threading.Thread], timeout: float) -> None:
 # -- reading the system through the bus ---------------------------------------------------------------
 
 
+async def keep_present(layer: RedisBusLayer, channel: str, pid: int) -> int:
+    """Renew the presence of process `pid` on `channel` for longer than any test runs; how many
+    records it had (one per worker it runs on the channel)."""
+    mine = {m: info for m, info in (await layer.presence(channel)).items() if f".{pid}." in m}
+    for member, info in mine.items():
+        await layer.presence_beat(channel, member, info, ttl=3600)
+    return len(mine)
+
+
+#: A domain restarting, or Redis coming back: what `call` waits out.
+UNAVAILABLE = (NoWorker, BrokerUnreachable, DeadlineExceeded, ChannelFull)
+
+
 def call(target: str, *, patience: float = 60, **arguments: Any) -> Any:
     """bus.call, retried while the domain is unavailable (restarting) until `patience` runs out."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return bus.call(target, timeout=5, **arguments)
-        except BusError as error:
-            if (
-                error.__class__.__name__
-                not in (
-                    "NoWorker",
-                    "BrokerUnreachable",
-                    "DeadlineExceeded",
-                    "ChannelFull",
-                )
-                or time.monotonic() > deadline
-            ):
-                raise
-            time.sleep(0.3)
+    return poll(
+        lambda: bus.call(target, timeout=5, **arguments),
+        lambda _: True,
+        what=f"{target} to answer",
+        timeout=patience,
+        every=0.3,
+        ignoring=UNAVAILABLE,
+    )
 
 
 def stock_up(count: int) -> dict[str, dict[str, Any]]:
@@ -318,24 +333,28 @@ def stock() -> dict[str, dict[str, Any]]:
 
 
 def wait_terminal(order_ids: list[str], timeout: float) -> tuple[dict[str, dict[str, Any]], float]:
-    """Every order's final form, polling until each is confirmed or failed (bounded)."""
+    """Every order's final form, once each is confirmed or failed; and the seconds that took."""
     began = time.monotonic()
-    deadline = began + timeout
     final: dict[str, dict[str, Any]] = {}
-    pending = list(order_ids)
-    while pending:
-        waiting = []
-        for order_id in pending:
-            order = call("orders.get", order_id=order_id, patience=max(1.0, deadline - time.monotonic()))
-            if order["state"] in TERMINAL:
+
+    def still_open() -> Counter[str]:
+        """The states of the orders not final yet (each final one is kept as it is seen)."""
+        states: Counter[str] = Counter()
+        for order_id in (o for o in order_ids if o not in final):
+            order = call("orders.get", order_id=order_id)
+            if order["state"] in TERMINAL_STATES:
                 final[order_id] = order
             else:
-                waiting.append(order_id)
-        pending = waiting
-        if pending:
-            states = Counter(call("orders.get", order_id=o)["state"] for o in pending[:50])
-            assert time.monotonic() < deadline, f"{len(pending)} orders not terminal in {timeout} s: {states}"
-            time.sleep(1.0)
+                states[order["state"]] += 1
+        return states
+
+    poll(
+        still_open,
+        lambda states: not states,
+        what="every order confirmed or failed",
+        timeout=timeout,
+        every=1.0,
+    )
     return final, time.monotonic() - began
 
 

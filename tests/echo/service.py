@@ -44,11 +44,13 @@ class EchoService(Service, contract=Echo):
         raise Refused(f"Refused: {reason}", reason=reason)
 
     async def sleep(self, *, seconds: float) -> float:
+        _append("sleeping", str(seconds))  # tests wait for this to know the handler has started
         await asyncio.sleep(seconds)
         _append("slept", str(seconds))
         return seconds
 
     def sleep_sync(self, *, seconds: float, tag: str = "") -> float:
+        _append("sleeping", tag or str(seconds))
         time.sleep(seconds)
         _append("slept", tag or str(seconds))
         return seconds

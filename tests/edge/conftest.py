@@ -91,7 +91,7 @@ async def sign_in(username: str) -> Browser:
 
 
 @pytest.fixture
-async def shop() -> AsyncIterator[None]:
+async def in_process_shop() -> AsyncIterator[None]:
     """Every domain served in this loop, a small catalogue, and two funded customers."""
     async with serving("inventory", "payments", "orders", "presentation", "echo"):
         inventory = Inventory.client()

@@ -7,10 +7,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -19,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.polling import poll
 
 CLOSE = 0x8  # the opcode of a close frame
 
@@ -61,7 +60,7 @@ class Daphne:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.wait_for(self._healthy, 30, "daphne to answer /healthz")
+        poll(self._healthy, what="daphne to answer /healthz")
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -73,7 +72,7 @@ class Daphne:
             return False
 
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        self.wait_for(lambda: text in self.log(), timeout, f"{text!r} in daphne's log")
+        poll(lambda: text in self.log(), what=f"{text!r} in daphne's log", timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL: every socket drops at once, with no close frame."""
@@ -91,14 +90,6 @@ class Daphne:
                 self.process.wait(10)
         for log in self._log_files:
             log.close()
-
-    @staticmethod
-    def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"Waited {timeout} s for {what}.")
-            time.sleep(0.1)
 
 
 class RawSocket:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from typing import Any
 
 import pytest
 
@@ -11,6 +11,8 @@ from bus.modes import set_read_only
 from bus.testing import serving
 from bus.threads import in_pool
 from tests.edge.conftest import Browser, Response, sign_in
+from tests.polling import apoll
+from workers.orders.contract import TERMINAL_STATES
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -26,16 +28,17 @@ def assert_problem(response: Response, status: int, detail: str) -> dict[str, ob
 
 
 async def settled(browser: Browser, order_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        order: dict[str, object] = (await browser.get(f"/api/orders/{order_id}")).json()
-        if order["state"] in ("confirmed", "failed"):
-            return order
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{order_id} did not settle")
+    """The order as its customer reads it, once its saga has ended."""
+    answer = await apoll(
+        lambda: browser.get(f"/api/orders/{order_id}"),
+        lambda response: response.json()["state"] in TERMINAL_STATES,
+        what=f"order {order_id} to settle",
+    )
+    order: dict[str, object] = answer.json()
+    return order
 
 
-async def test_products_and_one_product_with_its_stock(shop: None) -> None:
+async def test_products_and_one_product_with_its_stock(in_process_shop: None) -> None:
     listing = (await Browser().get("/api/products")).json()
     assert [p["sku"] for p in listing["products"]] == ["A-1", "B-2"]
     assert listing["stale"] is False
@@ -44,7 +47,7 @@ async def test_products_and_one_product_with_its_stock(shop: None) -> None:
     assert_problem(await Browser().get("/api/products/NOPE"), 404, "No product has SKU 'NOPE'")
 
 
-async def test_placing_an_order_returns_202_and_the_saga_confirms_it(shop: None) -> None:
+async def test_placing_an_order_returns_202_and_the_saga_confirms_it(in_process_shop: None) -> None:
     ada = await sign_in("ada")
     placed = await ada.post_json("/api/orders", ORDER, key="k-1")
     assert placed.status == 202
@@ -63,7 +66,7 @@ async def test_placing_an_order_returns_202_and_the_saga_confirms_it(shop: None)
     )
 
 
-async def test_order_requests_are_checked_and_each_mistake_is_named(shop: None) -> None:
+async def test_order_requests_are_checked_and_each_mistake_is_named(in_process_shop: None) -> None:
     assert_problem(
         await Browser().post_json("/api/orders", ORDER, key="k"), 401, "sign in at /accounts/login/"
     )
@@ -91,7 +94,7 @@ async def test_order_requests_are_checked_and_each_mistake_is_named(shop: None) 
     assert_problem(await ada.post_json("/api/orders", b"[" * 70_000, key="k"), 413, "over 65536 bytes")
 
 
-async def test_customers_see_only_their_own_orders(shop: None) -> None:
+async def test_customers_see_only_their_own_orders(in_process_shop: None) -> None:
     ada, bob = await sign_in("ada"), await sign_in("bob")
     order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
     assert (await ada.get(f"/api/orders/{order['order_id']}")).status == 200
@@ -104,19 +107,26 @@ async def test_customers_see_only_their_own_orders(shop: None) -> None:
     assert_problem(await ada.get("/api/customers/ada/orders?limit=x"), 400, "limit must be a whole number")
 
 
-async def test_events_since_a_cursor_are_the_pages_polling_fallback(shop: None) -> None:
+async def test_events_since_a_cursor_are_the_pages_polling_fallback(in_process_shop: None) -> None:
     ada, bob = await sign_in("ada"), await sign_in("bob")
     head = (await ada.get("/api/events")).json()["cursor"]
     order = (await ada.post_json("/api/orders", ORDER, key="k")).json()
     await settled(ada, order["order_id"])
-    deadline = time.monotonic() + 20
-    while True:  # the outboxes relay, the presentation worker logs
-        seen = (await ada.get(f"/api/events?since={head}")).json()
-        kinds = [(e["kind"], e["data"].get("state")) for e in seen["events"]]
-        if ("orders.updated", "confirmed") in kinds or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert ("orders.updated", "confirmed") in kinds and ("inventory.stock_changed", None) in kinds
+
+    async def events_since_head() -> dict[str, Any]:
+        events: dict[str, Any] = (await ada.get(f"/api/events?since={head}")).json()
+        return events
+
+    def kinds(seen: dict[str, Any]) -> list[tuple[str, object]]:
+        return [(e["kind"], e["data"].get("state")) for e in seen["events"]]
+
+    # The outboxes relay, the presentation worker logs: the confirmation is the last to come.
+    seen = await apoll(
+        events_since_head,
+        lambda seen: ("orders.updated", "confirmed") in kinds(seen),
+        what="the order's confirmation in the event log",
+    )
+    assert ("inventory.stock_changed", None) in kinds(seen)
     assert seen["cursor"] == seen["events"][-1]["cursor"]
     others = (await bob.get(f"/api/events?since={head}")).json()["events"]
     assert others and all(e["kind"] == "inventory.stock_changed" for e in others), (
@@ -127,7 +137,7 @@ async def test_events_since_a_cursor_are_the_pages_polling_fallback(shop: None) 
 
 
 async def test_unavailable_domains_are_503_with_retry_after_and_late_answers_504(
-    shop: None, settings: object
+    in_process_shop: None, settings: object
 ) -> None:
     ada = await sign_in("ada")
     settings.BUS = {"MODE_CACHE_SECONDS": 0.01}  # type: ignore[attr-defined]
@@ -150,15 +160,20 @@ async def test_stale_stock_is_served_when_inventory_is_down_and_503_when_nothing
 
         await Inventory.client().add_product(sku="A-1", name="Anvil", price_cents=1_000)
         assert (await Browser().get("/api/products")).json()["stale"] is False
-    await asyncio.sleep(0.05)
-    listing = (await Browser().get("/api/products")).json()
-    assert listing["stale"] is True and listing["products"][0]["sku"] == "A-1"
+    # Past EDGE_STOCK_TTL the edge asks inventory again, finds it gone, and serves what it knew.
+    answer = await apoll(
+        lambda: Browser().get("/api/products"),
+        lambda response: response.json()["stale"],
+        what="the listing served stale",
+    )
+    listing = answer.json()
+    assert listing["products"][0]["sku"] == "A-1"
     response = await Browser().get("/api/products/NEVER")
     assert_problem(response, 503, "No worker serves 'inventory'")
     assert response.headers["retry-after"] == "5"
 
 
-async def test_health_and_readiness(shop: None) -> None:
+async def test_health_and_readiness(in_process_shop: None) -> None:
     assert (await Browser().get("/healthz")).json() == {"status": "ok"}
     ready = await Browser().get("/readyz")
     assert ready.status == 200, ready.body
@@ -176,7 +191,7 @@ async def test_readiness_names_the_domains_without_workers_and_what_can_start_th
     assert "or set REDIS_URL for every process and start `manage.py runworker echo orders " in detail
 
 
-async def test_customers_see_their_own_balance_as_payments_has_it(shop: None) -> None:
+async def test_customers_see_their_own_balance_as_payments_has_it(in_process_shop: None) -> None:
     ada = await sign_in("ada")
     assert (await ada.get("/api/customers/ada/balance")).json() == {
         "customer_id": "ada",
@@ -192,7 +207,7 @@ async def test_customers_see_their_own_balance_as_payments_has_it(shop: None) ->
 
 
 async def test_metrics_count_calls_and_handling_for_allowed_readers_only(
-    shop: None, settings: object
+    in_process_shop: None, settings: object
 ) -> None:
     ada = await sign_in("ada")
     order = (await ada.post_json("/api/orders", ORDER, key="k")).json()

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import RedisServer, process_env
 from tests.edge.servers import Daphne, RawSocket, close_frame
+from tests.polling import poll
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -45,7 +46,11 @@ def open_sockets(web: Daphne) -> float:
 
 
 def assert_no_traceback(web: Daphne) -> None:
-    web.wait_for(lambda: open_sockets(web) == 0, 15, "the consumer to finish through its disconnect")
+    poll(
+        lambda: open_sockets(web),
+        lambda count: count == 0,
+        what="the consumer to finish through its disconnect",
+    )
     log = web.log()
     assert "Traceback" not in log and "Exception inside application" not in log, log
 

@@ -1,12 +1,12 @@
-"""Shared by the fuzz tests: the edge's `shop` fixture, and bounded hypothesis settings."""
+"""Shared by the fuzz tests: the edge's `in_process_shop` fixture, and bounded hypothesis settings."""
 
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 
-from tests.edge.conftest import shop
+from tests.edge.conftest import in_process_shop
 
-__all__ = ["fuzz_settings", "shop"]
+__all__ = ["fuzz_settings", "in_process_shop"]
 
 
 def fuzz_settings(max_examples: int, *, shrink: bool = True) -> Any:

@@ -124,7 +124,7 @@ def header_value(key: str) -> str:
 @FUZZ_SETTINGS
 @given(body=order_bodies, key=keys, content_type=st.sampled_from(["application/json", "text/plain", ""]))
 async def test_post_orders_with_random_bodies_and_keys(
-    shop: None, body: bytes, key: str | None, content_type: str
+    in_process_shop: None, body: bytes, key: str | None, content_type: str
 ) -> None:
     if too_deep(body):
         return
@@ -151,7 +151,7 @@ sku_text = st.one_of(
 
 @FUZZ_SETTINGS
 @given(sku=sku_text)
-async def test_get_products_with_random_skus(shop: None, sku: str) -> None:
+async def test_get_products_with_random_skus(in_process_shop: None, sku: str) -> None:
     response = await Browser().get("/api/products/" + quote(sku, safe=""))
     if response.status == 404 and ("/" in sku or sku in ("", ".", "..")):
         # A SKU with a slash in it names another path (the router's 404, see the report).
@@ -170,7 +170,7 @@ cursor_text = st.one_of(
 
 @FUZZ_SETTINGS
 @given(since=cursor_text, prefix_epoch=st.booleans())
-async def test_events_since_random_cursors(shop: None, since: str, prefix_epoch: bool) -> None:
+async def test_events_since_random_cursors(in_process_shop: None, since: str, prefix_epoch: bool) -> None:
     browser = Browser()
     head = (await browser.get("/api/events")).json()["cursor"]
     if prefix_epoch:  # the current epoch with a random offset: past the epoch check
@@ -193,7 +193,7 @@ async def test_events_since_random_cursors(shop: None, since: str, prefix_epoch:
     cursor=st.none() | st.text(max_size=40),
 )
 async def test_customer_orders_with_random_limits(
-    shop: None, limit: str, customer: str, cursor: str | None
+    in_process_shop: None, limit: str, customer: str, cursor: str | None
 ) -> None:
     if not_ascii_digits(limit):
         return  # a known bug (see test_named_bad_requests)
@@ -216,7 +216,7 @@ async def test_customer_orders_with_random_limits(
         "/api/nowhere",
     ],
 )
-async def test_unknown_api_paths_are_problem_details(shop: None, path: str) -> None:
+async def test_unknown_api_paths_are_problem_details(in_process_shop: None, path: str) -> None:
     """Paths under /api/ that name nothing: the README says every API error is problem+json."""
     assert_sound(await Browser().get(path))
 
@@ -225,7 +225,7 @@ async def test_unknown_api_paths_are_problem_details(shop: None, path: str) -> N
     "case",
     ["since-superscript", "since-huge", "limit-superscript", "limit-huge", "deep-json", "nan-quantity"],
 )
-async def test_named_bad_requests(shop: None, case: str) -> None:
+async def test_named_bad_requests(in_process_shop: None, case: str) -> None:
     """Inputs the fuzzing found or the brief names, one by one, each a problem and never a 500."""
     ada = await sign_in("ada")
     head = (await ada.get("/api/events")).json()["cursor"]

@@ -41,7 +41,6 @@ from tests.site import Visitor, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-USERNAME, PASSWORD = "ada", "ada-demo-1815"  # consumers/management/commands/seed.py
 PROBLEM = "application/problem+json"
 
 
@@ -107,7 +106,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def ada(site: Site) -> SignedIn:
     visitor = Visitor(site.url)
-    visitor.sign_in(USERNAME, PASSWORD)
+    visitor.sign_in("ada")  # a demo customer of `manage.py seed`
     signed_in = SignedIn(visitor.cookie("sessionid"), visitor.cookie("csrftoken"))
     assert signed_in.session and signed_in.csrf, "signing in set no session or CSRF cookie"
     return signed_in

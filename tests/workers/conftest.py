@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from bus.testing import serving
+from tests.polling import apoll
 from workers.inventory.contract import Inventory
 from workers.orders.contract import TERMINAL_STATES, Order, Orders
 from workers.payments.contract import Payments
 
 OPENING_BALANCE = 10_000
-T = TypeVar("T")
 
 
 async def stock_the_shop() -> None:
@@ -29,34 +26,21 @@ async def stock_the_shop() -> None:
 
 
 @pytest.fixture
-async def shop() -> AsyncIterator[Orders]:
+async def orders() -> AsyncIterator[Orders]:
+    """The orders client of a stocked shop: inventory, payments and orders served in this loop."""
     async with serving("inventory", "payments", "orders"):
         await stock_the_shop()
         yield Orders.client()
 
 
-async def poll(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str, timeout: float = 30
-) -> T:
-    """Ask `probe` until `done` holds for its answer; fail naming what was awaited and the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await probe()
-        if done(answer):
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s; last seen {answer!r}")
-        await asyncio.sleep(0.05)
-
-
 async def order_when(order_id: str, done: Callable[[Order], bool], what: str, timeout: float = 30) -> Order:
     """The order once `done` holds for it, as a page without a socket would poll it."""
-    return await poll(
-        lambda: Orders.client().get(order_id=order_id), done, f"order {order_id} {what}", timeout
+    return await apoll(
+        lambda: Orders.client().get(order_id=order_id), done, what=f"order {order_id} {what}", timeout=timeout
     )
 
 
-async def settled(orders: Orders, order_id: str, timeout: float = 30) -> Order:
+async def settled(order_id: str, timeout: float = 30) -> Order:
     """The order once its saga has ended."""
     return await order_when(order_id, lambda order: order.state in TERMINAL_STATES, "to end", timeout)
 

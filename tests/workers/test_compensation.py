@@ -13,12 +13,12 @@ import pytest
 from bus.modes import set_read_only
 from bus.testing import serving
 from bus.threads import in_pool
+from tests.polling import apoll
 from tests.workers.conftest import (
     OPENING_BALANCE,
     balance,
     money_of,
     order_when,
-    poll,
     settled,
     stock,
     stock_the_shop,
@@ -36,11 +36,11 @@ def steps(order: Order) -> list[str]:
 
 
 async def test_a_commit_refused_after_the_charge_refunds_once_and_releases_the_stock(
-    shop: Orders, settings: object
+    orders: Orders, settings: object
 ) -> None:
     settings.INVENTORY_HOLD_SECONDS = 0  # type: ignore[attr-defined]  # every hold expired by its commit
-    placed = await shop.place(customer_id="ada", items=TWO_ANVILS, idempotency_key="k1")  # type: ignore[arg-type]
-    order = await settled(shop, placed.order_id)
+    placed = await orders.place(customer_id="ada", items=TWO_ANVILS, idempotency_key="k1")  # type: ignore[arg-type]
+    order = await settled(placed.order_id)
     assert order.state == "failed"
     assert order.reason.startswith("The stock hold was lost: "), order.reason
     assert f"order {placed.order_id} was released" in order.reason, order.reason
@@ -86,7 +86,7 @@ async def test_inventory_gone_after_the_charge_refunds_at_once_and_releases_when
             assert undoing.waiting == "Waiting for inventory: no worker is running."
             assert await money_of(order_id) == [("charge", -2_000), ("refund", 2_000)]
             async with serving("inventory"):
-                order = await settled(Orders.client(), order_id)
+                order = await settled(order_id)
                 assert await stock("A-1") == (5, 0), "the held units are back"
             assert order.state == "failed"
             assert (order.reason, order.waiting) == (undoing.reason, "")
@@ -96,12 +96,12 @@ async def test_inventory_gone_after_the_charge_refunds_at_once_and_releases_when
 
 
 async def test_read_only_payments_the_order_says_why_it_waits_and_a_refund_of_nothing_needs_no_write(
-    shop: Orders, settings: object
+    orders: Orders, settings: object
 ) -> None:
     settings.BUS = {**settings.BUS, "MODE_CACHE_SECONDS": 0.05}  # type: ignore[attr-defined]
     settings.ORDERS_GIVE_UP_SECONDS = 60  # type: ignore[attr-defined]
     await in_pool(set_read_only, "payments", True, "ledger migration")
-    placed = await shop.place(customer_id="ada", items=TWO_ANVILS, idempotency_key="k1")  # type: ignore[arg-type]
+    placed = await orders.place(customer_id="ada", items=TWO_ANVILS, idempotency_key="k1")  # type: ignore[arg-type]
     order_id = placed.order_id
     waiting = await order_when(order_id, lambda o: bool(o.waiting), "to say what it waits for")
     assert (waiting.state, waiting.waiting) == (
@@ -110,7 +110,7 @@ async def test_read_only_payments_the_order_says_why_it_waits_and_a_refund_of_no
     )
     # The saga gives up on the charge; its refund cannot be written, but nothing was charged.
     settings.ORDERS_GIVE_UP_SECONDS = 0  # type: ignore[attr-defined]
-    order = await settled(shop, order_id)
+    order = await settled(order_id)
     assert order.state == "failed", "a refund of nothing does not wait for read-only to end"
     assert re.fullmatch(
         r"Gave up after \d+ s waiting for payments: read-only \(ledger migration\)\.", order.reason
@@ -121,10 +121,10 @@ async def test_read_only_payments_the_order_says_why_it_waits_and_a_refund_of_no
     assert (await payments.payment(order_id=order_id, customer_id="ada")).state == "none"
     # Once payments takes writes again, the saga writes the refund that blocks a late charge.
     await in_pool(set_read_only, "payments", False)
-    await poll(
+    await apoll(
         lambda: payments.payment(order_id=order_id, customer_id="ada"),
         lambda payment: payment.state == "refunded",
-        "the refund written once read-only ended",
+        what="the refund written once read-only ended",
     )
     with pytest.raises(ChargeRefused, match=f"Order {order_id} was refunded"):
         await payments.charge(order_id=order_id, customer_id="ada", amount_cents=2_000)

@@ -12,7 +12,7 @@ from bus import wakeups
 from bus.testing import serving
 from bus.threads import in_pool
 from consumers import events
-from tests.workers.conftest import poll
+from tests.polling import apoll
 from workers.inventory.contract import Inventory, OutOfStock, ReservationClosed, UnknownProduct
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases=["default", "inventory"])]
@@ -117,7 +117,9 @@ async def test_the_sweep_gives_back_holds_that_outlived_inventory_hold_seconds(
     await inventory.reserve(order_id="o-2", sku="A-1", quantity=1)
     await inventory.commit(order_id="o-2")
     settings.INVENTORY_HOLD_SECONDS = 0  # type: ignore[attr-defined]
-    stock = await poll(lambda: inventory.stock(sku="A-1"), lambda s: s.reserved == 0, "the hold released")
+    stock = await apoll(
+        lambda: inventory.stock(sku="A-1"), lambda s: s.reserved == 0, what="the hold released"
+    )
     assert (stock.on_hand, stock.available) == (9, 9), "the expired hold is back, the sale stands"
 
 
@@ -160,12 +162,11 @@ async def test_stock_changes_leave_through_the_outbox_each_with_its_version(inve
     await inventory.reserve(order_id="o-1", sku="A-1", quantity=2)
     await inventory.release(order_id="o-1")
     async with serving("presentation"):  # the subscriber comes up late: the outbox waited for it
-        logged: list[events.Entry] = []
-        for _ in range(200):
-            logged = await in_pool(events.since, head, [events.STOCK])
-            if len(logged) == 3:
-                break
-            await asyncio.sleep(0.05)
+        logged = await apoll(
+            lambda: in_pool(events.since, head, [events.STOCK]),
+            lambda entries: len(entries) == 3,
+            what="the three stock changes logged",
+        )
     assert {entry.kind for entry in logged} == {"inventory.stock_changed"}
     by_version = sorted((entry.data for entry in logged), key=lambda data: data["version"])
     assert [data["version"] for data in by_version] == [1, 2, 3], "every change, a higher version"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ from bus.testing import serving
 from bus.threads import in_pool
 from consumers import events
 from tests.conftest import read_records
-from tests.workers.conftest import balance, order_when, poll, settled, stock, stock_the_shop
+from tests.polling import apoll
+from tests.workers.conftest import balance, order_when, settled, stock, stock_the_shop
 from workers.inventory.contract import Inventory
 from workers.orders import models
 from workers.orders.contract import IdempotencyConflict, InvalidOrder, OrderItem, Orders
@@ -26,8 +26,8 @@ from workers.payments.contract import Payments
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 
-async def test_a_checkout_reserves_charges_and_confirms(shop: Orders) -> None:
-    placed = await shop.place(
+async def test_a_checkout_reserves_charges_and_confirms(orders: Orders) -> None:
+    placed = await orders.place(
         customer_id="ada",
         items=[{"sku": "A-1", "quantity": 2}, {"sku": "B-2", "quantity": 1}],
         idempotency_key="k1",
@@ -35,7 +35,7 @@ async def test_a_checkout_reserves_charges_and_confirms(shop: Orders) -> None:
     assert placed.state == "pending"
     assert placed.total_cents == 2 * 1_000 + 2_500
     assert [line.name for line in placed.lines] == ["Anvil", "Bellows"]
-    order = await settled(shop, placed.order_id)
+    order = await settled(placed.order_id)
     assert order.state == "confirmed", order.reason
     assert [step.name for step in order.steps] == ["placed", "reserved", "charged", "confirmed"]
     assert await stock("A-1") == (3, 0)
@@ -43,13 +43,13 @@ async def test_a_checkout_reserves_charges_and_confirms(shop: Orders) -> None:
     assert await balance() == 10_000 - 4_500
 
 
-async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(shop: Orders) -> None:
-    placed = await shop.place(
+async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(orders: Orders) -> None:
+    placed = await orders.place(
         customer_id="ada",
         items=[{"sku": "A-1", "quantity": 1}, {"sku": "B-2", "quantity": 2}],
         idempotency_key="k1",
     )  # type: ignore[list-item]
-    order = await settled(shop, placed.order_id)
+    order = await settled(placed.order_id)
     assert order.state == "failed"
     assert order.reason == "Not enough stock: Only 1 of B-2 available, 2 asked for."
     assert [step.name for step in order.steps] == ["placed", "released", "failed"]
@@ -57,10 +57,12 @@ async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(shop: O
     assert await balance() == 10_000
 
 
-async def test_insufficient_funds_release_the_stock_and_charge_nothing(shop: Orders) -> None:
+async def test_insufficient_funds_release_the_stock_and_charge_nothing(orders: Orders) -> None:
     await Inventory.client().restock(sku="B-2", quantity=10)
-    placed = await shop.place(customer_id="ada", items=[{"sku": "B-2", "quantity": 5}], idempotency_key="k1")  # type: ignore[list-item]
-    order = await settled(shop, placed.order_id)
+    placed = await orders.place(
+        customer_id="ada", items=[{"sku": "B-2", "quantity": 5}], idempotency_key="k1"
+    )  # type: ignore[list-item]
+    order = await settled(placed.order_id)
     assert order.state == "failed"
     assert order.reason.startswith(
         "Payment refused: The balance of ada is 100.00 and 125.00 was asked for; nothing was charged."
@@ -72,79 +74,88 @@ async def test_insufficient_funds_release_the_stock_and_charge_nothing(shop: Ord
     assert kinds == ["credit"], "a refused charge leaves no trace in the ledger"
 
 
-async def test_placing_twice_with_one_key_yields_one_order(shop: Orders) -> None:
+async def test_placing_twice_with_one_key_yields_one_order(orders: Orders) -> None:
     items = [{"sku": "A-1", "quantity": 1}]
     first, second = await asyncio.gather(
-        shop.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
-        shop.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
+        orders.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
+        orders.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
     )
     assert first.order_id == second.order_id
-    await settled(shop, first.order_id)
+    await settled(first.order_id)
     assert await balance() == 9_000
     with pytest.raises(
         IdempotencyConflict, match=r"Idempotency key 'same' was used for order .* with other items"
     ):
-        await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 2}], idempotency_key="same")  # type: ignore[list-item]
+        await orders.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 2}], idempotency_key="same")  # type: ignore[list-item]
 
 
-async def test_orders_that_cannot_be_priced_are_refused(shop: Orders) -> None:
+async def test_orders_that_cannot_be_priced_are_refused(orders: Orders) -> None:
     with pytest.raises(InvalidOrder, match="No product has SKU 'Z-9'"):
-        await shop.place(customer_id="ada", items=[{"sku": "Z-9", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
+        await orders.place(customer_id="ada", items=[{"sku": "Z-9", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
     with pytest.raises(InvalidOrder, match="Each SKU may appear once per order"):
-        await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}] * 2, idempotency_key="k2")  # type: ignore[list-item]
+        await orders.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}] * 2, idempotency_key="k2")  # type: ignore[list-item]
     with pytest.raises(bus.ValidationError, match=r"items: List should have at least 1 item"):
         await bus.acall("orders.place", customer_id="ada", items=[], idempotency_key="k3")
 
 
-async def test_a_customers_orders_come_a_page_at_a_time_newest_first(shop: Orders) -> None:
+async def test_a_customers_orders_come_a_page_at_a_time_newest_first(orders: Orders) -> None:
     placed = []
     for n in range(5):
         placed.append(
-            await shop.place(
+            await orders.place(
                 customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key=f"k{n}"
             )
         )  # type: ignore[list-item]
-    first = await shop.list(customer_id="ada", limit=2)
-    second = await shop.list(customer_id="ada", limit=2, cursor=first.next_cursor)
-    third = await shop.list(customer_id="ada", limit=2, cursor=second.next_cursor)
+    first = await orders.list(customer_id="ada", limit=2)
+    second = await orders.list(customer_id="ada", limit=2, cursor=first.next_cursor)
+    third = await orders.list(customer_id="ada", limit=2, cursor=second.next_cursor)
     seen = [order.order_id for page in (first, second, third) for order in page.orders]
     assert seen == [order.order_id for order in reversed(placed)]
     assert third.next_cursor == ""
-    assert (await shop.list(customer_id="nobody")).orders == []
+    assert (await orders.list(customer_id="nobody")).orders == []
 
 
-async def test_every_state_change_is_delivered_as_orders_updated(shop: Orders) -> None:
+async def test_every_state_change_is_delivered_as_orders_updated(orders: Orders) -> None:
     """Each state is logged once; the outbox may deliver them out of order (each row retries on
     its own backoff), so a reader orders them by `updated_at`, as the page does."""
     head = await in_pool(events.head)
-    placed = await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
-    await settled(shop, placed.order_id)
+    placed = await orders.place(
+        customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1"
+    )  # type: ignore[list-item]
+    await settled(placed.order_id)
     expected = ["pending", "reserved", "charged", "confirmed"]
     async with serving("presentation"):
-        logged = await poll(
+        logged = await apoll(
             lambda: in_pool(events.since, head, [events.orders_topic("ada")]),
             lambda entries: len(entries) >= len(expected),
-            "every orders.updated of the order logged",
+            what="every orders.updated of the order logged",
         )
     in_time = sorted(logged, key=lambda entry: entry.data["updated_at"])
     assert [entry.data["state"] for entry in in_time] == expected
 
 
 async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicate(
-    shop: Orders, record_dir: Path, monkeypatch: pytest.MonkeyPatch
+    orders: Orders, record_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
-    placed = await shop.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
-    await settled(shop, placed.order_id)
-    await asyncio.sleep(1.5)  # the subscribers (echo, presentation) are down: deliveries fail and wait
-    pending = await in_pool(list, models.Outbox.objects.filter(delivered_at=None))
-    assert len(pending) == 4 and all("echo" in row.pending and row.attempts >= 1 for row in pending)
+    placed = await orders.place(
+        customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1"
+    )  # type: ignore[list-item]
+    await settled(placed.order_id)
+    # The subscribers (echo, presentation) are down: every delivery fails once and waits.
+    pending = await apoll(
+        lambda: in_pool(list, models.Outbox.objects.filter(delivered_at=None)),
+        lambda rows: len(rows) == 4 and all(row.attempts >= 1 for row in rows),
+        what="each of the order's four events tried once",
+    )
+    assert all("echo" in row.pending for row in pending)
     assert "NoWorker" in pending[0].last_error
     async with serving("echo", "presentation"):
-        deadline = time.monotonic() + 20
-        while await in_pool(models.Outbox.objects.filter(delivered_at=None).count):
-            assert time.monotonic() < deadline, "the outbox was not delivered once echo came up"
-            await asyncio.sleep(0.1)
+        await apoll(
+            lambda: in_pool(models.Outbox.objects.filter(delivered_at=None).count),
+            lambda undelivered: undelivered == 0,
+            what="the outbox delivered once echo came up",
+        )
     records = read_records(record_dir, "order")
     assert sorted(records) == sorted(
         f"{placed.order_id}:{state}" for state in ("pending", "reserved", "charged", "confirmed")

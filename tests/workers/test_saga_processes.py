@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from bus.client import default_bus
 from tests.conftest import WorkerProcess, migrated
+from tests.polling import apoll
 from workers.inventory.contract import Inventory
 from workers.orders.contract import TERMINAL_STATES, Order, Orders
 from workers.payments.contract import Payments
@@ -23,15 +23,12 @@ StartWorker = Callable[..., WorkerProcess]
 CUSTOMERS = {"rich": 1_000_000, "poor": 150}
 
 
-async def wait_terminal(orders: Orders, order_ids: list[str], timeout: float = 90) -> list[Order]:
-    deadline = time.monotonic() + timeout
-    while True:
-        settled = [await orders.get(order_id=order_id) for order_id in order_ids]
-        if all(order.state in TERMINAL_STATES for order in settled):
-            return settled
-        if time.monotonic() > deadline:
-            raise AssertionError(Counter(order.state for order in settled))
-        await asyncio.sleep(0.2)
+async def orders_now(orders: Orders, order_ids: list[str]) -> list[Order]:
+    return [await orders.get(order_id=order_id) for order_id in order_ids]
+
+
+def all_settled(orders: list[Order]) -> bool:
+    return all(order.state in TERMINAL_STATES for order in orders)
 
 
 def test_an_orders_worker_killed_mid_saga_leaves_every_order_finished_and_paid_once(
@@ -60,14 +57,16 @@ def test_an_orders_worker_killed_mid_saga_leaves_every_order_finished_and_paid_o
         placed = [order.order_id for order in await asyncio.gather(*placing)]
         first.kill()  # kill -9 while sagas are running: their claims must run out, not stick
         database = sqlite3.connect(data_dir / "orders.sqlite3")
-        ends = ", ".join("?" for _ in TERMINAL_STATES)
         unfinished = database.execute(
-            f"select count(*) from orders_order where state not in ({ends})", TERMINAL_STATES
+            f"select count(*) from orders_order where state not in ({', '.join('?' * len(TERMINAL_STATES))})",
+            tuple(TERMINAL_STATES),
         )
         assert unfinished.fetchone()[0] > 0, "the kill must land while sagas are running"
         database.close()
         start_worker(redis_layer, "orders", data_dir=data_dir, extra_env=env)
-        finished = await wait_terminal(orders, placed)
+        finished = await apoll(
+            lambda: orders_now(orders, placed), all_settled, what="every order settled", timeout=90
+        )
 
         confirmed = [order for order in finished if order.state == "confirmed"]
         failed = [order for order in finished if order.state == "failed"]
