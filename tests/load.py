@@ -235,9 +235,7 @@ def wait_terminal(load: Load, timeout: float) -> dict[str, dict[str, Any]]:
             for order in listing or []
             if order["order_id"] in placed
         )
-        open_states = Counter(
-            order["state"] for order in seen.values() if order["state"] not in TERMINAL_STATES
-        )
+        open_states = Counter(o["state"] for o in seen.values() if o["state"] not in TERMINAL_STATES)
         return len(seen), dict(open_states)
 
     poll(
