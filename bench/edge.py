@@ -892,18 +892,23 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
+Cells = tuple[str, str, str, str, str]  # what, measured, baseline, ratio, goal or note
+
+
 def table(http: Sequence[HttpRow], ws: SocketResults, raw: SocketResults, plan: Plan) -> list[str]:
     """The Markdown table: each figure, its same-run baseline, the ratio and the goal."""
+    rows = [*http_rows(http), *socket_rows(ws, raw, plan)]
+    lines = ["| what | measured | baseline (same run) | ratio | goal / note |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    return lines
+
+
+def http_rows(http: Sequence[HttpRow]) -> list[Cells]:
+    """Requests/s of the bus endpoints against the plain one, then each one's latency, errors, CPU."""
     plain, echo, stock = http
-    end_to_end, fanout = ws.broadcasts
-    (raw_fanout,) = raw.broadcasts
-    n = plan.sockets
     http_ratio = echo.rate / plain.rate if plain.rate else 0.0
     http_goal = f">= {GOAL_HTTP_RATIO}x: **{'met' if http_ratio >= GOAL_HTTP_RATIO else 'not met'}**"
-    p99 = fanout.ms(99)
-    fanout_goal = f"<= {GOAL_FANOUT_P99_MS:.0f} ms: **{'met' if p99 <= GOAL_FANOUT_P99_MS else 'not met'}**"
-    quoted = f"quoted, not measured: {QUOTED_FANOUT}" if n == 1000 else "-"
-    rows = [
+    rows: list[Cells] = [
         (
             "HTTP requests/s: `/bench/echo` (1 bus call, `echo.add`) vs `/bench/plain` (none)",
             f"{echo.rate:,.0f}",
@@ -918,33 +923,38 @@ def table(http: Sequence[HttpRow], ws: SocketResults, raw: SocketResults, plan: 
             _ratio(stock.rate, plain.rate),
             "the read costs the worker more than the bus does",
         ),
-        *(
-            row
-            for busy in (echo, stock)
-            for row in (
-                (
-                    f"`{busy.name}` HTTP latency p50 / p99 ms",
-                    f"{busy.p50_ms:.1f} / {busy.p99_ms:.1f}",
-                    f"{plain.p50_ms:.1f} / {plain.p99_ms:.1f}",
-                    f"{_ratio(busy.p50_ms, plain.p50_ms)} / {_ratio(busy.p99_ms, plain.p99_ms)}",
-                    "",
-                ),
-                (
-                    f"`{busy.name}` HTTP requests / non-2xx / socket errors",
-                    f"{busy.requests:,} / {busy.non_2xx} / {busy.errors}",
-                    f"{plain.requests:,} / {plain.non_2xx} / {plain.errors}",
-                    "",
-                    "",
-                ),
-                (
-                    f"`{busy.name}` HTTP CPU us/request: daphne / worker / redis",
-                    f"{busy.cpu_us('daphne')} / {busy.cpu_us('worker')} / {busy.cpu_us('redis')}",
-                    f"{plain.cpu_us('daphne')} / - / -",
-                    "",
-                    "",
-                ),
-            )
-        ),
+    ]
+    for busy in (echo, stock):
+        rows += [
+            (
+                f"`{busy.name}` HTTP latency p50 / p99 ms",
+                f"{busy.p50_ms:.1f} / {busy.p99_ms:.1f}",
+                f"{plain.p50_ms:.1f} / {plain.p99_ms:.1f}",
+                f"{_ratio(busy.p50_ms, plain.p50_ms)} / {_ratio(busy.p99_ms, plain.p99_ms)}",
+                "",
+            ),
+            (
+                f"`{busy.name}` HTTP requests / non-2xx / socket errors",
+                f"{busy.requests:,} / {busy.non_2xx} / {busy.errors}",
+                f"{plain.requests:,} / {plain.non_2xx} / {plain.errors}",
+                "",
+                "",
+            ),
+            (
+                f"`{busy.name}` HTTP CPU us/request: daphne / worker / redis",
+                f"{busy.cpu_us('daphne')} / {busy.cpu_us('worker')} / {busy.cpu_us('redis')}",
+                f"{plain.cpu_us('daphne')} / - / -",
+                "",
+                "",
+            ),
+        ]
+    return rows
+
+
+def socket_rows(ws: SocketResults, raw: SocketResults, plan: Plan) -> list[Cells]:
+    """Memory per socket, then the fan-out leg and the end-to-end path against the stock layer."""
+    n = plan.sockets
+    return [
         (
             f"daphne RSS per open WebSocket, KiB ({n:,}: `/ws/` resumed vs plain consumer in a group)",
             f"{ws.kb_per_socket:.1f}",
@@ -959,6 +969,19 @@ def table(http: Sequence[HttpRow], ws: SocketResults, raw: SocketResults, plan: 
             "",
             "",
         ),
+        *fanout_rows(ws, raw, plan),
+    ]
+
+
+def fanout_rows(ws: SocketResults, raw: SocketResults, plan: Plan) -> list[Cells]:
+    """The broadcast figures: the fan-out leg alone, and restock -> outbox -> sockets."""
+    end_to_end, fanout = ws.broadcasts
+    (raw_fanout,) = raw.broadcasts
+    n = plan.sockets
+    p99 = fanout.ms(99)
+    fanout_goal = f"<= {GOAL_FANOUT_P99_MS:.0f} ms: **{'met' if p99 <= GOAL_FANOUT_P99_MS else 'not met'}**"
+    quoted = f"quoted, not measured: {QUOTED_FANOUT}" if n == 1000 else "-"
+    return [
         (
             f"fan-out leg: group_send -> {n:,} `/ws/` sockets vs stock layer -> plain consumers, p50 ms",
             f"{fanout.ms(50):.1f}",
@@ -1010,9 +1033,6 @@ def table(http: Sequence[HttpRow], ws: SocketResults, raw: SocketResults, plan: 
             "",
         ),
     ]
-    lines = ["| what | measured | baseline (same run) | ratio | goal / note |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
-    return lines
 
 
 # --------------------------------------------------------------------------------------------
