@@ -84,7 +84,7 @@ async def frames_until(
     socket: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
 ) -> list[Any]:
     """Frames up to the first that satisfies `predicate`; pings are answered, acks sent."""
-    seen = []
+    seen: list[Any] = []
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -101,7 +101,7 @@ async def frames_until(
 
 
 def confirmed(frame: dict[str, Any]) -> bool:
-    return (
+    return bool(
         frame["type"] == "event"
         and frame["kind"] == "orders.updated"
         and frame["data"]["state"] == "confirmed"
