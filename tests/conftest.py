@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import pytest
 import redis
@@ -252,7 +252,7 @@ class UpProcess:
         redis_url: str | None,
         log_level: str | None = None,
         databases: dict[str, str] | None = None,
-        **environment: str,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -268,7 +268,7 @@ class UpProcess:
         if log_level:
             env["LOG_LEVEL"] = log_level
         env.update(databases or {})  # <ALIAS>_DATABASE_URL variables; SQLite files in data_dir without
-        env.update(environment)  # a test's own settings module, say
+        env.update(environment or {})  # a test's own settings module, say
         self.env = env
         self.log_file = self.log.open("w")
         self.process = subprocess.Popen(
@@ -312,7 +312,7 @@ def on_the_bus(redis_url: str, use: Callable[[RedisBusLayer], Awaitable[T]]) -> 
         return pool.submit(asyncio.run, run()).result()
 
 
-def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
+def presence(redis_url: str, channel: str) -> dict[str, dict[str, Any]]:
     """The live workers of a channel, as `bus status` sees them."""
     return on_the_bus(redis_url, lambda layer: layer.presence(channel))
 
@@ -320,7 +320,8 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, object]]:
 def group_members(redis_url: str, group: str) -> set[str]:
     """The channels in a Channels group, read from Redis where channels-redis keeps them."""
     key = RedisBusLayer(hosts=[redis_url], prefix="bus:")._group_key(group)
-    return {member.decode() for member in redis.Redis.from_url(redis_url).zrange(key, 0, -1)}
+    members = cast(list[bytes], redis.Redis.from_url(redis_url).zrange(key, 0, -1))
+    return {member.decode() for member in members}
 
 
 def wait_for_worker(

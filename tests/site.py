@@ -17,6 +17,7 @@ from typing import Any
 import websockets
 
 from consumers.management.commands.seed import CUSTOMERS
+from tests.polling import poll
 
 #: The demo logins `manage.py seed` creates: username -> password.
 DEMO_PASSWORDS = {username: password for username, password, _ in CUSTOMERS}
@@ -84,7 +85,7 @@ async def frames_until(
     socket: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
 ) -> list[Any]:
     """Frames up to the first that satisfies `predicate`; pings are answered, acks sent."""
-    seen = []
+    seen: list[Any] = []
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -101,7 +102,7 @@ async def frames_until(
 
 
 def confirmed(frame: dict[str, Any]) -> bool:
-    return (
+    return bool(
         frame["type"] == "event"
         and frame["kind"] == "orders.updated"
         and frame["data"]["state"] == "confirmed"
@@ -133,13 +134,17 @@ def whole_saga() -> Callable[[dict[str, Any]], bool]:
 
 def wait_ready(visitor: Visitor, timeout: float = 60, **workers: int) -> dict[str, Any]:
     """Wait for /readyz, and for at least `workers[domain]` live workers of the domains named."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, body = visitor.request("GET", "/readyz")
-        except OSError:
-            status, body = 0, None
-        if status == 200 and all(body["domains"].get(name, 0) >= count for name, count in workers.items()):
-            return dict(body)
-        assert time.monotonic() < deadline, f"not ready within {timeout} s: {body}"
-        time.sleep(0.2)
+
+    def ready(answer: tuple[int, Any]) -> bool:
+        status, body = answer
+        return status == 200 and all(body["domains"].get(name, 0) >= n for name, n in workers.items())
+
+    _, body = poll(
+        lambda: visitor.request("GET", "/readyz"),
+        ready,
+        what=f"/readyz to answer 200 with {workers or 'its domains'}",
+        timeout=timeout,
+        every=0.2,
+        ignoring=(OSError,),
+    )
+    return dict(body)

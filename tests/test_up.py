@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_supervised_processes_with_redis(tmp_path: Path, private_redis: RedisSer
         up.close()
 
 
-async def resume_after(visitor: Visitor, cursor: str) -> list[dict[str, object]]:
+async def resume_after(visitor: Visitor, cursor: str) -> list[dict[str, Any]]:
     async with visitor.socket() as socket:
         await socket.send(json.dumps({"type": "resume", "cursor": cursor}))
         return await frames_until(socket, whole_saga())

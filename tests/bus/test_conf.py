@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import redis
 from channels.layers import get_channel_layer
@@ -52,7 +54,8 @@ async def test_encryption_keys_keep_messages_unreadable_on_redis(
     layer = get_channel_layer()
     await layer.send("secret", {"type": "x", "text": "plain words"})
     raw = redis.Redis.from_url(redis_server.url)
-    stored = b"".join(member for key in raw.keys("*secret*") for member in raw.zrange(key, 0, -1))
+    keys = cast(list[bytes], raw.keys("*secret*"))
+    stored = b"".join(member for key in keys for member in cast(list[bytes], raw.zrange(key, 0, -1)))
     assert stored and b"plain words" not in stored
     assert (await layer.receive("secret"))["text"] == "plain words"
     await layer.close_pools()

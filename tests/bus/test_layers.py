@@ -223,9 +223,9 @@ async def test_concurrent_sends_are_pipelined_and_each_caller_gets_its_outcome(
     trips: list[int] = []
     original = RedisBusLayer._run_sends
 
-    async def counting(self: RedisBusLayer, index: int, items: Any) -> list[Any]:
+    async def counting(self: RedisBusLayer, conns: wire.HostConnections, items: Any) -> list[Any]:
         trips.append(len(items))
-        return await original(self, index, items)
+        return await original(self, conns, items)
 
     monkeypatch.setattr(RedisBusLayer, "_run_sends", counting)
     sends = [layer.send("big", {"type": "job", "n": n}) for n in range(200)]
@@ -644,7 +644,7 @@ def test_hosts_carry_driver_info_so_new_connections_skip_the_metadata_lookup(
         raise AssertionError(f"importlib.metadata.version({name!r}) called")
 
     monkeypatch.setattr(importlib.metadata, "version", no_lookup)
-    info = pool.make_connection().driver_info
+    info = pool.make_connection().driver_info  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     assert info is not None and (info.name, info.lib_version) == ("redis-py", redis.__version__)
     assert "driver_info" not in layer.create_pool(1).connection_kwargs  # the host's own choice wins
 

@@ -17,7 +17,7 @@ DEFINITION_LINES = 60
 
 
 def _lines(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
+    decorators: list[ast.expr] = getattr(node, "decorator_list", [])
     start = min([node.lineno, *(decorator.lineno for decorator in decorators)])
     return (node.end_lineno or node.lineno) - start + 1
 

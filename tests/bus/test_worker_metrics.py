@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.conftest import WorkerProcess, free_port, run_bus
+from tests.polling import poll
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -52,11 +52,11 @@ def test_a_worker_serves_the_calls_it_handled_on_its_metrics_port(
 
     call = {"target": "echo.add", "type": "bus.request"}
     # The worker counts a message after it has replied: the caller may be a moment ahead of it.
-    deadline = time.monotonic() + 10
-    names, samples = scrape(port)
-    while not value(samples, "bus_messages_total", outcome="ok", **call) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        names, samples = scrape(port)
+    names, samples = poll(
+        lambda: scrape(port),
+        lambda scraped: value(scraped[1], "bus_messages_total", outcome="ok", **call),
+        what="the worker to count the call",
+    )
     assert names >= BUS_FAMILIES, sorted(names)
     assert value(samples, "bus_messages_total", outcome="ok", **call) == 1
     assert value(samples, "bus_handle_duration_seconds_count", **call) == 1

@@ -57,7 +57,7 @@ class System(UpProcess):
     """`manage.py up` with REDIS_URL (daphne + a runworker per domain, orders x2), on its own data."""
 
     def __init__(self, data_dir: Path, redis_url: str, **environment: str) -> None:
-        super().__init__(data_dir, redis_url, log_level="INFO", **environment)
+        super().__init__(data_dir, redis_url, log_level="INFO", environment=environment)
         self.redis_url = redis_url
         self.stopped: set[int] = set()
 

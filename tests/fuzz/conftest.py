@@ -1,7 +1,5 @@
 """Shared by the fuzz tests: the edge's `in_process_shop` fixture, and bounded hypothesis settings."""
 
-from typing import Any
-
 from hypothesis import HealthCheck, Phase, settings
 
 from tests.edge.conftest import in_process_shop
@@ -9,7 +7,7 @@ from tests.edge.conftest import in_process_shop
 __all__ = ["fuzz_settings", "in_process_shop"]
 
 
-def fuzz_settings(max_examples: int, *, shrink: bool = True) -> Any:
+def fuzz_settings(max_examples: int, *, shrink: bool = True) -> settings:
     """Bounded runs with no example database; function-scoped fixtures are fine for these tests."""
     phases = [Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if shrink else [])]
     return settings(

@@ -394,7 +394,7 @@ def stock_is_invalid(draw: st.DrawFn, target: str) -> dict[str, Any]:
     elif breakage == "extra" or breakage == "order_id":
         body[draw(st.sampled_from(["surprise", "on_hand", "reserved", "Quantity", "sku "]))] = draw(junk)
     else:
-        return draw(st.sampled_from([[], "x", 5, None]))  # type: ignore[return-value]
+        return draw(st.sampled_from([[], "x", 5, None]))
     return body
 
 

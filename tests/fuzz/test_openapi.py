@@ -135,7 +135,7 @@ def api_schema(site: Site, ada: SignedIn) -> Any:
     return schemathesis.openapi.from_url(f"{site.url}/api/openapi.json", config=config)
 
 
-def problem_details_agree(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
+def problem_details_agree(ctx: Any, response: schemathesis.Response, case: schemathesis.Case[Any]) -> None:
     """A problem's `status` is the response's, and its `detail` says something."""
     if not response.headers.get("content-type", [""])[0].startswith(PROBLEM):
         return  # content_type_conformance judges the others
@@ -170,7 +170,7 @@ def node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @fuzz_settings(100)
 @schema.parametrize()
-def test_every_operation_keeps_the_promises_of_the_description(case: schemathesis.Case) -> None:
+def test_every_operation_keeps_the_promises_of_the_description(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(checks=CHECKS)
 
 
@@ -181,7 +181,7 @@ def test_workflows_along_the_links_keep_the_promises_of_the_description(api_sche
         def validate_response(
             self,
             response: schemathesis.Response,
-            case: schemathesis.Case,
+            case: schemathesis.Case[Any],
             additional_checks: Any = None,
             **kwargs: Any,
         ) -> None:

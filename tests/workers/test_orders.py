@@ -29,9 +29,9 @@ pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases=
 async def test_a_checkout_reserves_charges_and_confirms(orders: Orders) -> None:
     placed = await orders.place(
         customer_id="ada",
-        items=[{"sku": "A-1", "quantity": 2}, {"sku": "B-2", "quantity": 1}],
+        items=[OrderItem(sku="A-1", quantity=2), OrderItem(sku="B-2", quantity=1)],
         idempotency_key="k1",
-    )  # type: ignore[list-item]
+    )
     assert placed.state == "pending"
     assert placed.total_cents == 2 * 1_000 + 2_500
     assert [line.name for line in placed.lines] == ["Anvil", "Bellows"]
@@ -46,9 +46,9 @@ async def test_a_checkout_reserves_charges_and_confirms(orders: Orders) -> None:
 async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(orders: Orders) -> None:
     placed = await orders.place(
         customer_id="ada",
-        items=[{"sku": "A-1", "quantity": 1}, {"sku": "B-2", "quantity": 2}],
+        items=[OrderItem(sku="A-1", quantity=1), OrderItem(sku="B-2", quantity=2)],
         idempotency_key="k1",
-    )  # type: ignore[list-item]
+    )
     order = await settled(placed.order_id)
     assert order.state == "failed"
     assert order.reason == "Not enough stock: Only 1 of B-2 available, 2 asked for."
@@ -60,8 +60,8 @@ async def test_out_of_stock_fails_with_a_reason_and_gives_the_stock_back(orders:
 async def test_insufficient_funds_release_the_stock_and_charge_nothing(orders: Orders) -> None:
     await Inventory.client().restock(sku="B-2", quantity=10)
     placed = await orders.place(
-        customer_id="ada", items=[{"sku": "B-2", "quantity": 5}], idempotency_key="k1"
-    )  # type: ignore[list-item]
+        customer_id="ada", items=[OrderItem(sku="B-2", quantity=5)], idempotency_key="k1"
+    )
     order = await settled(placed.order_id)
     assert order.state == "failed"
     assert order.reason.startswith(
@@ -75,10 +75,10 @@ async def test_insufficient_funds_release_the_stock_and_charge_nothing(orders: O
 
 
 async def test_placing_twice_with_one_key_yields_one_order(orders: Orders) -> None:
-    items = [{"sku": "A-1", "quantity": 1}]
+    items = [OrderItem(sku="A-1", quantity=1)]
     first, second = await asyncio.gather(
-        orders.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
-        orders.place(customer_id="ada", items=items, idempotency_key="same"),  # type: ignore[arg-type]
+        orders.place(customer_id="ada", items=items, idempotency_key="same"),
+        orders.place(customer_id="ada", items=items, idempotency_key="same"),
     )
     assert first.order_id == second.order_id
     await settled(first.order_id)
@@ -86,14 +86,18 @@ async def test_placing_twice_with_one_key_yields_one_order(orders: Orders) -> No
     with pytest.raises(
         IdempotencyConflict, match=r"Idempotency key 'same' was used for order .* with other items"
     ):
-        await orders.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 2}], idempotency_key="same")  # type: ignore[list-item]
+        await orders.place(
+            customer_id="ada", items=[OrderItem(sku="A-1", quantity=2)], idempotency_key="same"
+        )
 
 
 async def test_orders_that_cannot_be_priced_are_refused(orders: Orders) -> None:
     with pytest.raises(InvalidOrder, match="No product has SKU 'Z-9'"):
-        await orders.place(customer_id="ada", items=[{"sku": "Z-9", "quantity": 1}], idempotency_key="k1")  # type: ignore[list-item]
+        await orders.place(customer_id="ada", items=[OrderItem(sku="Z-9", quantity=1)], idempotency_key="k1")
     with pytest.raises(InvalidOrder, match="Each SKU may appear once per order"):
-        await orders.place(customer_id="ada", items=[{"sku": "A-1", "quantity": 1}] * 2, idempotency_key="k2")  # type: ignore[list-item]
+        await orders.place(
+            customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)] * 2, idempotency_key="k2"
+        )
     with pytest.raises(bus.ValidationError, match=r"items: List should have at least 1 item"):
         await bus.acall("orders.place", customer_id="ada", items=[], idempotency_key="k3")
 
@@ -103,9 +107,9 @@ async def test_a_customers_orders_come_a_page_at_a_time_newest_first(orders: Ord
     for n in range(5):
         placed.append(
             await orders.place(
-                customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key=f"k{n}"
+                customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)], idempotency_key=f"k{n}"
             )
-        )  # type: ignore[list-item]
+        )
     first = await orders.list(customer_id="ada", limit=2)
     second = await orders.list(customer_id="ada", limit=2, cursor=first.next_cursor)
     third = await orders.list(customer_id="ada", limit=2, cursor=second.next_cursor)
@@ -120,8 +124,8 @@ async def test_every_state_change_is_delivered_as_orders_updated(orders: Orders)
     its own backoff), so a reader orders them by `updated_at`, as the page does."""
     head = await in_pool(events.head)
     placed = await orders.place(
-        customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1"
-    )  # type: ignore[list-item]
+        customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)], idempotency_key="k1"
+    )
     await settled(placed.order_id)
     expected = ["pending", "reserved", "charged", "confirmed"]
     async with serving("presentation"):
@@ -139,8 +143,8 @@ async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicat
 ) -> None:
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
     placed = await orders.place(
-        customer_id="ada", items=[{"sku": "A-1", "quantity": 1}], idempotency_key="k1"
-    )  # type: ignore[list-item]
+        customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)], idempotency_key="k1"
+    )
     await settled(placed.order_id)
     # The subscribers (echo, presentation) are down: every delivery fails once and waits.
     pending = await apoll(
