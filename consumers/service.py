@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -18,6 +19,10 @@ from . import events
 from .contract import Presentation
 
 logger = logging.getLogger(__name__)
+
+# Handlers run in concurrent threads: appending and pushing under one lock sends this process's
+# pushes in log order, so a socket rarely sees a push overtaken by a later one (it copes if so).
+_in_log_order = threading.Lock()
 
 
 class PresentationService(Service, contract=Presentation):
@@ -36,14 +41,15 @@ class PresentationService(Service, contract=Presentation):
         events.purge(datetime.timedelta(seconds=bus_setting("RETENTION_SECONDS")))
 
     def _log(self, topic: str, kind: str, data: dict[str, Any]) -> None:
-        entry = events.append(self.context.message_id, topic, kind, data)
-        if entry is None:
-            return  # a re-delivery: logged and pushed the first time
-        # Push is a happy optimisation: a socket that misses it catches up from the log.
-        try:
-            layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
-            async_to_sync(layer.group_send)(
-                events.group_for(topic), {**entry.as_message(), "type": "log.event"}
-            )
-        except Exception as exc:
-            logger.warning("Could not push %s to the sockets of %s: %s", kind, topic, exc)
+        with _in_log_order:
+            entry = events.append(self.context.message_id, topic, kind, data)
+            if entry is None:
+                return  # a re-delivery: logged and pushed the first time
+            # Push is a happy optimisation: a socket that misses it catches up from the log.
+            try:
+                layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
+                async_to_sync(layer.group_send)(
+                    events.group_for(topic), {**entry.as_message(), "type": "log.event"}
+                )
+            except Exception as exc:
+                logger.warning("Could not push %s to the sockets of %s: %s", kind, topic, exc)

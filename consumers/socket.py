@@ -26,11 +26,11 @@ A handshake from a foreign Origin is refused before the socket opens (HTTP 403).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,6 +68,10 @@ def option(name: str) -> Any:
     return configured[name] if name in configured else DEFAULTS[name]
 
 
+#: Offsets a socket remembers having sent, to tell a late (overtaken) push from a repeated one.
+_SENT_KEPT = 2_000
+
+
 class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints
     """One browser tab's event stream."""
 
@@ -81,8 +85,10 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         self.groups_joined: list[str] = []
         self.resumed = False
         self.buffer: list[dict[str, Any]] = []  # live events that arrive while missed ones are replayed
-        self.last_offset = -1
-        self.unacked: deque[int] = deque()
+        # Offsets at or below `floor` are the page's already; above it, `sent` holds what went out.
+        self.floor = -1
+        self.sent: set[int] = set()
+        self.unacked: list[int] = []  # sorted: a push may be overtaken by a later one
         self.tokens = float(option("BURST"))
         self.refilled = self.last_heard = time.monotonic()
         await self.accept()
@@ -198,9 +204,9 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
                     await self._deliver(entry.as_message())
             except events.CursorGone as gone:
                 await self._send({"type": "reload", "cursor": head, "reason": str(gone)})
-                self.last_offset = _offset(head)
+                self.floor = _offset(head)
         else:
-            self.last_offset = _offset(head)
+            self.floor = _offset(head)
         self.resumed = True
         for message in self.buffer:
             await self._deliver(message)
@@ -212,8 +218,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         acked = _offset(cursor) if isinstance(cursor, str) else -1
         if not self.unacked or self.unacked[0] > acked:
             return False
-        while self.unacked and self.unacked[0] <= acked:
-            self.unacked.popleft()
+        del self.unacked[: bisect.bisect_right(self.unacked, acked)]
         return True
 
     # -- events from the log ------------------------------------------------------
@@ -228,13 +233,18 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
     async def _deliver(self, event: dict[str, Any]) -> None:
         offset = _offset(event["cursor"])
-        if offset <= self.last_offset:
+        if offset <= self.floor or offset in self.sent:
             return  # replayed already, or pushed twice
         if len(self.unacked) >= option("MAX_UNACKED"):
             await self.close(code=TOO_SLOW, reason="too slow: resume from your cursor")
             return
-        self.last_offset = offset
-        self.unacked.append(offset)
+        # Not dropped when lower than what went out last: pushes from concurrent presentation
+        # handlers can cross, and an overtaken event would be lost to this page for good.
+        self.sent.add(offset)
+        if len(self.sent) > _SENT_KEPT:
+            self.floor = sorted(self.sent)[-_SENT_KEPT // 2]
+            self.sent = {sent for sent in self.sent if sent > self.floor}
+        bisect.insort(self.unacked, offset)
         await self._send(event)
 
     async def _send(self, message: dict[str, Any]) -> None:

@@ -209,6 +209,17 @@
     return !current || current.epoch !== next.epoch || next.offset > current.offset;
   }
 
+  /** Offsets of events applied, so that a live push overtaken by a later one is still applied once. */
+  const appliedOffsets = new Set();
+
+  /** Is this event news: past our cursor, or a late push of one we have not applied? */
+  function isNew(cursor) {
+    if (isAhead(cursor)) return true;
+    const next = parseCursor(cursor);
+    const current = parseCursor(shopState.cursor);
+    return !!next && !!current && next.epoch === current.epoch && !appliedOffsets.has(next.offset);
+  }
+
   function adoptCursor(cursor) {
     if (isAhead(cursor)) {
       shopState.cursor = cursor;
@@ -228,12 +239,14 @@
       heldEvents.push([event, viaSocket]);
       return;
     }
-    if (isAhead(event.cursor)) {
+    if (isNew(event.cursor)) {
       try {
         applyEvent(event);
       } catch (error) {
         console.warn("shop: could not apply event", event, error);
       }
+      if (appliedOffsets.size > 2000) appliedOffsets.clear(); // applying one twice is harmless
+      appliedOffsets.add(parseCursor(event.cursor).offset);
       adoptCursor(event.cursor);
     }
     if (viaSocket) queueAck();
