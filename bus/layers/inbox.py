@@ -84,8 +84,9 @@ class LocalInbox:
         loop = asyncio.get_running_loop()
         box = self._mailbox(channel, loop)
         if box.lost is not None:
-            self._forget(channel)
-            raise box.lost
+            # Said once; what arrived since the reader came back stays for the next receive.
+            lost, box.lost = box.lost, None
+            raise lost
         if box.messages:
             box.idle_since = loop.time()
             return box.messages.popleft()

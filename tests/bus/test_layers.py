@@ -367,6 +367,30 @@ async def test_same_layer_works_after_redis_restart(private_redis: Any, prefix: 
 
 @pytest.mark.redis
 @pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_message_read_while_a_receiver_is_told_of_a_loss_is_kept(
+    private_redis: Any, prefix: str
+) -> None:
+    """The receiver of a process-local channel hears once that Redis was lost; a message the
+    reader took off Redis after it came back, before that receive, still reaches it."""
+    layer = RedisBusLayer(hosts=[private_redis.url], prefix=prefix)
+    reply = await layer.new_channel()
+    await layer.send(reply, {"type": "reply", "n": 1})
+    assert await layer.receive(reply) == {"type": "reply", "n": 1}
+    box = layer._local_inbox(reply)._mailboxes[reply]
+    await asyncio.to_thread(private_redis.stop)
+    await apoll(lambda: asyncio.sleep(0, box.lost), lambda lost: lost is not None, what="the reader to fail")
+    await asyncio.to_thread(private_redis.start)
+    await layer.send(reply, {"type": "reply", "n": 2})
+    await apoll(lambda: asyncio.sleep(0, len(box.messages)), bool, what="the reader to take the reply")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await layer.receive(reply)
+    assert await asyncio.wait_for(layer.receive(reply), 5) == {"type": "reply", "n": 2}
+    await layer.close_pools()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
 @pytest.mark.timeout(10)
 async def test_groups_still_work(make_layer: MakeLayer) -> None:
     layer = make_layer()
