@@ -22,6 +22,8 @@ import bus
 from bus.exceptions import DeadlineExceeded, NoWorker
 from tests.chaos.conftest import (
     DOMAIN_CHILDREN,
+    Checked,
+    Load,
     System,
     chaos_seed,
     check_invariants,
@@ -38,6 +40,19 @@ from tests.polling import poll
 from tests.site import Visitor
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+
+def settle(
+    load: Load, count: int, initial: dict[str, dict[str, Any]], timeout: float
+) -> tuple[dict[str, dict[str, Any]], float, Checked]:
+    """After the load: every client got answers it could read, every checkout was placed, every
+    order ended; then the books are checked. The orders, the seconds they took to end, the check."""
+    assert not load.errors, load.errors[:10]
+    assert not load.bad_bodies, load.bad_bodies[:10]
+    placed = load.placed()
+    assert len(placed) == count
+    orders, waited = wait_terminal([c.order_id for c in placed], timeout=timeout)
+    return orders, waited, check_invariants(orders, initial)
 
 
 @pytest.mark.timeout(420 + checkouts() // 2)
@@ -63,12 +78,7 @@ def test_domain_workers_killed_repeatedly_during_checkouts(system: System) -> No
     chaos_seconds = time.monotonic() - began
     join(shoppers, timeout=120 + count * 0.5)
     load_seconds = time.monotonic() - began
-    assert not load.errors, load.errors[:10]
-    assert not load.bad_bodies, load.bad_bodies[:10]
-    placed = load.placed()
-    assert len(placed) == count
-    orders, waited = wait_terminal([c.order_id for c in placed], timeout=180)
-    checked = check_invariants(orders, initial)
+    _, waited, checked = settle(load, count, initial, timeout=180)
     assert checked.confirmed > 0, "some checkouts must get through"
     restarts = {name: len(system.pids(name)) - 1 for name in DOMAIN_CHILDREN}
     report(
@@ -324,12 +334,7 @@ def test_refunds_run_while_inventory_freezes_and_orders_and_payments_are_killed(
         cycles.append((freeze_inventory, freeze_payments)[len(cycles) % 2](system, rng))
     join(shoppers, timeout=300)
     load_seconds = time.monotonic() - began
-    assert not load.errors, load.errors[:10]
-    assert not load.bad_bodies, load.bad_bodies[:10]
-    placed = load.placed()
-    assert len(placed) == count
-    orders, waited = wait_terminal([c.order_id for c in placed], timeout=240)
-    checked = check_invariants(orders, initial)
+    orders, waited, checked = settle(load, count, initial, timeout=240)
     steps = {order_id: {step["name"] for step in order["steps"]} for order_id, order in orders.items()}
     refunded = [order_id for order_id, names in steps.items() if "refunded" in names]
     # The branch this test is for: the saga knew it had charged (a stored step), then failed.
