@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, assert_type
 
@@ -10,6 +11,8 @@ from asgiref.sync import sync_to_async
 from pydantic import Field
 
 from bus import Contract, ContractError, Schema, Service, rpc
+from bus import contracts as contracts_module
+from bus import services as services_module
 from bus.contracts import RemoteMethod, lookup_method
 from bus.exceptions import RemoteError, ValidationError, error_from_wire
 from bus.testing import serving
@@ -68,14 +71,25 @@ class Parcel(Schema):
     code: Code
 
 
-class Depot(Contract, name="depot"):
-    @rpc()
-    async def store(
-        self, *, code: Code, weight: int, parcels: list[Parcel], note: str | None = None
-    ) -> int: ...
+@pytest.fixture
+def depot() -> Iterator[type[Contract]]:
+    """A contract for the annotation checks, known to the process only while its test runs (a
+    readiness check lists every known contract)."""
+
+    class Depot(Contract, name="depot"):
+        @rpc()
+        async def store(
+            self, *, code: Code, weight: int, parcels: list[Parcel], note: str | None = None
+        ) -> int: ...
+
+    yield Depot
+    contracts_module._contracts.pop("depot", None)
+    services_module._services.pop("depot", None)
 
 
-def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_import() -> None:
+def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_import(
+    depot: type[Contract],
+) -> None:
     with pytest.raises(
         TypeError,
         match=(
@@ -84,7 +98,7 @@ def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_impor
         ),
     ):
 
-        class Loose(Service, contract=Depot):
+        class Loose(Service, contract=depot):
             def store(self, *, code: str, weight: str, parcels: list[Parcel], note: str | None = None) -> int:
                 return 0
 
@@ -92,7 +106,7 @@ def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_impor
         TypeError, match=r"argument 'parcels' as list\[dict\[str, Any\]\], but .* declares list\[.*Parcel\]"
     ):
 
-        class Untyped(Service, contract=Depot):
+        class Untyped(Service, contract=depot):
             def store(
                 self, *, code: str, weight: int, parcels: list[dict[str, Any]], note: str | None = None
             ) -> int:
@@ -100,17 +114,19 @@ def test_a_service_argument_annotated_otherwise_than_its_contract_fails_at_impor
 
     with pytest.raises(TypeError, match=r"argument 'note' as str, but .* declares str \| None"):
 
-        class Narrower(Service, contract=Depot):
+        class Narrower(Service, contract=depot):
             def store(self, *, code: str, weight: int, parcels: list[Parcel], note: str = "") -> int:
                 return 0
 
 
-def test_a_service_may_annotate_as_the_contract_its_alias_the_type_under_it_or_not_at_all() -> None:
-    class Same(Service, contract=Depot):
+def test_a_service_may_annotate_as_the_contract_its_alias_the_type_under_it_or_not_at_all(
+    depot: type[Contract],
+) -> None:
+    class Same(Service, contract=depot):
         def store(self, *, code: Code, weight: int, parcels: list[Parcel], note: str | None = None) -> int:
             return weight
 
-    class Plain(Service, contract=Depot):
+    class Plain(Service, contract=depot):
         """The constraints of `Code` are checked by the contract before the method runs."""
 
         def store(
@@ -123,19 +139,19 @@ def test_a_service_may_annotate_as_the_contract_its_alias_the_type_under_it_or_n
         ) -> int:
             return weight
 
-    class Bare(Service, contract=Depot):
+    class Bare(Service, contract=depot):
         def store(self, *, code, weight, parcels, note=None):  # type: ignore[no-untyped-def]
             return weight
 
-    assert {Same.contract, Plain.contract, Bare.contract} == {Depot}
+    assert {Same.contract, Plain.contract, Bare.contract} == {depot}
 
 
-def test_annotations_a_service_cannot_resolve_are_named() -> None:
+def test_annotations_a_service_cannot_resolve_are_named(depot: type[Contract]) -> None:
     with pytest.raises(
         TypeError, match=r"Dangling\.store: its annotations cannot be read \(NameError: name 'Missing'"
     ):
 
-        class Dangling(Service, contract=Depot):
+        class Dangling(Service, contract=depot):
             def store(
                 self,
                 *,
