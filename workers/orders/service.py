@@ -138,10 +138,6 @@ def _lease() -> datetime.timedelta:
     return datetime.timedelta(seconds=getattr(settings, "ORDERS_LEASE_SECONDS", 20))
 
 
-class _Overtaken(Exception):
-    """Another runner moved this order on since this one read it."""
-
-
 class OrdersService(Service, contract=Orders):
     # -- the contract ------------------------------------------------------
 
@@ -190,21 +186,14 @@ class OrdersService(Service, contract=Orders):
         # A failed order's saga may still be open: its refund waits to be written (see above).
         if order.state == OrderState.CONFIRMED or not self._claim(order_id):
             return _snapshot(order)
-        overtaken = False
         try:
             # Whichever worker runs it (a kick, the sweep), the saga speaks for the original request.
             with handling(dataclasses.replace(self.context, correlation_id=order.correlation_id or order.id)):
                 self._run(order)
-        except _Overtaken as late:
-            overtaken = True
-            logger.warning(
-                "Order %s was moved on by another worker (%s): leaving it to that one", order.id, late
-            )
         except bus.BusError as exc:
             self._postpone(order, exc)
         finally:
-            if not overtaken:  # the lease is the other runner's now
-                models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
+            models.Saga.objects.using(order._state.db).filter(order_id=order_id).update(lease_until=None)
         return _snapshot(self._order(order_id, write=True))
 
     # -- periodic work in every orders worker ------------------------------
@@ -342,18 +331,8 @@ class OrdersService(Service, contract=Orders):
         reason: str = "",
         finished: bool = False,
     ) -> None:
-        """Store a state change, its step and its event in one transaction, if the order is still
-        in the state this runner read (else `_Overtaken`: a runner whose lease ran out while it
-        was slow or frozen must not undo what the sweep's runner did meanwhile)."""
+        """Store a state change, its step and its event in one transaction."""
         with transaction.atomic(using=order._state.db):
-            stored = (
-                models.Order.objects.using(order._state.db)
-                .select_for_update()
-                .values_list("state", flat=True)
-                .get(id=order.id)
-            )
-            if stored != order.state:
-                raise _Overtaken(f"it is {stored} now, not {order.state}")
             order.state = state
             order.reason = reason or order.reason
             order.waiting = ""
