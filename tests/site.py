@@ -41,7 +41,8 @@ class Visitor:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as error:
-            body, status = error.read(), error.code
+            with error:  # it holds the socket: left to the collector, it warns at a random moment
+                body, status = error.read(), error.code
         try:
             return status, json.loads(body)
         except ValueError:

@@ -125,7 +125,10 @@ class RawSocket:
         else:
             length = bytes([0x80 | 126]) + len(data).to_bytes(2, "big")
         mask = os.urandom(4)
-        self.sock.sendall(bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        try:
+            self.sock.sendall(bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server dropped us first; the frames it sent before say why
 
     def frames_until_dropped(self) -> list[tuple[int, bytes]]:
         """(opcode, payload) of every frame the server sends until it drops the connection."""

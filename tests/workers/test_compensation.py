@@ -6,7 +6,13 @@ commit, inventory gone after the charge, payments in read-only mode when the sag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,12 +29,32 @@ from tests.workers.conftest import (
     stock,
     stock_the_shop,
 )
+from workers.inventory.contract import Inventory
 from workers.orders.contract import Order, Orders
 from workers.payments.contract import ChargeRefused, Payments
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 TWO_ANVILS = [{"sku": "A-1", "quantity": 2}]
+
+
+@contextlib.contextmanager
+def logged(logger: str, text: str) -> Iterator[threading.Event]:
+    """Set once `logger` logs a message containing `text`, from any thread. (Not caplog: the first
+    `serving()` sets Django up, and its LOGGING replaces the root handlers, caplog's included.)"""
+    seen = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                seen.set()
+
+    watch = Watch()
+    logging.getLogger(logger).addHandler(watch)
+    try:
+        yield seen
+    finally:
+        logging.getLogger(logger).removeHandler(watch)
 
 
 def steps(order: Order) -> list[str]:
@@ -130,3 +156,53 @@ async def test_read_only_payments_the_order_says_why_it_waits_and_a_refund_of_no
         await payments.charge(order_id=order_id, customer_id="ada", amount_cents=2_000)
     assert await money_of(order_id) == []
     assert await balance() == OPENING_BALANCE
+
+
+async def test_a_runner_frozen_past_its_lease_cannot_confirm_an_order_the_sweep_compensated(
+    settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the refund chaos run: an order confirmed with its charge refunded.
+
+    Runner A's commit lands, then A freezes before storing it. Its lease runs out, the sweep's
+    runner B finds inventory gone, gives up, undoes the commit and refunds the charge. When A
+    wakes, its step must not be stored over B's: the claim's token fences every write.
+    """
+    settings.ORDERS_LEASE_SECONDS = 1  # type: ignore[attr-defined]
+    settings.ORDERS_GIVE_UP_SECONDS = 0  # type: ignore[attr-defined]
+    landed, wake = threading.Event(), threading.Event()
+    commit = Inventory.commit.call
+
+    def commit_then_freeze(*, order_id: str) -> Any:
+        result = commit(order_id=order_id)
+        if not landed.is_set():  # runner A only: B and later runners go straight on
+            landed.set()
+            assert wake.wait(60), "the test never woke runner A"
+        return result
+
+    monkeypatch.setattr(Inventory.commit, "call", commit_then_freeze)
+    with logged("workers.orders.service", "claimed by another runner") as overtaken:
+        async with serving("payments", "orders"):
+            async with serving("inventory"):
+                await stock_the_shop()
+                placed = await Orders.client().place(
+                    customer_id="ada",
+                    items=TWO_ANVILS,  # type: ignore[arg-type]
+                    idempotency_key="k1",
+                )
+                order_id = placed.order_id
+                assert await asyncio.to_thread(landed.wait, 30), "runner A never committed"
+            # Inventory is gone; A is frozen with the commit landed. B gives up and compensates.
+            await order_when(order_id, lambda o: o.state == "compensating", "to be given up by runner B")
+            async with serving("inventory"):
+                failed = await settled(order_id)
+                wake.set()
+                order = await order_when(
+                    order_id,
+                    lambda o: o.state != "failed" or overtaken.is_set(),
+                    "to be left alone by runner A, which wakes overtaken",
+                )
+                assert order.state == "failed", "runner A's late step was not stored"
+                assert steps(order) == steps(failed)
+                assert steps(order) == ["placed", "reserved", "charged", "released", "refunded", "failed"]
+                assert await stock("A-1") == (5, 0), "the commit that landed unseen was undone"
+                assert await money_of(order_id) == [("charge", -2_000), ("refund", 2_000)], "refunded once"

@@ -20,7 +20,7 @@ from tests.workers.conftest import balance, order_when, settled, stock, stock_th
 from workers.inventory.contract import Inventory
 from workers.orders import models
 from workers.orders.contract import IdempotencyConflict, InvalidOrder, OrderItem, Orders
-from workers.orders.service import _retry_backoff
+from workers.orders.saga import _retry_backoff
 from workers.payments.contract import Payments
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True, databases="__all__")]

@@ -64,6 +64,8 @@ class Saga(models.Model):
 
     order = models.OneToOneField(Order, on_delete=models.CASCADE, primary_key=True, related_name="saga")
     lease_until = models.DateTimeField(null=True, blank=True)
+    # The claim of the runner holding the lease: each of its writes checks it is still its own.
+    token = models.CharField(max_length=16, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_error = models.TextField(blank=True)
