@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
+import heapq
+import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer  # type: ignore[import-untyped, unused-ignore]
 
+from bus.layers.durable import Delivery, DurableDepth, DurableQueues
 from bus.layers.presence import BusExtensions, Message
 
 __all__ = ["InMemoryBusLayer"]
@@ -17,7 +23,28 @@ __all__ = ["InMemoryBusLayer"]
 _Entry = tuple[float, Message]  # (expires_at, message), as the parent stores them
 
 
-class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[misc]
+@dataclass
+class _DurableChannel:
+    """A durable channel in memory: what waits, what each consumer holds, what is delayed."""
+
+    ready: collections.deque[Delivery] = field(default_factory=collections.deque)
+    held: dict[str, dict[str, Delivery]] = field(default_factory=dict)
+    delayed: list[tuple[float, int, Delivery]] = field(default_factory=list)  # a heap by due time
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def promote(self, now: float) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            self.ready.append(heapq.heappop(self.delayed)[2])
+
+    def put(self, delivery: Delivery, due: float | None, order: int) -> None:
+        if due is not None and due > time.time():
+            heapq.heappush(self.delayed, (due, order, delivery))
+        else:
+            self.ready.append(delivery)
+            self.arrived.set()
+
+
+class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # type: ignore[misc]
     """Channels' ``InMemoryChannelLayer`` with the bus extension API, for tests and dev.
 
     It works around a bug of Channels' own layer (channels 4.3, ``receive``): the ``finally``
@@ -36,6 +63,8 @@ class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[mis
         # channel -> (queue being waited on, number of waiters)
         self._held: dict[str, tuple[asyncio.Queue[_Entry], int]] = {}
         self._presence: dict[str, dict[str, bytes]] = {}
+        self._durable: dict[str, _DurableChannel] = {}
+        self._ids = itertools.count(1)
 
     def _queue(self, channel: str) -> asyncio.Queue[_Entry]:
         queue: asyncio.Queue[_Entry] | None = self.channels.get(channel)
@@ -72,6 +101,7 @@ class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[mis
     async def flush(self) -> None:
         await super().flush()
         self._presence = {}
+        self._durable = {}
         for queue, _ in self._held.values():
             while not queue.empty():
                 queue.get_nowait()
@@ -137,3 +167,78 @@ class InMemoryBusLayer(BusExtensions, InMemoryChannelLayer):  # type: ignore[mis
         members.pop(member, None)
         if not members:
             self._presence.pop(channel, None)
+
+    # -- durable channels (bus.layers.durable), for the life of this process -----------------
+
+    def _durable_channel(self, channel: str) -> _DurableChannel:
+        return self._durable.setdefault(channel, _DurableChannel())
+
+    async def _durable_send(self, channel: str, message: Message, due: float | None) -> bool:
+        queue = self._durable_channel(channel)
+        depth = await self._durable_depth(channel)
+        if depth.waiting + depth.held + depth.delayed >= self.durable_capacity:
+            return False
+        order = next(self._ids)
+        queue.put(Delivery(str(order), copy.deepcopy(message)), due, order)
+        return True
+
+    async def _durable_receive(
+        self, channel: str, consumer: str, max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        queue = self._durable_channel(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            queue.promote(time.time())
+            if queue.ready:
+                taken = [queue.ready.popleft() for _ in range(min(max_messages, len(queue.ready)))]
+                holding = queue.held.setdefault(consumer, {})
+                for delivery in taken:
+                    holding[delivery.id] = delivery
+                return [Delivery(d.id, copy.deepcopy(d.message), d.number, d.history) for d in taken]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            if queue.delayed:
+                remaining = min(remaining, max(0.0, queue.delayed[0][0] - time.time()))
+            queue.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await queue.arrived.wait()
+
+    async def _durable_ack(self, channel: str, consumer: str, ids: Sequence[str]) -> int:
+        holding = self._durable_channel(channel).held.get(consumer, {})
+        return sum(holding.pop(id, None) is not None for id in ids)
+
+    async def _durable_requeue(
+        self, channel: str, consumer: str, id: str, message: Message | None, due: float | None
+    ) -> bool:
+        queue = self._durable_channel(channel)
+        delivery = queue.held.get(consumer, {}).pop(id, None)
+        if delivery is None:
+            return False
+        order = next(self._ids)
+        body = delivery.message if message is None else copy.deepcopy(message)
+        queue.put(Delivery(str(order), body, delivery.number, delivery.history), due, order)
+        return True
+
+    async def _durable_reclaim(self, channel: str) -> int:
+        queue = self._durable_channel(channel)
+        alive = await self.presence(channel)
+        moved = 0
+        for consumer in [name for name in queue.held if name not in alive]:
+            for delivery in queue.held.pop(consumer).values():
+                order = next(self._ids)
+                again = Delivery(
+                    str(order), delivery.message, delivery.number + 1, (*delivery.history, consumer)
+                )
+                queue.put(again, None, order)
+                moved += 1
+        return moved
+
+    async def _durable_depth(self, channel: str) -> DurableDepth:
+        queue = self._durable.get(channel)
+        if queue is None:
+            return DurableDepth(0, 0, 0)
+        held = sum(len(holding) for holding in queue.held.values())
+        return DurableDepth(len(queue.ready), held, len(queue.delayed))

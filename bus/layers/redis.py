@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from bus.layers import wire
+from bus.layers.durable import RECLAIM_BATCH, Delivery, DurableDepth, DurableQueues, parse_history
 from bus.layers.inbox import LocalInbox
 from bus.layers.presence import BusExtensions, Message, strip_channel_marker
 from bus.layers.sends import PendingSend, SendCoalescer
@@ -38,7 +40,7 @@ class _LoopHost:
     sends: SendCoalescer
 
 
-class RedisBusLayer(BusExtensions, RedisChannelLayer):  # type: ignore[misc]
+class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     """channels-redis's ``RedisChannelLayer`` made fit for competing workers.
 
     It works around these upstream problems:
@@ -68,12 +70,22 @@ class RedisBusLayer(BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     parent's turn-taking of every receiver at the shared key.
     Sentinel hosts go through the parent's pool factory (a non-blocking
     ``SentinelConnectionPool``) with the same socket_timeout and max_connections defaults.
+
+    Durable channels (``bus.layers.durable``) are Redis streams with one consumer group, on the
+    host that keeps the channel's presence, so that one script can judge a consumer dead and
+    hand back what it held. ``durable_capacity`` (default 100,000) bounds each.
     """
 
     hosts: list[dict[str, Any]]
 
-    def __init__(self, hosts: Any = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, hosts: Any = None, *args: Any, durable_capacity: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(hosts, *args, **kwargs)
+        if durable_capacity is not None:
+            self.durable_capacity = int(durable_capacity)
+        # durable channel -> (when due retries were last moved, when the next one is due)
+        self._promoted: dict[str, tuple[float, float]] = {}
         self._pool_waits: list[float | None] = []
         prepared: list[dict[str, Any]] = []
         for host in self.hosts:
@@ -330,5 +342,105 @@ class RedisBusLayer(BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     async def _presence_remove(self, channel: str, member: str) -> None:
         await self._presence_conn(channel).hdel(self._presence_key(channel), member)
 
+    # -- durable channels (bus.layers.durable) -----------------------------------------------
 
-# --------------------------------------------------------------------------------------------
+    def _durable_keys(self, channel: str) -> tuple[str, str]:
+        # ":" cannot occur in channel names, so these never collide with a channel's own key.
+        return f"{self.prefix}:durable:{channel}", f"{self.prefix}:delayed:{channel}"
+
+    async def _durable_send(self, channel: str, message: Message, due: float | None) -> bool:
+        now = time.time()
+        args = (self.serialize(message), self.durable_capacity, due or 0, now, _nonce())
+        stored = await wire.DURABLE_SEND.run(self._presence_conn(channel), self._durable_keys(channel), args)
+        return bool(stored)
+
+    async def _durable_receive(
+        self, channel: str, consumer: str, max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        stream, _ = self._durable_keys(channel)
+        conns = self._host(self.consistent_hash(channel)).conns
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = max(0.0, deadline - loop.time())
+            block = await self._promote_due(channel, min(remaining, self.brpop_timeout))
+            conn = await conns.take()
+            try:
+                entries = await wire.read_group(conn, stream, consumer, max_messages, block)
+            finally:
+                await conns.give(conn)
+            if entries or loop.time() >= deadline:
+                break
+        deliveries = []
+        for entry_id, fields in entries:
+            try:
+                message = self.deserialize(fields[b"m"])
+                if not isinstance(message, dict):
+                    raise TypeError(f"it decodes to a {type(message).__name__}")
+            except Exception as exc:
+                logger.warning("dropped a durable message from %s that does not decode (%s)", stream, exc)
+                await self._durable_ack(channel, consumer, [entry_id])
+                continue
+            number = int(fields.get(b"n", b"1"))
+            deliveries.append(Delivery(entry_id, message, number, parse_history(fields.get(b"h", b""))))
+        return deliveries
+
+    async def _promote_due(self, channel: str, block: float) -> float:
+        """Move due retries onto the stream (every few receives, or when one is due); how long
+        the next receive may block without keeping a retry waiting past its time."""
+        now = time.time()
+        last, next_due = self._promoted.get(channel, (0.0, math.inf))
+        if now - last >= _PROMOTE_EVERY or now >= next_due:
+            stream, delayed = self._durable_keys(channel)
+            found = await wire.DURABLE_PROMOTE.run(
+                self._presence_conn(channel), (stream, delayed), (now, RECLAIM_BATCH)
+            )
+            next_due = math.inf if found is None else float(found)
+            self._promoted[channel] = (now, next_due)
+        return max(0.0, min(block, next_due - now))
+
+    async def _durable_ack(self, channel: str, consumer: str, ids: Sequence[str]) -> int:
+        stream, _ = self._durable_keys(channel)
+        acked = await wire.DURABLE_ACK.run(self._presence_conn(channel), (stream,), (consumer, *ids))
+        return int(acked)
+
+    async def _durable_requeue(
+        self, channel: str, consumer: str, id: str, message: Message | None, due: float | None
+    ) -> bool:
+        serialized = b"" if message is None else self.serialize(message)
+        args = (consumer, id, serialized, due or 0, time.time(), _nonce())
+        done = await wire.DURABLE_REQUEUE.run(self._presence_conn(channel), self._durable_keys(channel), args)
+        if due is not None and channel in self._promoted:
+            last, next_due = self._promoted[channel]
+            self._promoted[channel] = (last, min(next_due, due))
+        return bool(done)
+
+    async def _durable_reclaim(self, channel: str) -> int:
+        stream, _ = self._durable_keys(channel)
+        keys = (stream, self._presence_key(channel))
+        args = (time.time(), RECLAIM_BATCH)
+        return int(await wire.DURABLE_RECLAIM.run(self._presence_conn(channel), keys, args))
+
+    async def _durable_depth(self, channel: str) -> DurableDepth:
+        stream, delayed = self._durable_keys(channel)
+        conn = self._presence_conn(channel)
+        async with conn.pipeline(transaction=False) as pipe:
+            pipe.xlen(stream)
+            pipe.zcard(delayed)
+            length, waiting_later = await pipe.execute()
+        held = 0
+        if length:
+            try:
+                held = int((await conn.xpending(stream, "workers"))["pending"])
+            except aioredis.ResponseError:
+                held = 0  # no group yet
+        return DurableDepth(waiting=int(length) - held, held=held, delayed=int(waiting_later))
+
+
+def _nonce() -> str:
+    """Keeps two equal delayed messages apart in their sorted set."""
+    return os.urandom(6).hex()
+
+
+#: Seconds between moves of due retries onto a durable channel, per channel and process.
+_PROMOTE_EVERY: Final = 0.25
