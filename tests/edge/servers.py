@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import subprocess
@@ -125,10 +126,10 @@ class RawSocket:
         else:
             length = bytes([0x80 | 126]) + len(data).to_bytes(2, "big")
         mask = os.urandom(4)
-        try:
-            self.sock.sendall(bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # the server dropped us first; the frames it sent before say why
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        # The server may have dropped us first: the frames it sent before say why.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            self.sock.sendall(bytes([0x81]) + length + mask + masked)
 
     def frames_until_dropped(self) -> list[tuple[int, bytes]]:
         """(opcode, payload) of every frame the server sends until it drops the connection."""
