@@ -6,7 +6,7 @@ await bus.acall("inventory.reserve", order_id="o-1", sku="A-1", quantity=2)
 """
 
 from .client import Bus, default_bus
-from .contracts import Contract, Event, Schema, rpc
+from .contracts import Contract, Delivery, Event, Schema, rpc
 from .exceptions import (
     BadMessage,
     BrokerUnreachable,
@@ -41,6 +41,7 @@ __all__ = [
     "Contract",
     "ContractError",
     "DeadlineExceeded",
+    "Delivery",
     "Event",
     "InvalidResult",
     "MessageTooLarge",

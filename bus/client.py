@@ -35,7 +35,7 @@ from .exceptions import (
     error_from_wire,
 )
 from .replies import BROKER_ERRORS, ReplyListener
-from .targets import lookup_event, lookup_method
+from .targets import Delivery, lookup_event, lookup_method
 from .threads import run_sync
 
 __all__ = ["Bus", "default_bus", "run_sync", "translate_broker_errors"]
@@ -172,12 +172,18 @@ class Bus:
     # -- commands and events -----------------------------------------------
 
     async def asend(self, target: str, /, **arguments: Any) -> str:
-        """Send `service.method` as a command: no reply, no waiting. Returns the message id."""
+        """Send `service.method` as a command: no reply, no waiting. Returns the message id.
+
+        At-least-once (the default, see bus.Delivery): queued durably, even while no worker of
+        the service is alive. At-most-once: NoWorker at once when none is.
+        """
         method = lookup_method(target)
         body = method.dump_arguments(arguments)
-        await self._require_worker(method.service)
         command = self._envelope(messages.COMMAND, target, body, None, reply_to=None)
-        await self._send(method.service, command)
+        durable = method.delivery is Delivery.AT_LEAST_ONCE and self.durable
+        if not durable:
+            await self._require_worker(method.service)
+        await self._send(method.service, command, durable=durable)
         return command["id"]
 
     def send(self, target: str, /, **arguments: Any) -> str:
@@ -191,7 +197,12 @@ class Bus:
         envelope = self._envelope(messages.EVENT, target, event.validate(payload), None, reply_to=None)
         messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
         with translate_broker_errors():
+            # WebSocket groups, and domains that subscribe at-most-once.
             await self.layer.group_send(event.group, envelope)
+            durable = event.delivery is Delivery.AT_LEAST_ONCE and self.durable
+            subscribers = await self.layer.durable_subscribers(event.group) if durable else []
+        for channel in subscribers:
+            await self._send(channel, envelope, durable=True)
         return envelope["id"]
 
     def publish(self, target: str, /, **payload: Any) -> str:
@@ -243,15 +254,23 @@ class Bus:
             message_id=message_id,
         )
 
-    async def _send(self, channel: str, envelope: messages.Envelope) -> None:
+    @property
+    def durable(self) -> bool:
+        """Whether the layer has durable channels (bus.layers.durable): both bus layers do."""
+        return hasattr(self.layer, "durable_send")
+
+    async def _send(self, channel: str, envelope: messages.Envelope, *, durable: bool = False) -> None:
         messages.check_size(dict(envelope), bus_setting("MAX_MESSAGE_BYTES"))
         try:
             with translate_broker_errors():
-                await self.layer.send(channel, envelope)
+                if durable:
+                    await self.layer.durable_send(channel, envelope)
+                else:
+                    await self.layer.send(channel, envelope)
         except LayerChannelFull:
             raise ChannelFull(
-                f"The {channel!r} channel is full: its workers are behind. Retry later, or start "
-                f"more `manage.py runworker {channel}` processes.",
+                f"The {channel!r} {'queue' if durable else 'channel'} is full: its workers are "
+                f"behind. Retry later, or start more `manage.py runworker {channel}` processes.",
                 channel=channel,
             ) from None
 

@@ -6,6 +6,8 @@ BUS = {
     "WORKER_CONCURRENCY": 64,       # messages one worker process handles at once
     "SHUTDOWN_GRACE": 10.0,         # seconds a stopping worker gives its in-flight messages
     "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
+    "MAX_DELIVERIES": 5,            # a durable message whose workers died this often: dead letter
+    "SUBSCRIPTION_SECONDS": 604800, # how long events queue for a subscriber domain with no worker
     "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
     "READ_YOUR_WRITES_SECONDS": 5.0,  # how long a writer keeps reading its primary
     "MODE_CACHE_SECONDS": 1.0,      # how stale a worker's view of read-only mode may be
@@ -50,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_CONCURRENCY": 64,
     "SHUTDOWN_GRACE": 10.0,
     "HEARTBEAT_INTERVAL": 2.0,
+    "MAX_DELIVERIES": 5,
+    "SUBSCRIPTION_SECONDS": 7 * 86400,
     "CHANNEL_LAYER": "default",
     "READ_YOUR_WRITES_SECONDS": 5.0,
     "MODE_CACHE_SECONDS": 1.0,
@@ -69,6 +73,8 @@ _POSITIVE_NUMBERS = (
     "MAX_MESSAGE_BYTES",
     "WORKER_CONCURRENCY",
     "HEARTBEAT_INTERVAL",
+    "MAX_DELIVERIES",
+    "SUBSCRIPTION_SECONDS",
     "READ_YOUR_WRITES_SECONDS",
 )
 _BACKOFFS = ("RETRY_BACKOFF", "RECONNECT_BACKOFF", "RESTART_BACKOFF")

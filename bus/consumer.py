@@ -8,13 +8,14 @@ and close stale connections in that very thread, where Django keeps them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
@@ -34,8 +35,13 @@ from .exceptions import (
     UnknownTarget,
     ValidationError,
 )
+from .inbox import ALREADY_PROCESSED, once
+from .receipts import Receipt
 from .targets import Method, lookup_event, lookup_method
 from .threads import in_pool
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +71,20 @@ class Served(Protocol):
     @property
     def subscriptions(self) -> Mapping[str, Subscription]: ...
 
+    @property
+    def inbox(self) -> type[Model] | None: ...
+
     def __call__(self, context: MessageContext) -> Any: ...
 
 
-def _context(envelope: messages.Envelope) -> MessageContext:
+def _context(envelope: messages.Envelope, receipt: Receipt | None) -> MessageContext:
     return MessageContext(
         message_id=envelope["id"],
         correlation_id=envelope["correlation_id"],
         target=envelope["target"],
         deadline=envelope["deadline"],
         headers=envelope["headers"],
+        delivery=receipt.number if receipt is not None else 1,
     )
 
 
@@ -89,6 +99,9 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
         self.channel_layer = get_channel_layer(bus_setting("CHANNEL_LAYER"))
         retries = scope.get("retries")
         self.retries = retries if isinstance(retries, deadletters.Retries) else _unattended
+        # A durable message (bus/receipts.py): it leaves the bus once the worker settles it.
+        receipt = scope.get("receipt")
+        self.receipt = receipt if isinstance(receipt, Receipt) else None
         with contextlib.suppress(StopConsumer):
             await self.dispatch(await receive())
 
@@ -113,7 +126,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             # A retry handed on by a worker that stopped: it is tried when it is due, not before.
             self.retries.later(self.channel_layer, str(self.scope["channel"]), dict(envelope), due)
             return
-        self.message_context = _context(envelope)
+        self.message_context = _context(envelope, self.receipt)
         started = time.perf_counter()
         self.outcome = "ok"
         with (
@@ -170,7 +183,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 )
             payload = lookup_event(envelope["target"]).load(envelope["body"])
             handler = getattr(self.service(self.message_context), subscription.handler)
-            await in_pool(handler, event=payload)
+            await in_pool(self._exactly_once(handler), event=payload)
         except BusError as exc:
             logger.error("Event %s refused: %s", messages.clip(envelope["target"]), _said(exc))
             await self.reply(envelope, error=exc)
@@ -183,6 +196,25 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 await self.retry_or_bury(envelope, _remote(exc, cause=exc), subscription.retries)
         else:
             await self.reply(envelope)
+
+    def _exactly_once(self, handler: Any) -> Any:
+        """A durable message's sync handler, run through the domain's inbox when it has one."""
+        inbox = self.service.inbox
+        if self.receipt is None or inbox is None or asyncio.iscoroutinefunction(handler):
+            return handler
+        run = once(handler, inbox, self.message_context.message_id)
+
+        def logged(**arguments: Any) -> Any:
+            result = run(**arguments)
+            if result is ALREADY_PROCESSED:
+                logger.info(
+                    "%s was processed before (delivery %d): its effects are stored; not run again.",
+                    self.message_context.target,
+                    self.message_context.delivery,
+                )
+            return result
+
+        return logged
 
     async def retry_or_bury(self, envelope: messages.Envelope, error: RemoteError, retries: int) -> None:
         """Send a failed command or event again later, or keep it as a dead letter after the last try."""
@@ -199,7 +231,10 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 delay,
             )
             again = {**envelope, "headers": {**envelope["headers"], "attempt": attempt + 1}}
-            self.retries.later(self.channel_layer, channel, again, time.time() + delay)
+            if self.receipt is not None:
+                await self.receipt.retry(again, time.time() + delay)
+            else:
+                self.retries.later(self.channel_layer, channel, again, time.time() + delay)
             return
         cause = error.__cause__
         trace = "".join(traceback.format_exception(cause)) if cause is not None else ""
@@ -229,8 +264,10 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                         service=method.service,
                         reason=reason,
                     )
-            handler = getattr(self.service(self.message_context), method.name)
+            handler = self._exactly_once(getattr(self.service(self.message_context), method.name))
             result = await in_pool(handler, **{name: getattr(arguments, name) for name in method.parameters})
+            if result is ALREADY_PROCESSED:
+                return None
         except ContractError as exc:
             if method is not None and isinstance(exc, method.errors):
                 return_error: BusError = exc

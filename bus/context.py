@@ -22,6 +22,13 @@ class MessageContext:
     target: str
     deadline: float | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Its delivery number: 1, plus one for each worker that died holding it (durable messages).
+    delivery: int = 1
+
+    @property
+    def redelivered(self) -> bool:
+        """Whether a worker died holding this message before: its effects may have happened."""
+        return self.delivery > 1
 
 
 _current: ContextVar[MessageContext | None] = ContextVar("bus_message", default=None)

@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict
 from .client import Bus, default_bus
 from .exceptions import ContractError
 from .messages import check_name
-from .targets import Event, Method, RpcOptions, lookup_event, lookup_method, register
+from .targets import Delivery, Event, Method, RpcOptions, lookup_event, lookup_method, register
 
 __all__ = [
     "Contract",
+    "Delivery",
     "Event",
     "Method",
     "RemoteMethod",
@@ -60,7 +61,11 @@ class Schema(BaseModel):
 
 
 def rpc(
-    *, errors: Iterable[type[ContractError]] = (), read: bool = False, retries: int = 3
+    *,
+    errors: Iterable[type[ContractError]] = (),
+    read: bool = False,
+    retries: int = 3,
+    delivery: Delivery | None = None,
 ) -> Callable[[Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]], RemoteMethod[P, R]]:
     """Mark a contract method as callable over the bus.
 
@@ -68,8 +73,9 @@ def rpc(
     `read` marks a method that changes nothing (served in read-only mode); `retries` is how many
     times a `send` of it that fails with an undeclared error is tried again, with exponential
     backoff, before it becomes a dead letter. Calls are never retried: the caller decides.
+    `delivery` is how a `send` of it is delivered (see Delivery; by default its contract's).
     """
-    options = RpcOptions(tuple(errors), read, retries)
+    options = RpcOptions(tuple(errors), read, retries, delivery)
     for error in options.errors:
         if not (isinstance(error, type) and issubclass(error, ContractError)):
             raise TypeError(f"rpc(errors=...) takes ContractError subclasses, not {error!r}.")
@@ -146,7 +152,10 @@ class Contract:
     methods: ClassVar[dict[str, Method]]
     events: ClassVar[dict[str, Event]]
 
-    def __init_subclass__(cls, *, name: str, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str, delivery: Delivery = Delivery.AT_LEAST_ONCE, **kwargs: Any
+    ) -> None:
+        """`delivery` is the default of its sends and events (see Delivery); each may say its own."""
         super().__init_subclass__(**kwargs)
         check_name(name, "service name")
         if "." in name:
@@ -156,11 +165,12 @@ class Contract:
         cls.events = {}
         for attribute, value in list(vars(cls).items()):
             if isinstance(value, RemoteMethod):
-                value._method = cls.methods[attribute] = Method(name, value.func, value.options)
+                value._method = cls.methods[attribute] = Method(name, value.func, value.options, delivery)
                 for error in value.options.errors:
                     error.register(f"{name}.{error.__name__}")
             elif isinstance(value, Event):
                 value.target = f"{name}.{attribute}"
+                value.delivery = value.delivery or delivery
                 cls.events[attribute] = value
         existing = _contracts.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
@@ -178,7 +188,11 @@ class Contract:
             "description": inspect.getdoc(cls) or "",
             "methods": {name: method.json_schema() for name, method in cls.methods.items()},
             "events": {
-                name: {"description": event.doc, "payload": event.payload.model_json_schema()}
+                name: {
+                    "description": event.doc,
+                    "delivery": str(event.delivery),
+                    "payload": event.payload.model_json_schema(),
+                }
                 for name, event in cls.events.items()
             },
         }

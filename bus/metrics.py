@@ -7,6 +7,7 @@
     bus_worker_in_flight{channel}                 messages being handled now
     bus_queue_depth{channel}                      messages waiting on the channel (read at each heartbeat)
     bus_dead_letters_total{target}                messages kept as dead letters by this process
+    bus_redelivered_total{channel}                durable messages this process took back from dead workers
     bus_websockets_open                           WebSockets open on this daphne (set by the edge)
 
 Workers serve them with `runworker --metrics-port`; the web process at /metrics.
@@ -37,4 +38,7 @@ handle_duration = Histogram(
 in_flight = Gauge("bus_worker_in_flight", "Messages being handled now.", ["channel"])
 queue_depth = Gauge("bus_queue_depth", "Messages waiting on a channel, read at each heartbeat.", ["channel"])
 dead_letters = Counter("bus_dead_letters", "Messages kept as dead letters by this process.", ["target"])
+redelivered = Counter(
+    "bus_redelivered", "Durable messages this process took back from workers that died.", ["channel"]
+)
 websockets_open = Gauge("bus_websockets_open", "WebSockets open on this web process.")

@@ -1,6 +1,8 @@
-"""The bus's own durable state, in the "default" database: the control plane, not a domain's data."""
+"""The bus's own durable state, in the "default" database: the control plane, not a domain's data;
+and the abstract inbox model a domain makes its own table from (bus/inbox.py)."""
 
 from django.db import models
+from django.utils import timezone
 
 
 class DomainMode(models.Model):
@@ -30,3 +32,19 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.target} {self.message_id}: {self.error[:60]}"
+
+
+class AbstractProcessedMessage(models.Model):
+    """A message id a domain has processed (bus/inbox.py): deliveries after the first are skipped."""
+
+    # `manage.py bus cleanup` deletes rows whose field is older than BUS["RETENTION_SECONDS"].
+    bus_retention_field = "processed_at"
+
+    message_id = models.CharField(primary_key=True, max_length=32)
+    processed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return self.message_id

@@ -1,10 +1,9 @@
 """The transactional outbox: events written with the change they announce, delivered until acknowledged.
 
-A domain declares two concrete models from the abstract ones here, so they live in its own
-database and share its transactions:
+A domain declares a concrete model from the abstract one here, so it lives in its own database
+and shares its transactions:
 
     class Outbox(AbstractOutboxMessage): ...
-    class Processed(AbstractProcessedMessage): ...
 
     with transaction.atomic(using=alias):
         order.save(...)
@@ -14,8 +13,8 @@ database and share its transactions:
 then also runs as soon as an emitting transaction commits in this process) delivers each event
 to every domain that subscribes to it, as a request that the subscriber acknowledges once its
 handler has run, and re-sends with backoff (settings.BUS["RETRY_BACKOFF"]) until each has.
-Subscribers deduplicate with `first_delivery(Processed, message_id)` inside their own
-transaction, since a relay that dies between delivering and recording will deliver again.
+Subscribers deduplicate with `first_delivery(Processed, message_id)` (bus/inbox.py) inside their
+own transaction, since a relay that dies between delivering and recording will deliver again.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import datetime
 import logging
 from typing import Any, TypeVar
 
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from . import context, messages, wakeups
@@ -69,21 +68,6 @@ class AbstractOutboxMessage(models.Model):
         return f"{self.target} {self.id}"
 
 
-class AbstractProcessedMessage(models.Model):
-    """A message id a subscriber has processed: deliveries after the first are skipped."""
-
-    bus_retention_field = "processed_at"
-
-    message_id = models.CharField(primary_key=True, max_length=32)
-    processed_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    class Meta:
-        abstract = True
-
-    def __str__(self) -> str:
-        return self.message_id
-
-
 def emit(model: type[OutboxT], target: str, /, **payload: Any) -> OutboxT:
     """Write event `target` to the outbox; call it inside the transaction of the change it announces."""
     event = lookup_event(target)
@@ -99,17 +83,6 @@ def emit(model: type[OutboxT], target: str, /, **payload: Any) -> OutboxT:
     )
     transaction.on_commit(lambda: wakeups.wake(wakeups.OUTBOX), using=alias)
     return row
-
-
-def first_delivery(model: type[models.Model], message_id: str) -> bool:
-    """Record `message_id` as processed in the caller's transaction; False if it already was."""
-    alias = alias_for(model._meta.app_label, write=True)
-    try:
-        with transaction.atomic(using=alias):
-            model._default_manager.using(alias).create(message_id=message_id)
-    except IntegrityError:
-        return False
-    return True
 
 
 def _claim(model: type[OutboxT], batch: int) -> list[OutboxT]:

@@ -17,6 +17,10 @@ or coroutines (run on the worker's event loop). A new instance serves each messa
 message's context in `self.context`. The class is checked against its contract when it is
 defined, so a missing method, a renamed argument or an argument annotated with another type than
 the contract's fails at import, not at the first call.
+
+Commands and events are delivered at least once (bus.Delivery): `inbox=` names the domain's
+processed-message model (bus/inbox.py), and its plain methods then run each durable message
+once, in one transaction with the record that it ran.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .consumer import Served, ServiceConsumer, Subscription
 from .context import MessageContext
 from .contracts import Contract
 from .targets import Method, lookup_event
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,15 +90,20 @@ class Service:
     contract: ClassVar[type[Contract]]
     subscriptions: ClassVar[dict[str, Subscription]]
     periodic: ClassVar[dict[str, Periodic]]
+    #: The domain's processed-message model (bus/inbox.py): durable messages run exactly once.
+    inbox: ClassVar[type[Model] | None]
 
     def __init__(self, context: MessageContext) -> None:
         self.context = context
 
-    def __init_subclass__(cls, *, contract: type[Contract], **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, contract: type[Contract], inbox: type[Model] | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if isinstance(cls, type) and issubclass(cls, Contract):
             raise TypeError(f"{cls.__qualname__} must not inherit from its contract; name it with contract=.")
         cls.contract = contract
+        cls.inbox = inbox
         for method in contract.methods.values():
             _check_implementation(cls, method)
         cls.subscriptions = {}

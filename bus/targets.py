@@ -8,6 +8,7 @@ sits above the client (its `client()` hands out a typed client).
 
 from __future__ import annotations
 
+import enum
 import inspect
 import typing
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
 from .exceptions import ContractError, InvalidResult, UnknownTarget, ValidationError
 
-__all__ = ["Event", "Method", "RpcOptions", "lookup_event", "lookup_method", "register"]
+__all__ = ["Delivery", "Event", "Method", "RpcOptions", "lookup_event", "lookup_method", "register"]
 
 # Keywords of bus.call itself; a contract argument with one of these names could never be passed.
 RESERVED_ARGUMENTS = frozenset({"timeout"})
@@ -55,6 +56,21 @@ def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
         raise _validation_error(what, exc) from None
 
 
+class Delivery(enum.StrEnum):
+    """What the bus promises a command (`send`) or an event on its way to a domain.
+
+    AT_LEAST_ONCE (the default): it is queued even while no worker of its domain is alive, and
+    it leaves the queue only once a worker has finished with it; a worker that dies holding it
+    hands it to another. A handler may then see it twice; a Service with an inbox runs it once.
+    AT_MOST_ONCE: for messages worthless after a crash. A send fails with NoWorker at once when
+    no worker is alive, and a message held by a worker that dies is gone. Calls are always
+    at-most-once: their caller waits, and decides.
+    """
+
+    AT_LEAST_ONCE = "at-least-once"
+    AT_MOST_ONCE = "at-most-once"
+
+
 @dataclass(frozen=True)
 class RpcOptions:
     """What `@rpc(...)` said about a contract method."""
@@ -62,12 +78,19 @@ class RpcOptions:
     errors: tuple[type[ContractError], ...]
     read: bool
     retries: int
+    delivery: Delivery | None = None  # None: the contract's
 
 
 class Method:
     """One method of a contract: its argument model, result type and declared errors."""
 
-    def __init__(self, service: str, func: Callable[..., Any], options: RpcOptions) -> None:
+    def __init__(
+        self,
+        service: str,
+        func: Callable[..., Any],
+        options: RpcOptions,
+        delivery: Delivery = Delivery.AT_LEAST_ONCE,
+    ) -> None:
         self.service = service
         self.name = func.__name__
         self.target = f"{service}.{self.name}"
@@ -75,6 +98,8 @@ class Method:
         self.errors = options.errors
         self.read = options.read
         self.retries = options.retries
+        #: How its `send` is delivered (the method's own choice, else its contract's).
+        self.delivery = options.delivery or delivery
         self.parameters = _parameters(self.target, func)
         hints = typing.get_type_hints(func, include_extras=True)
         fields: dict[str, Any] = {
@@ -118,6 +143,7 @@ class Method:
         return {
             "description": self.doc,
             "read": self.read,
+            "delivery": self.delivery.value,
             "arguments": self.arguments.model_json_schema(),
             "result": self._result.json_schema(),
             "errors": [error.qualified_code or error.__name__ for error in self.errors],
@@ -142,9 +168,11 @@ def _parameters(target: str, func: Callable[..., Any]) -> dict[str, Any]:
 class Event:
     """An event a contract publishes, with the type of its payload."""
 
-    def __init__(self, payload: type[BaseModel], doc: str = "") -> None:
+    def __init__(self, payload: type[BaseModel], doc: str = "", *, delivery: Delivery | None = None) -> None:
         self.payload = payload
         self.doc = doc or inspect.getdoc(payload) or ""
+        #: How it reaches subscriber domains (None until its contract sets its own default).
+        self.delivery = delivery
         self.name = ""
         self.target = ""
 

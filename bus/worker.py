@@ -3,12 +3,17 @@
 What it promises, unlike Channels' stock `Worker`:
 - it takes messages off a channel only when it has free slots (settings.BUS['WORKER_CONCURRENCY']
   for the whole process), so a crash loses at most what it was handling, never a backlog;
+- each domain has two channels: calls (and at-most-once commands) on the normal one, commands
+  and events at-least-once on the durable one (bus/layers/durable.py), where what a worker takes
+  stays until it has finished with it (bus/receipts.py); what a dead worker held is taken back
+  by the others with their heartbeat, and a message whose workers died BUS["MAX_DELIVERIES"]
+  times is kept as a dead letter instead of being delivered again;
 - it handles them concurrently, each message in its own consumer instance;
 - a malformed message or a failing handler is answered or logged, and the worker goes on;
 - when Redis goes away it retries with backoff (BUS["RECONNECT_BACKOFF"]) and resumes when
   Redis is back;
 - on SIGTERM or SIGINT it stops taking messages, lets those in flight finish within
-  settings.BUS['SHUTDOWN_GRACE'] seconds, and returns;
+  settings.BUS['SHUTDOWN_GRACE'] seconds, hands back the durable ones that did not, and returns;
 - it beats a heartbeat per channel, which `bus status` and callers' "no worker" check read.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,12 +41,17 @@ from .conf import backoff_setting, bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
 from .exceptions import BadMessage
+from .receipts import Receipt
 from .replies import receive_batch
 from .services import Periodic, Service, implementation
-from .targets import lookup_event
+from .targets import Delivery, lookup_event
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
+
+# How long a receiver holding a worker's last free slots waits on Redis before giving them back
+# for another channel (or the other side of its own) to try.
+_SCARCE_WAIT = 0.05
 
 
 def served_channels(application: Any) -> list[str]:
@@ -80,6 +91,11 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        # Set by the first heartbeat that lands: durable receives wait for it, so that no other
+        # worker can take this one for dead while it already holds messages.
+        self._seen = asyncio.Event()
+        self.durable = hasattr(layer, "durable_receive")
+        self._receivers = len(channels) * (2 if self.durable else 1)
         self.retries = deadletters.Retries()
 
     def stop(self) -> None:
@@ -99,7 +115,11 @@ class Worker:
         logger.info(
             "Worker %s serving %s with %d slots.", self.worker_id, ", ".join(self.channels), self.concurrency
         )
-        background = [asyncio.create_task(self._receive(channel)) for channel in self.channels]
+        background = [asyncio.create_task(self._receive(channel, durable=False)) for channel in self.channels]
+        if self.durable:
+            background += [
+                asyncio.create_task(self._receive(channel, durable=True)) for channel in self.channels
+            ]
         background += [asyncio.create_task(self._repeat(*task)) for task in self._periodic()]
         background.append(asyncio.create_task(self._beat()))
         try:
@@ -138,15 +158,19 @@ class Worker:
                 "back on their channels, each due when it was" if durable else "kept as dead letters",
             )
 
-    async def _receive(self, channel: str) -> None:
+    async def _receive(self, channel: str, *, durable: bool) -> None:
         failures = 0
         lost = 0.0  # since when receiving fails
+        if durable:
+            await self._wait(self._seen)
         while not self._stopping.is_set():
             slots = await self._take_slots()
             if slots == 0:
                 continue
+            # The last free slots: other receivers wait for them, so this one waits on Redis briefly.
+            wait = self.receive_wait if self._free or self._receivers == 1 else _SCARCE_WAIT
             try:
-                batch = await receive_batch(self.layer, channel, slots, timeout=self.receive_wait)
+                batch = await self._take(channel, slots, wait, durable=durable)
             except Exception as exc:
                 self._give_back(slots)
                 failures += 1
@@ -169,13 +193,23 @@ class Worker:
                 )
                 failures, lost = 0, 0.0
             self._give_back(slots - len(batch))
-            for message in batch:
-                task = asyncio.create_task(self._handle(channel, message))
+            for message, receipt in batch:
+                task = asyncio.create_task(self._handle(channel, message, receipt))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
             # Let the new handlers start (quick ones reply) and other receivers take the slots
             # given back, before this one blocks on Redis again.
             await asyncio.sleep(0)
+
+    async def _take(
+        self, channel: str, slots: int, wait: float, *, durable: bool
+    ) -> list[tuple[Any, Receipt | None]]:
+        """Up to `slots` messages from `channel`'s normal or durable side, each with its receipt."""
+        if not durable:
+            received = await receive_batch(self.layer, channel, slots, timeout=wait)
+            return [(message, None) for message in received]
+        held = await self.layer.durable_receive(channel, self.worker_id, slots, timeout=wait)
+        return [(one.message, Receipt(self.layer, channel, self.worker_id, one)) for one in held]
 
     async def _take_slots(self) -> int:
         """Wait for a free slot (or a stop), then take this channel's share of the free slots.
@@ -188,7 +222,7 @@ class Worker:
             await self._slot_freed.wait()
         if self._stopping.is_set():
             return 0
-        slots = max(1, -(-self._free // len(self.channels)))
+        slots = max(1, -(-self._free // self._receivers))
         self._free -= slots
         return slots
 
@@ -202,7 +236,19 @@ class Worker:
         self.handled += 1
         self._give_back(1)
 
-    async def _handle(self, channel: str, message: Any) -> None:
+    async def _handle(self, channel: str, message: Any, receipt: Receipt | None = None) -> None:
+        """Run the application for one message; a durable one is then acknowledged, unless the
+        consumer requeued it, or handed back if the worker stopped before it finished."""
+        try:
+            await self._dispatch(channel, message, receipt)
+        except asyncio.CancelledError:
+            if receipt is not None and not receipt.settled:
+                await receipt.hand_back()
+            raise
+        if receipt is not None and not receipt.settled:
+            await receipt.ack()
+
+    async def _dispatch(self, channel: str, message: Any, receipt: Receipt | None) -> None:
         if not isinstance(message, dict) or not message.get("type"):
             # No application can dispatch it; its sender, if it named a reply channel, is told
             # everything that is wrong with it.
@@ -210,6 +256,9 @@ class Worker:
                 messages.parse_envelope(message)
             except BadMessage as problem:
                 await reject(self.layer, message, problem)
+            return
+        if receipt is not None and receipt.number > bus_setting("MAX_DELIVERIES"):
+            await receipt.bury_as_poison()
             return
         delivered = False
 
@@ -225,7 +274,7 @@ class Worker:
             raise NotImplementedError("A worker's application replies through the channel layer, not send().")
 
         try:
-            scope = {"type": "channel", "channel": channel, "retries": self.retries}
+            scope = {"type": "channel", "channel": channel, "retries": self.retries, "receipt": receipt}
             await self.application(scope, receive, send)
         except Exception:
             logger.exception(
@@ -275,9 +324,17 @@ class Worker:
             try:
                 for channel in self.channels:
                     await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)
-                    metrics.queue_depth.labels(channel).set(await self.layer.queue_depth(channel))
-                for group, channel in groups:
-                    await self.layer.group_add(group, channel)
+                self._seen.set()
+                for channel in self.channels:
+                    metrics.queue_depth.labels(channel).set(await self._depth(channel))
+                    await self._reclaim(channel)
+                for group, channel, durable in groups:
+                    if durable:
+                        await self.layer.durable_subscribe(
+                            group, channel, bus_setting("SUBSCRIPTION_SECONDS")
+                        )
+                    else:
+                        await self.layer.group_add(group, channel)
             except Exception as exc:
                 failing = True
                 logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
@@ -287,14 +344,36 @@ class Worker:
                 failing = False
             await asyncio.sleep(interval)
 
-    def _subscriptions(self) -> list[tuple[str, str]]:
-        """(event group, channel) pairs for the events the served services subscribe to."""
-        pairs = []
+    async def _depth(self, channel: str) -> int:
+        """Messages waiting for this channel's workers: calls, and durable messages not taken yet."""
+        depth: int = await self.layer.queue_depth(channel)
+        if self.durable:
+            depth += (await self.layer.durable_depth(channel)).waiting
+        return depth
+
+    async def _reclaim(self, channel: str) -> None:
+        """Take back what workers that stopped beating held on `channel` (at most once per beat)."""
+        if not self.durable:
+            return
+        moved = await self.layer.durable_reclaim(channel)
+        if moved:
+            metrics.redelivered.labels(channel).inc(moved)
+            logger.warning(
+                "Took back %d message(s) on %r from worker(s) whose heartbeat stopped; they run again.",
+                moved,
+                channel,
+            )
+
+    def _subscriptions(self) -> list[tuple[str, str, bool]]:
+        """(event group, channel, durable) for the events the served services subscribe to."""
+        found = []
         for channel in self.channels:
             service = implementation(channel)
             for target in service.subscriptions if service else ():
-                pairs.append((lookup_event(target).group, channel))
-        return pairs
+                event = lookup_event(target)
+                durable = self.durable and event.delivery is Delivery.AT_LEAST_ONCE
+                found.append((event.group, channel, durable))
+        return found
 
     async def _leave(self) -> None:
         for channel in self.channels:
@@ -303,17 +382,22 @@ class Worker:
             except Exception as exc:
                 logger.warning("Could not withdraw presence on %r: %s", channel, exc)
 
-    async def _sleep(self, seconds: float, woken: asyncio.Event | None = None) -> None:
+    async def _wait(self, event: asyncio.Event) -> None:
+        """Until `event` is set or the worker stops."""
+        await self._sleep(math.inf, event, clear=False)
+
+    async def _sleep(self, seconds: float, woken: asyncio.Event | None = None, *, clear: bool = True) -> None:
         """Wait `seconds`, less if the worker stops or `woken` is set (which is then cleared)."""
         waits = [asyncio.ensure_future(self._stopping.wait())]
         if woken is not None:
             waits.append(asyncio.ensure_future(woken.wait()))
         try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            timeout = None if math.isinf(seconds) else seconds
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
-        if woken is not None:
+        if woken is not None and clear:
             woken.clear()
 
 

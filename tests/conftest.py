@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, TypeVar
 
 import pytest
 import redis
@@ -317,11 +317,9 @@ def presence(redis_url: str, channel: str) -> dict[str, dict[str, Any]]:
     return on_the_bus(redis_url, lambda layer: layer.presence(channel))
 
 
-def group_members(redis_url: str, group: str) -> set[str]:
-    """The channels in a Channels group, read from Redis where channels-redis keeps them."""
-    key = RedisBusLayer(hosts=[redis_url], prefix="bus:")._group_key(group)
-    members = cast(list[bytes], redis.Redis.from_url(redis_url).zrange(key, 0, -1))
-    return {member.decode() for member in members}
+def durable_subscribers(redis_url: str, group: str) -> set[str]:
+    """The domain channels an event group's at-least-once events are queued on."""
+    return set(on_the_bus(redis_url, lambda layer: layer.durable_subscribers(group)))
 
 
 def wait_for_worker(

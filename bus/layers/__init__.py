@@ -18,7 +18,7 @@ The modules, one job each:
 * ``memory.py``: ``InMemoryBusLayer``, for one process (dev, tests, ``manage.py up``);
 * ``presence.py``: the extension API, written once over each layer's storage primitives;
 * ``sends.py``: concurrent sends of one event loop coalesced into pipelines;
-* ``inbox.py``: one reader per process for its process-local channels;
+* ``local.py``: one reader per process for its process-local channels;
 * ``wire.py``: the ONLY module that touches redis-py's connection internals (raw RESP on
   kept connections) and holds the Lua scripts; ``pyproject.toml`` bounds redis-py for it.
 """

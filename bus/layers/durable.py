@@ -7,7 +7,7 @@ keeps every message it handed out until the worker that holds it says it is done
   ``time.time()``); ``ChannelFull`` beyond ``durable_capacity`` waiting messages. It needs no
   live worker: messages wait for one.
 * ``durable_receive(channel, consumer, max_messages, timeout)``: up to ``max_messages``
-  ``Delivery`` objects, now held by ``consumer`` (a worker id that beats presence on
+  ``DurableMessage`` objects, now held by ``consumer`` (a worker id that beats presence on
   ``channel``).
 * ``durable_ack(channel, consumer, ids)``: done with them; they leave the queue.
 * ``durable_requeue(channel, consumer, id, message=None, due=None)``: give one back, now (a
@@ -17,6 +17,9 @@ keeps every message it handed out until the worker that holds it says it is done
   Workers run it with each heartbeat, so a dead worker's messages are handled again within a
   few heartbeats of its last one; never while its presence lives.
 * ``durable_depth(channel)``: how many wait, are held, and are delayed.
+* ``durable_subscribe(group, channel, ttl)`` / ``durable_subscribers(group)``: the durable
+  channels an event group's messages are queued on (a subscriber domain's), each for ``ttl``
+  seconds after its last subscribe; unlike a Channels group, for a domain with no worker alive.
 
 Acknowledging and requeueing only act on what the consumer still holds: a worker frozen past
 its presence finds, once resumed, that its messages went to another, and changes nothing.
@@ -24,13 +27,14 @@ its presence finds, once resumed, that its messages went to another, and changes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from bus.layers.presence import Message
 
-__all__ = ["DEFAULT_DURABLE_CAPACITY", "Delivery", "DurableDepth", "DurableQueues"]
+__all__ = ["DEFAULT_DURABLE_CAPACITY", "DurableDepth", "DurableMessage", "DurableQueues"]
 
 #: Messages a durable channel holds (waiting, held and delayed) before sends get ChannelFull.
 DEFAULT_DURABLE_CAPACITY: Final = 100_000
@@ -40,7 +44,7 @@ RECLAIM_BATCH: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class DurableMessage:
     """One message as a durable channel handed it to a worker."""
 
     id: str
@@ -67,6 +71,8 @@ class DurableQueues:
 
         def _require_normal_channel(self, channel: str) -> None: ...
 
+        def require_valid_group_name(self, name: str) -> bool: ...
+
     # -- storage primitives, implemented by each layer ---------------------------------------
 
     async def _durable_send(self, channel: str, message: Message, due: float | None) -> bool:
@@ -74,7 +80,7 @@ class DurableQueues:
 
     async def _durable_receive(
         self, channel: str, consumer: str, max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    ) -> list[DurableMessage]:
         raise NotImplementedError
 
     async def _durable_ack(self, channel: str, consumer: str, ids: Sequence[str]) -> int:
@@ -91,6 +97,15 @@ class DurableQueues:
     async def _durable_depth(self, channel: str) -> DurableDepth:
         raise NotImplementedError
 
+    async def _subscription_store(self, group: str, channel: str, expires_at: float) -> None:
+        raise NotImplementedError
+
+    async def _subscriptions_load(self, group: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    async def _subscriptions_prune(self, group: str, channels: Sequence[str]) -> None:
+        raise NotImplementedError
+
     # -- public API ---------------------------------------------------------------------------
 
     async def durable_send(self, channel: str, message: Message, *, due: float | None = None) -> None:
@@ -105,7 +120,7 @@ class DurableQueues:
 
     async def durable_receive(
         self, channel: str, consumer: str, max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    ) -> list[DurableMessage]:
         """Wait up to ``timeout`` s for a message; take up to ``max_messages``, held by ``consumer``."""
         self._require_normal_channel(channel)
         _require_consumer(consumer)
@@ -141,6 +156,22 @@ class DurableQueues:
     async def durable_depth(self, channel: str) -> DurableDepth:
         self._require_normal_channel(channel)
         return await self._durable_depth(channel)
+
+    async def durable_subscribe(self, group: str, channel: str, ttl: float) -> None:
+        """Queue ``group``'s durable messages on ``channel`` for the next ``ttl`` seconds."""
+        self._require_normal_channel(channel)
+        self.require_valid_group_name(group)
+        await self._subscription_store(group, channel, time.time() + ttl)
+
+    async def durable_subscribers(self, group: str) -> list[str]:
+        """The durable channels subscribed to ``group`` now."""
+        self.require_valid_group_name(group)
+        subscribed = await self._subscriptions_load(group)
+        now = time.time()
+        expired = [channel for channel, expires_at in subscribed.items() if expires_at < now]
+        if expired:
+            await self._subscriptions_prune(group, expired)
+        return sorted(channel for channel, expires_at in subscribed.items() if expires_at >= now)
 
 
 def _require_consumer(consumer: str) -> None:

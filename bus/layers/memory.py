@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer  # type: ignore[import-untyped, unused-ignore]
 
-from bus.layers.durable import Delivery, DurableDepth, DurableQueues
+from bus.layers.durable import DurableDepth, DurableMessage, DurableQueues
 from bus.layers.presence import BusExtensions, Message
 
 __all__ = ["InMemoryBusLayer"]
@@ -27,16 +27,16 @@ _Entry = tuple[float, Message]  # (expires_at, message), as the parent stores th
 class _DurableChannel:
     """A durable channel in memory: what waits, what each consumer holds, what is delayed."""
 
-    ready: collections.deque[Delivery] = field(default_factory=collections.deque)
-    held: dict[str, dict[str, Delivery]] = field(default_factory=dict)
-    delayed: list[tuple[float, int, Delivery]] = field(default_factory=list)  # a heap by due time
+    ready: collections.deque[DurableMessage] = field(default_factory=collections.deque)
+    held: dict[str, dict[str, DurableMessage]] = field(default_factory=dict)
+    delayed: list[tuple[float, int, DurableMessage]] = field(default_factory=list)  # a heap by due time
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def promote(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
             self.ready.append(heapq.heappop(self.delayed)[2])
 
-    def put(self, delivery: Delivery, due: float | None, order: int) -> None:
+    def put(self, delivery: DurableMessage, due: float | None, order: int) -> None:
         if due is not None and due > time.time():
             heapq.heappush(self.delayed, (due, order, delivery))
         else:
@@ -65,6 +65,7 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
         self._presence: dict[str, dict[str, bytes]] = {}
         self._durable: dict[str, _DurableChannel] = {}
         self._ids = itertools.count(1)
+        self._subscribers: dict[str, dict[str, float]] = {}
 
     def _queue(self, channel: str) -> asyncio.Queue[_Entry]:
         queue: asyncio.Queue[_Entry] | None = self.channels.get(channel)
@@ -102,6 +103,7 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
         await super().flush()
         self._presence = {}
         self._durable = {}
+        self._subscribers = {}
         for queue, _ in self._held.values():
             while not queue.empty():
                 queue.get_nowait()
@@ -179,12 +181,12 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
         if depth.waiting + depth.held + depth.delayed >= self.durable_capacity:
             return False
         order = next(self._ids)
-        queue.put(Delivery(str(order), copy.deepcopy(message)), due, order)
+        queue.put(DurableMessage(str(order), copy.deepcopy(message)), due, order)
         return True
 
     async def _durable_receive(
         self, channel: str, consumer: str, max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    ) -> list[DurableMessage]:
         queue = self._durable_channel(channel)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -195,7 +197,7 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
                 holding = queue.held.setdefault(consumer, {})
                 for delivery in taken:
                     holding[delivery.id] = delivery
-                return [Delivery(d.id, copy.deepcopy(d.message), d.number, d.history) for d in taken]
+                return [DurableMessage(d.id, copy.deepcopy(d.message), d.number, d.history) for d in taken]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
@@ -219,7 +221,7 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
             return False
         order = next(self._ids)
         body = delivery.message if message is None else copy.deepcopy(message)
-        queue.put(Delivery(str(order), body, delivery.number, delivery.history), due, order)
+        queue.put(DurableMessage(str(order), body, delivery.number, delivery.history), due, order)
         return True
 
     async def _durable_reclaim(self, channel: str) -> int:
@@ -229,7 +231,7 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
         for consumer in [name for name in queue.held if name not in alive]:
             for delivery in queue.held.pop(consumer).values():
                 order = next(self._ids)
-                again = Delivery(
+                again = DurableMessage(
                     str(order), delivery.message, delivery.number + 1, (*delivery.history, consumer)
                 )
                 queue.put(again, None, order)
@@ -242,3 +244,13 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
             return DurableDepth(0, 0, 0)
         held = sum(len(holding) for holding in queue.held.values())
         return DurableDepth(len(queue.ready), held, len(queue.delayed))
+
+    async def _subscription_store(self, group: str, channel: str, expires_at: float) -> None:
+        self._subscribers.setdefault(group, {})[channel] = expires_at
+
+    async def _subscriptions_load(self, group: str) -> dict[str, float]:
+        return dict(self._subscribers.get(group, {}))
+
+    async def _subscriptions_prune(self, group: str, channels: Sequence[str]) -> None:
+        for channel in channels:
+            self._subscribers.get(group, {}).pop(channel, None)

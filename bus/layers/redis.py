@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -17,11 +16,11 @@ from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from bus.layers import wire
-from bus.layers.durable import RECLAIM_BATCH, Delivery, DurableDepth, DurableQueues, parse_history
-from bus.layers.inbox import LocalInbox
+from bus.layers import scripts, wire
+from bus.layers.local import LocalInbox
 from bus.layers.presence import BusExtensions, Message, strip_channel_marker
 from bus.layers.sends import PendingSend, SendCoalescer
+from bus.layers.streams import RedisDurableQueues
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "RedisBusLayer"]
 
@@ -40,7 +39,7 @@ class _LoopHost:
     sends: SendCoalescer
 
 
-class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: ignore[misc]
+class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # type: ignore[misc]
     """channels-redis's ``RedisChannelLayer`` made fit for competing workers.
 
     It works around these upstream problems:
@@ -66,7 +65,7 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
     normal-channel receives run on connections each event loop keeps per host (see
     ``wire.HostConnections``) rather than through the pool for every command. Expired messages are skipped
     on receive. Process-local (``!``) channels, one per Channels consumer, are read by one task
-    per event loop that hands each message to its channel (``bus.layers.inbox``), instead of the
+    per event loop that hands each message to its channel (``bus.layers.local``), instead of the
     parent's turn-taking of every receiver at the shared key.
     Sentinel hosts go through the parent's pool factory (a non-blocking
     ``SentinelConnectionPool``) with the same socket_timeout and max_connections defaults.
@@ -84,8 +83,6 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
         super().__init__(hosts, *args, **kwargs)
         if durable_capacity is not None:
             self.durable_capacity = int(durable_capacity)
-        # durable channel -> (when due retries were last moved, when the next one is due)
-        self._promoted: dict[str, tuple[float, float]] = {}
         self._pool_waits: list[float | None] = []
         prepared: list[dict[str, Any]] = []
         for host in self.hosts:
@@ -108,7 +105,7 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
         self._hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _LoopHost]] = (
             weakref.WeakKeyDictionary()
         )
-        # This process's process-local keys: their mailboxes and reader (see bus.layers.inbox).
+        # This process's process-local keys: their mailboxes and reader (see bus.layers.local).
         self._local: dict[str, LocalInbox] = {}
         self._sentinel_pools: list[Any] = []
 
@@ -182,14 +179,14 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
 
         Outcomes are the script's 1/0 or the per-command error. Connection errors raise.
         """
-        commands = [("EVALSHA", wire.SEND.sha, 1, item.key, *item.args) for item in items]
+        commands = [("EVALSHA", scripts.SEND.sha, 1, item.key, *item.args) for item in items]
         conn = await conns.take()
         try:
             outcomes = await wire.commands(conn, commands)
             missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
             if missing:
                 # The script cache is empty (Redis restarted): load it and redo just those.
-                await wire.command(conn, "SCRIPT", "LOAD", wire.SEND.source)
+                await wire.command(conn, "SCRIPT", "LOAD", scripts.SEND.source)
                 redone = await wire.commands(conn, [commands[i] for i in missing])
                 for i, outcome in zip(missing, redone, strict=True):
                     outcomes[i] = outcome
@@ -211,7 +208,7 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
                 return message
 
     def _local_inbox(self, channel: str) -> LocalInbox:
-        """The mailboxes and reader of ``channel``'s shared key (see ``bus.layers.inbox``)."""
+        """The mailboxes and reader of ``channel``'s shared key (see ``bus.layers.local``)."""
         shared = self.non_local_name(channel)
         if not shared.endswith(self.client_prefix + "!"):
             raise ValueError(f"{channel!r} is another process's channel; only its own process can receive it")
@@ -325,7 +322,7 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
 
     async def _presence_store(self, channel: str, member: str, record: bytes, ttl: float) -> None:
         ttl_ms = max(1, math.ceil(ttl * 1000))
-        await wire.PRESENCE_BEAT.run(
+        await scripts.PRESENCE_BEAT.run(
             self._presence_conn(channel), (self._presence_key(channel),), (member, record, ttl_ms)
         )
 
@@ -337,110 +334,7 @@ class RedisBusLayer(DurableQueues, BusExtensions, RedisChannelLayer):  # type: i
         flat: list[Any] = []
         for member, record in dead.items():
             flat += [member, record]
-        await wire.PRESENCE_PRUNE.run(self._presence_conn(channel), (self._presence_key(channel),), flat)
+        await scripts.PRESENCE_PRUNE.run(self._presence_conn(channel), (self._presence_key(channel),), flat)
 
     async def _presence_remove(self, channel: str, member: str) -> None:
         await self._presence_conn(channel).hdel(self._presence_key(channel), member)
-
-    # -- durable channels (bus.layers.durable) -----------------------------------------------
-
-    def _durable_keys(self, channel: str) -> tuple[str, str]:
-        # ":" cannot occur in channel names, so these never collide with a channel's own key.
-        return f"{self.prefix}:durable:{channel}", f"{self.prefix}:delayed:{channel}"
-
-    async def _durable_send(self, channel: str, message: Message, due: float | None) -> bool:
-        now = time.time()
-        args = (self.serialize(message), self.durable_capacity, due or 0, now, _nonce())
-        stored = await wire.DURABLE_SEND.run(self._presence_conn(channel), self._durable_keys(channel), args)
-        return bool(stored)
-
-    async def _durable_receive(
-        self, channel: str, consumer: str, max_messages: int, timeout: float
-    ) -> list[Delivery]:
-        stream, _ = self._durable_keys(channel)
-        conns = self._host(self.consistent_hash(channel)).conns
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = max(0.0, deadline - loop.time())
-            block = await self._promote_due(channel, min(remaining, self.brpop_timeout))
-            conn = await conns.take()
-            try:
-                entries = await wire.read_group(conn, stream, consumer, max_messages, block)
-            finally:
-                await conns.give(conn)
-            if entries or loop.time() >= deadline:
-                break
-        deliveries = []
-        for entry_id, fields in entries:
-            try:
-                message = self.deserialize(fields[b"m"])
-                if not isinstance(message, dict):
-                    raise TypeError(f"it decodes to a {type(message).__name__}")
-            except Exception as exc:
-                logger.warning("dropped a durable message from %s that does not decode (%s)", stream, exc)
-                await self._durable_ack(channel, consumer, [entry_id])
-                continue
-            number = int(fields.get(b"n", b"1"))
-            deliveries.append(Delivery(entry_id, message, number, parse_history(fields.get(b"h", b""))))
-        return deliveries
-
-    async def _promote_due(self, channel: str, block: float) -> float:
-        """Move due retries onto the stream (every few receives, or when one is due); how long
-        the next receive may block without keeping a retry waiting past its time."""
-        now = time.time()
-        last, next_due = self._promoted.get(channel, (0.0, math.inf))
-        if now - last >= _PROMOTE_EVERY or now >= next_due:
-            stream, delayed = self._durable_keys(channel)
-            found = await wire.DURABLE_PROMOTE.run(
-                self._presence_conn(channel), (stream, delayed), (now, RECLAIM_BATCH)
-            )
-            next_due = math.inf if found is None else float(found)
-            self._promoted[channel] = (now, next_due)
-        return max(0.0, min(block, next_due - now))
-
-    async def _durable_ack(self, channel: str, consumer: str, ids: Sequence[str]) -> int:
-        stream, _ = self._durable_keys(channel)
-        acked = await wire.DURABLE_ACK.run(self._presence_conn(channel), (stream,), (consumer, *ids))
-        return int(acked)
-
-    async def _durable_requeue(
-        self, channel: str, consumer: str, id: str, message: Message | None, due: float | None
-    ) -> bool:
-        serialized = b"" if message is None else self.serialize(message)
-        args = (consumer, id, serialized, due or 0, time.time(), _nonce())
-        done = await wire.DURABLE_REQUEUE.run(self._presence_conn(channel), self._durable_keys(channel), args)
-        if due is not None and channel in self._promoted:
-            last, next_due = self._promoted[channel]
-            self._promoted[channel] = (last, min(next_due, due))
-        return bool(done)
-
-    async def _durable_reclaim(self, channel: str) -> int:
-        stream, _ = self._durable_keys(channel)
-        keys = (stream, self._presence_key(channel))
-        args = (time.time(), RECLAIM_BATCH)
-        return int(await wire.DURABLE_RECLAIM.run(self._presence_conn(channel), keys, args))
-
-    async def _durable_depth(self, channel: str) -> DurableDepth:
-        stream, delayed = self._durable_keys(channel)
-        conn = self._presence_conn(channel)
-        async with conn.pipeline(transaction=False) as pipe:
-            pipe.xlen(stream)
-            pipe.zcard(delayed)
-            length, waiting_later = await pipe.execute()
-        held = 0
-        if length:
-            try:
-                held = int((await conn.xpending(stream, "workers"))["pending"])
-            except aioredis.ResponseError:
-                held = 0  # no group yet
-        return DurableDepth(waiting=int(length) - held, held=held, delayed=int(waiting_later))
-
-
-def _nonce() -> str:
-    """Keeps two equal delayed messages apart in their sorted set."""
-    return os.urandom(6).hex()
-
-
-#: Seconds between moves of due retries onto a durable channel, per channel and process.
-_PROMOTE_EVERY: Final = 0.25

@@ -186,11 +186,12 @@ async def test_publish_reaches_subscribed_domains(record_dir: Path, monkeypatch:
     async with serving("echo"):
         group = lookup_event("echo.happened").group
 
-        async def members() -> set[str]:
-            return set(get_channel_layer().groups.get(group, {}))
-
-        # Heartbeats join the event groups right after announcing the worker: wait for the join.
-        await apoll(members, lambda joined: "echo" in joined, what=f"echo to join the group {group}")
+        # Heartbeats subscribe to events right after announcing the worker: wait for that.
+        await apoll(
+            lambda: get_channel_layer().durable_subscribers(group),
+            lambda subscribers: "echo" in subscribers,
+            what=f"echo to subscribe to {group}",
+        )
         await bus.apublish("echo.happened", text="tick")
         with pytest.raises(bus.ValidationError, match="text: Field required"):
             await bus.apublish("echo.happened")

@@ -19,7 +19,7 @@ from bus.client import default_bus
 from bus.targets import lookup_event
 from bus.testing import serving
 from bus.threads import in_pool
-from tests.conftest import WorkerProcess, group_members, migrated, read_records, run_bus
+from tests.conftest import WorkerProcess, durable_subscribers, migrated, read_records, run_bus
 from tests.polling import poll
 
 pytestmark = [pytest.mark.redis]
@@ -83,11 +83,11 @@ def test_a_published_event_whose_handler_fails_is_retried_then_dead_lettered(
     data_dir = migrated(tmp_path / "data")
     worker = start_worker(redis_layer, "echo", data_dir=data_dir)
     group = lookup_event("echo.happened").group
-    # Heartbeats join the event group after announcing the worker: wait for the join itself.
+    # Heartbeats subscribe to events after announcing the worker: wait for the subscription.
     poll(
-        lambda: group_members(redis_layer, group),
-        lambda members: "echo" in members,
-        what=f"worker {worker.pid}'s channel in the group {group}",
+        lambda: durable_subscribers(redis_layer, group),
+        lambda subscribers: "echo" in subscribers,
+        what=f"worker {worker.pid}'s channel subscribed to {group}",
     )
 
     async def publish() -> None:

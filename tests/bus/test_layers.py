@@ -765,7 +765,7 @@ async def test_in_memory_groups_and_flush() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Process-local channels: one reader per shared key (bus.layers.inbox)
+# Process-local channels: one reader per shared key (bus.layers.local)
 # --------------------------------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ def test_the_public_api_is_what_it_was() -> None:
         "Contract",
         "ContractError",
         "DeadlineExceeded",
+        "Delivery",
         "Event",
         "InvalidResult",
         "MessageTooLarge",

@@ -134,13 +134,14 @@ async def test_sigterm_finishes_in_flight_work_and_leaves_the_rest_queued(
     for n in range(6):
         await bus.asend("echo.sleep_sync", seconds=1.0, tag=f"job{n}")
     await apoll(
-        lambda: get_channel_layer().queue_depth("echo"),
-        lambda depth: depth == 4,
+        lambda: get_channel_layer().durable_depth("echo"),
+        lambda depth: (depth.waiting, depth.held) == (4, 2),
         what="the worker to take two jobs and leave four in Redis",
     )
     assert await asyncio.to_thread(worker.terminate) == 0
     assert sorted(read_records(record_dir, "slept")) == ["job0", "job1"]
-    assert await get_channel_layer().queue_depth("echo") == 4
+    depth = await get_channel_layer().durable_depth("echo")
+    assert (depth.waiting, depth.held, depth.delayed) == (4, 0, 0), "the rest stays queued, none held"
     assert "stopped after handling 2 message(s)" in worker.output()
     assert presence(redis_layer, "echo") == {}, "a stopped worker withdraws its heartbeat"
 

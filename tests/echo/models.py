@@ -1,4 +1,4 @@
-from bus.outbox import AbstractProcessedMessage
+from bus.models import AbstractProcessedMessage
 
 
 class Processed(AbstractProcessedMessage):

@@ -12,7 +12,7 @@ from django.db import transaction
 import bus
 from bus import Service, every, subscribe
 from bus.databases import alias_for
-from bus.outbox import first_delivery
+from bus.inbox import first_delivery
 from workers.orders.contract import OrderUpdated
 
 from .contract import Echo, Happened, Item, Refused
