@@ -1,4 +1,5 @@
-"""Test settings: the project's plus the `echo` test domain; in-memory layer unless a test says otherwise."""
+"""Test settings: the project's plus the `echo` and `tally` test domains; in-memory layer unless a
+test says otherwise."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from bus.conf import channel_layers
 from project.settings import *  # noqa: F403
 from project.settings import INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.echo"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.echo", "tests.tally"]
 ASGI_APPLICATION = "tests.routing.application"
 # Worker subprocesses that tests start get BUS_TEST_REDIS_URL; the test process itself starts
 # in-memory, whatever REDIS_URL the developer's shell has, and switches per test.
