@@ -1,4 +1,4 @@
-"""What the bus looks like right now: live workers, queue depth and mode of every domain."""
+"""What the bus looks like right now: live workers, queues and mode of every domain."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ class DomainStatus(TypedDict):
     workers: Annotated[
         dict[str, dict[str, Any]], Field(description="live workers by id, with what each reports")
     ]
-    queued: int
+    queued: Annotated[int, Field(description="calls, commands and events waiting for a worker")]
+    held: Annotated[int, Field(description="commands and events workers are handling (at-least-once)")]
+    retrying: Annotated[int, Field(description="commands and events waiting for their next try")]
     read_only: Annotated[
         str | None, Field(description="why the domain is read-only; null when it takes writes")
     ]
@@ -43,11 +45,14 @@ async def astatus() -> SystemStatus:
     domains: list[DomainStatus] = []
     with translate_broker_errors():
         for name in sorted(contracts()):
+            durable = await layer.durable_depth(name) if default_bus.durable else None
             domains.append(
                 DomainStatus(
                     domain=name,
                     workers=await layer.presence(name),
-                    queued=await layer.queue_depth(name),
+                    queued=await layer.queue_depth(name) + (durable.waiting if durable else 0),
+                    held=durable.held if durable else 0,
+                    retrying=durable.delayed if durable else 0,
                     read_only=read_only.get(name),
                 )
             )

@@ -42,19 +42,23 @@ def signature(schema: dict[str, Any]) -> str:
 
 
 def method_lines(service: dict[str, Any]) -> list[str]:
-    """One line per method of a service's schema: signature, read or write, declared errors."""
+    """One line per method of a service's schema: signature, read or write, how a send of it is
+    delivered, declared errors."""
     lines = []
     for name, method in service["methods"].items():
         kind = "read" if method["read"] else "write"
         errors = f"  raises {', '.join(method['errors'])}" if method["errors"] else ""
-        lines.append(f"  {service['service']}.{name}{signature(method['arguments'])}  [{kind}]{errors}")
+        lines.append(
+            f"  {service['service']}.{name}{signature(method['arguments'])}  "
+            f"[{kind}; send {method['delivery']}]{errors}"
+        )
     return lines
 
 
 def event_lines(service: dict[str, Any]) -> list[str]:
-    """One line per event of a service's schema, with its payload's fields."""
+    """One line per event of a service's schema, with its payload's fields and its delivery."""
     return [
-        f"  event {service['service']}.{name}{signature(event['payload'])}"
+        f"  event {service['service']}.{name}{signature(event['payload'])}  [{event['delivery']}]"
         for name, event in service["events"].items()
     ]
 
@@ -87,5 +91,8 @@ SERVICES = Action(
     "list services: methods with arguments, events",
     services,
     json_flag,
-    description="Every contract: each method's arguments, read or write, declared errors; each event.",
+    description=(
+        "Every contract: each method's arguments, read or write, how a send of it is delivered "
+        "(at-least-once or at-most-once), declared errors; each event and its delivery."
+    ),
 )

@@ -18,7 +18,8 @@ def status_lines(report: SystemStatus) -> list[str]:
     lines = [f"dead letters: {report['dead_letters']} (manage.py bus deadletters)"]
     for row in report["domains"]:
         mode = f", READ-ONLY ({row['read_only']})" if row["read_only"] is not None else ""
-        lines.append(f"{row['domain']}: {len(row['workers'])} worker(s), {row['queued']} queued{mode}")
+        queues = f"{row['queued']} queued, {row['held']} being handled, {row['retrying']} waiting to retry"
+        lines.append(f"{row['domain']}: {len(row['workers'])} worker(s), {queues}{mode}")
         for worker_id, info in sorted(row["workers"].items()):
             load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
             lines.append(f"  {worker_id}  {load}, handled {info.get('handled')}")

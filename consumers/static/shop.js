@@ -1226,7 +1226,8 @@
       domain.read_only ? h("p", { class: "small text-warn domain-reason", text: domain.read_only }) : null,
       h("dl", { class: "domain-stats" },
         stat("workers", label, titles.join("\n")),
-        stat("queued", String(Number(domain.queued) || 0)),
+        stat("queued", String(Number(domain.queued) || 0), "calls, commands and events waiting for a worker"),
+        Number(domain.retrying) ? stat("retrying", String(Number(domain.retrying)), "commands and events waiting for their next try") : null,
         ...counts
       )
     );

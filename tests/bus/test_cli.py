@@ -201,7 +201,8 @@ def test_status_beside_a_one_process_up_says_why_it_counts_no_workers(tmp_path: 
         assert all(count >= 1 for count in ready["domains"].values()), "the page sees its workers"
         status = run_bus(tmp_path, IN_MEMORY, "status")
         assert status.returncode == 0
-        assert "inventory: 0 worker(s), 0 queued" in status.stdout.splitlines()
+        quiet = "inventory: 0 worker(s), 0 queued, 0 being handled, 0 waiting to retry"
+        assert quiet in status.stdout.splitlines()
         assert status.stderr == PER_PROCESS_NOTE.format(what="cannot see the workers of any other process")
         assert up.stop() == 0
     finally:
