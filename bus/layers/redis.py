@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from channels.exceptions import ChannelFull  # type: ignore[import-untyped, unused-ignore]
 from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped, unused-ignore]
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -148,7 +149,8 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
             int(self.get_capacity(channel)),
             max(1, math.ceil(self.expiry)),
         )
-        await self._host(index).sends.send(PendingSend(channel, key, args))
+        if not await self._host(index).sends.send(PendingSend(scripts.SEND, (key,), args)):
+            raise ChannelFull(channel)
 
     def _host(self, index: int) -> _LoopHost:
         per_loop = self._hosts.setdefault(asyncio.get_running_loop(), {})
@@ -175,18 +177,19 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
         self._hosts.clear()
 
     async def _run_sends(self, conns: wire.HostConnections, items: Sequence[PendingSend]) -> list[Any]:
-        """Run the send script for ``items`` in one round trip; one outcome per item.
+        """Run the script calls ``items`` in one round trip; one reply (or error) per item.
 
-        Outcomes are the script's 1/0 or the per-command error. Connection errors raise.
+        Connection errors raise.
         """
-        commands = [("EVALSHA", scripts.SEND.sha, 1, item.key, *item.args) for item in items]
+        commands = [("EVALSHA", item.script.sha, len(item.keys), *item.keys, *item.args) for item in items]
         conn = await conns.take()
         try:
             outcomes = await wire.commands(conn, commands)
             missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
             if missing:
-                # The script cache is empty (Redis restarted): load it and redo just those.
-                await wire.command(conn, "SCRIPT", "LOAD", scripts.SEND.source)
+                # The script cache is empty (Redis restarted): load them and redo just those.
+                for script in {items[i].script for i in missing}:
+                    await wire.command(conn, "SCRIPT", "LOAD", script.source)
                 redone = await wire.commands(conn, [commands[i] for i in missing])
                 for i, outcome in zip(missing, redone, strict=True):
                     outcomes[i] = outcome

@@ -1,4 +1,5 @@
-"""Concurrent sends of one event loop to one Redis host, turned into pipelines."""
+"""Concurrent script calls of one event loop to one Redis host (sends, durable sends and
+acknowledgements), turned into pipelines."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from channels.exceptions import ChannelFull  # type: ignore[import-untyped, unused-ignore]
+from bus.layers.scripts import Lua
 
 __all__ = ["PendingSend", "SendCoalescer"]
 
@@ -20,22 +21,28 @@ _MAX_PIPELINE_BYTES: Final = 8 * 1024 * 1024
 
 @dataclass(slots=True)
 class PendingSend:
-    """One send waiting for its pipeline: the Lua script's key and arguments, and the caller's future."""
+    """One script call waiting for its pipeline: the script, its keys and arguments (the first
+    one the payload, if any), and the caller's future."""
 
-    channel: str
-    key: str
-    args: tuple[bytes, float, float, int, int]
-    future: asyncio.Future[None] | None = None
+    script: Lua
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any] | None = None
+
+    @property
+    def size(self) -> int:
+        first = self.args[0] if self.args else b""
+        return len(first) if isinstance(first, bytes | str) else 0
 
 
 class SendCoalescer:
-    """Turns concurrent sends of one event loop to one Redis host into pipelines.
+    """Turns concurrent script calls of one event loop to one Redis host into pipelines.
 
-    The first send while idle goes out alone (no added latency). Sends that arrive while it
-    is on the wire queue up and leave together as the next pipeline, and so on until the
-    queue is empty. Each caller still gets its own outcome: ``None``, ``ChannelFull`` for its
-    own channel, or the Redis error. A caller cancelled before its send left the queue is
-    dropped from the pipeline; after that, a cancelled send may or may not have been stored.
+    The first call while idle goes out alone (no added latency). Calls that arrive while it is
+    on the wire queue up and leave together as the next pipeline, and so on until the queue is
+    empty. Each caller still gets its own outcome: the script's reply, or the Redis error. A
+    caller cancelled before its call left the queue is dropped from the pipeline; after that, a
+    cancelled call may or may not have run.
     """
 
     def __init__(self, run: Callable[[Sequence[PendingSend]], Awaitable[list[Any]]]) -> None:
@@ -44,18 +51,20 @@ class SendCoalescer:
         self._busy = False
         self._drainer: asyncio.Task[None] | None = None
 
-    async def send(self, item: PendingSend) -> None:
+    async def send(self, item: PendingSend) -> Any:
+        """Run the call (in a pipeline with others); its reply."""
         if not self._busy:
             self._busy = True
             try:
                 (outcome,) = await self._run([item])
             finally:
                 self._hand_over()
-            _raise_for(item, outcome)
-            return
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         item.future = asyncio.get_running_loop().create_future()
         self._queue.append(item)
-        await item.future
+        return await item.future
 
     def _hand_over(self) -> None:
         if self._queue:
@@ -67,14 +76,14 @@ class SendCoalescer:
         batch: list[PendingSend] = []
         size = 0
         while self._queue and len(batch) < _MAX_PIPELINE_SENDS:
-            if batch and size + len(self._queue[0].args[0]) > _MAX_PIPELINE_BYTES:
+            if batch and size + self._queue[0].size > _MAX_PIPELINE_BYTES:
                 break
             item = self._queue.popleft()
             assert item.future is not None
             if item.future.done():  # caller cancelled before it went out: skip it
                 continue
             batch.append(item)
-            size += len(item.args[0])
+            size += item.size
         return batch
 
     async def _drain(self) -> None:
@@ -102,13 +111,6 @@ class SendCoalescer:
                     pending.cancel()
 
 
-def _raise_for(item: PendingSend, outcome: Any) -> None:
-    if isinstance(outcome, BaseException):
-        raise outcome
-    if not outcome:
-        raise ChannelFull(item.channel)
-
-
 def _settle(item: PendingSend, outcome: Any) -> None:
     future = item.future
     if future is None or future.done():
@@ -117,7 +119,5 @@ def _settle(item: PendingSend, outcome: Any) -> None:
         future.cancel()
     elif isinstance(outcome, BaseException):
         future.set_exception(outcome)
-    elif not outcome:
-        future.set_exception(ChannelFull(item.channel))
     else:
-        future.set_result(None)
+        future.set_result(outcome)

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from bus.layers import scripts, wire
 from bus.layers.durable import RECLAIM_BATCH, DurableDepth, DurableMessage, DurableQueues, parse_history
 from bus.layers.presence import Message
+from bus.layers.sends import PendingSend
 
 __all__ = ["RedisDurableQueues"]
 
@@ -60,10 +61,8 @@ class RedisDurableQueues(DurableQueues):
     async def _durable_send(self, channel: str, message: Message, due: float | None) -> bool:
         now = time.time()
         args = (self.serialize(message), self.durable_capacity, due or 0, now, _nonce())
-        stored = await scripts.DURABLE_SEND.run(
-            self._presence_conn(channel), self._durable_keys(channel), args
-        )
-        return bool(stored)
+        call = PendingSend(scripts.DURABLE_SEND, self._durable_keys(channel), args)
+        return bool(await self._host(self.consistent_hash(channel)).sends.send(call))
 
     async def _durable_receive(
         self, channel: str, consumer: str, max_messages: int, timeout: float
@@ -112,8 +111,10 @@ class RedisDurableQueues(DurableQueues):
 
     async def _durable_ack(self, channel: str, consumer: str, ids: Sequence[str]) -> int:
         stream, _ = self._durable_keys(channel)
-        acked = await scripts.DURABLE_ACK.run(self._presence_conn(channel), (stream,), (consumer, *ids))
-        return int(acked)
+        # Through the pipeline with sends: a worker finishing many messages at once acknowledges
+        # them in one round trip.
+        call = PendingSend(scripts.DURABLE_ACK, (stream,), (consumer, *ids))
+        return int(await self._host(self.consistent_hash(channel)).sends.send(call))
 
     async def _durable_requeue(
         self, channel: str, consumer: str, id: str, message: Message | None, due: float | None
