@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from channels.exceptions import ChannelFull as LayerChannelFull
@@ -75,46 +75,43 @@ class Bus:
 
     async def adeliver(
         self,
-        channel: str,
         target: str,
         body: dict[str, Any],
         *,
         message_id: str,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
+        correlation_id: str,
+        subscribers: Iterable[str] = (),
     ) -> None:
-        """Deliver event `target` to one subscriber domain and wait until it has processed it.
+        """Queue event `target`, written earlier (an outbox row), on the durable channel of each
+        subscriber domain: those given, and those whose workers subscribed on the layer.
 
-        The outbox relay's acknowledged delivery: the same `message_id` on every retry lets the
-        subscriber deduplicate. Raises what the subscriber's handler raised.
+        The outbox relay's hand-over to the bus: the same `message_id` on every attempt lets
+        subscribers deduplicate. Raises if the layer did not take it for every subscriber.
         """
-        await self._request(
-            channel,
+        event = lookup_event(target)
+        envelope = self._envelope(
             messages.EVENT,
             target,
             body,
-            timeout,
+            None,
+            reply_to=None,
             message_id=message_id,
             correlation_id=correlation_id,
         )
+        with translate_broker_errors():
+            registered = await self.layer.durable_subscribers(event.group) if self.durable else []
+        for channel in sorted({*subscribers, *registered}):
+            await self._send(channel, envelope, durable=self.durable)
 
     async def _request(
-        self,
-        channel: str,
-        type: str,
-        target: str,
-        body: dict[str, Any],
-        timeout: float | None,
-        *,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
+        self, channel: str, type: str, target: str, body: dict[str, Any], timeout: float | None
     ) -> Any:
         """Send an envelope that asks for a reply, and wait for the reply until the deadline."""
         started = time.perf_counter()
         outcome = "ok"
         try:
             with tracing.span(f"call {target}", "client"):
-                return await self._exchange(channel, type, target, body, timeout, message_id, correlation_id)
+                return await self._exchange(channel, type, target, body, timeout)
         except BusError as error:
             outcome = error.kind
             raise
@@ -123,26 +120,11 @@ class Bus:
             metrics.call_duration.labels(target).observe(time.perf_counter() - started)
 
     async def _exchange(
-        self,
-        channel: str,
-        type: str,
-        target: str,
-        body: dict[str, Any],
-        timeout: float | None,
-        message_id: str | None,
-        correlation_id: str | None,
+        self, channel: str, type: str, target: str, body: dict[str, Any], timeout: float | None
     ) -> Any:
         await self._require_worker(channel)
         listener = self._listener()
-        request = self._envelope(
-            type,
-            target,
-            body,
-            timeout,
-            reply_to=listener.channel,
-            message_id=message_id,
-            correlation_id=correlation_id,
-        )
+        request = self._envelope(type, target, body, timeout, reply_to=listener.channel)
         answer = listener.expect(request["id"])
         try:
             await self._send(channel, request)

@@ -10,11 +10,13 @@ and shares its transactions:
         emit(Outbox, "orders.updated", **snapshot)     # same transaction: both or neither
 
 `relay(Outbox)` (run it from an `@every(seconds, woken_by=bus.wakeups.OUTBOX)` method, which
-then also runs as soon as an emitting transaction commits in this process) delivers each event
-to every domain that subscribes to it, as a request that the subscriber acknowledges once its
-handler has run, and re-sends with backoff (settings.BUS["RETRY_BACKOFF"]) until each has.
-Subscribers deduplicate with `first_delivery(Processed, message_id)` (bus/inbox.py) inside their
-own transaction, since a relay that dies between delivering and recording will deliver again.
+then also runs as soon as an emitting transaction commits in this process) hands each event to
+the bus's at-least-once delivery: it is queued on the durable channel of every domain that
+subscribes to it (bus.Client.adeliver), and from there the bus delivers it like any durable
+event, with retries and dead letters. Only putting the row on the bus is the relay's job: a row
+Redis did not take is tried again with backoff (settings.BUS["RETRY_BACKOFF"]). Each row keeps
+its message id on every attempt, and subscribers deduplicate by it (an inbox, bus/inbox.py),
+since a relay that dies between queueing and recording will queue again.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class AbstractOutboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
     delivered_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    # Subscriber domains that have not acknowledged yet.
-    pending = models.JSONField(default=list)
     last_error = models.TextField(blank=True)
 
     class Meta:
@@ -79,7 +79,6 @@ def emit(model: type[OutboxT], target: str, /, **payload: Any) -> OutboxT:
         target=event.target,
         body=event.validate(payload),
         correlation_id=handling.correlation_id if handling else message_id,
-        pending=subscribers(event.target),
     )
     transaction.on_commit(lambda: wakeups.wake(wakeups.OUTBOX), using=alias)
     return row
@@ -107,50 +106,40 @@ def _claim(model: type[OutboxT], batch: int) -> list[OutboxT]:
     return claimed
 
 
-def _record(row: AbstractOutboxMessage, acknowledged: list[str], error: str) -> None:
-    row.pending = [domain for domain in row.pending if domain not in acknowledged]
+def _record(row: AbstractOutboxMessage, error: str) -> None:
     row.attempts += 1
     now = timezone.now()
-    if row.pending:
+    if error:
         wait = backoff_setting("RETRY_BACKOFF").delay(row.attempts)
         row.next_attempt_at = now + datetime.timedelta(seconds=wait)
         row.last_error = error
     else:
         row.delivered_at = now
         row.last_error = ""
-    row.save(update_fields=["pending", "attempts", "next_attempt_at", "delivered_at", "last_error"])
+    row.save(update_fields=["attempts", "next_attempt_at", "delivered_at", "last_error"])
 
 
 async def arelay(model: type[AbstractOutboxMessage], *, batch: int = 100, bus: Bus | None = None) -> int:
-    """Deliver due outbox rows; returns how many are now fully delivered."""
+    """Queue due outbox rows for their subscribers; returns how many are on the bus now."""
     via = bus or default_bus
     rows = await in_pool(_claim, model, batch)
     delivered = 0
     for row in rows:
-        # One subscriber at a time: every delivery of a row carries the same message id.
-        outcomes: list[BaseException | None] = []
-        for domain in row.pending:
-            try:
-                await via.adeliver(
-                    domain, row.target, row.body, message_id=row.id, correlation_id=row.correlation_id
-                )
-            except Exception as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        acknowledged = [
-            domain for domain, outcome in zip(row.pending, outcomes, strict=True) if outcome is None
-        ]
-        errors = [
-            f"{domain}: {type(outcome).__name__}: {outcome}"
-            for domain, outcome in zip(row.pending, outcomes, strict=True)
-            if outcome is not None
-        ]
-        for outcome in outcomes:
-            if outcome is not None and not isinstance(outcome, BusError):
-                logger.error("Delivering %s %s failed unexpectedly: %r", row.target, row.id, outcome)
-        await in_pool(_record, row, acknowledged, "; ".join(errors))
-        delivered += not (set(row.pending) - set(acknowledged))
+        try:
+            await via.adeliver(
+                row.target,
+                row.body,
+                message_id=row.id,
+                correlation_id=row.correlation_id,
+                subscribers=subscribers(row.target),
+            )
+        except Exception as exc:
+            if not isinstance(exc, BusError):
+                logger.error("Relaying %s %s failed unexpectedly: %r", row.target, row.id, exc)
+            await in_pool(_record, row, f"{type(exc).__name__}: {exc}")
+        else:
+            await in_pool(_record, row, "")
+            delivered += 1
     return delivered
 
 

@@ -19,6 +19,7 @@ from bus.client import Bus
 from bus.conf import DEFAULTS, backoff_setting
 from bus.outbox import arelay
 from bus.threads import in_pool
+from tests.conftest import free_port
 
 seconds = st.floats(min_value=0.001, max_value=3600.0)
 attempts = st.integers(min_value=1, max_value=10_000)
@@ -123,26 +124,29 @@ def test_only_backoff_settings_are_backoffs() -> None:
 
 @pytest.mark.db
 @pytest.mark.django_db(transaction=True, databases=["default", "inventory"])
-async def test_an_outbox_row_nobody_acknowledged_waits_its_retry_backoff(settings: object) -> None:
-    """The outbox relay schedules a row's next delivery with BUS["RETRY_BACKOFF"]."""
+async def test_an_outbox_row_the_bus_did_not_take_waits_its_retry_backoff(settings: object) -> None:
+    """The outbox relay schedules a row's next hand-over to the bus with BUS["RETRY_BACKOFF"]."""
     from workers.inventory.models import Outbox
 
     settings.BUS = {"RETRY_BACKOFF": {"base": 40.0, "cap": 100.0, "jitter": 0}}  # type: ignore[attr-defined]
+    # A layer whose Redis is not there: nothing can be queued.
+    settings.CHANNEL_LAYERS = {  # type: ignore[attr-defined]
+        **settings.CHANNEL_LAYERS,  # type: ignore[attr-defined]
+        "down": {
+            "BACKEND": "bus.layers.RedisBusLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        },
+    }
     rows = Outbox.objects.using("inventory")
     # Through the bus's pool, which closes each connection after use, as the relay does.
     row = await in_pool(
-        rows.create,
-        id="m-1",
-        target="inventory.stock_changed",
-        body={},
-        correlation_id="c-1",
-        pending=["nowhere"],
+        rows.create, id="m-1", target="inventory.stock_changed", body={}, correlation_id="c-1"
     )
     for attempt, wait in [(1, 40.0), (2, 80.0), (3, 100.0)]:
         before = timezone.now()
-        assert await arelay(Outbox, bus=Bus()) == 0, "no worker serves 'nowhere'"
+        assert await arelay(Outbox, bus=Bus("down")) == 0, "Redis does not answer"
         await in_pool(row.refresh_from_db)
-        assert row.attempts == attempt and "nowhere: NoWorker" in row.last_error
+        assert row.attempts == attempt and "BrokerUnreachable" in row.last_error
         due = datetime.timedelta(seconds=wait)
         assert before + due <= row.next_attempt_at <= timezone.now() + due
         await in_pool(rows.filter(pk=row.pk).update, next_attempt_at=timezone.now())

@@ -64,9 +64,9 @@ def test_a_service_without_a_method_lists_its_methods_with_their_signatures(tmp_
     assert listed.stdout == ""
     assert first == "`bus call echo` names a service, not a method; echo has these methods:"
     assert [line.split("(")[0] for line in methods] == [f"  echo.{name}" for name in Echo.methods]
-    assert "  echo.add(a: integer, b: integer = 1)  [read]" in methods
-    assert "  echo.count(items: array[Item])  [read]" in methods
-    assert "  echo.refuse(reason: string)  [write]  raises echo.Refused" in methods
+    assert "  echo.add(a: integer, b: integer = 1)  [read; send at-least-once]" in methods
+    assert "  echo.count(items: array[Item])  [read; send at-least-once]" in methods
+    assert "  echo.refuse(reason: string)  [write; send at-least-once]  raises echo.Refused" in methods
 
     sent = run_bus(tmp_path, IN_MEMORY, "send", "echo.", "{}")
     assert sent.returncode == 2
@@ -82,7 +82,7 @@ def test_publish_with_a_service_alone_lists_its_events() -> None:
     assert listed.value.returncode == 2
     assert str(listed.value) == (
         "`bus publish echo` names a service, not an event; echo publishes these events:\n"
-        "  event echo.happened(text: string)"
+        "  event echo.happened(text: string)  [at-least-once]"
     )
     with pytest.raises(Stop) as nothing:
         call_command("bus", "publish", "presentation")

@@ -239,7 +239,7 @@ def test_bus_command_line(redis_layer: str, start_worker: StartWorker, worker_da
     status = run_bus(worker_data_dir, redis_layer, "status", "--json")
     assert status.returncode == 0 and f".{worker.pid}." in status.stdout
     services = run_bus(worker_data_dir, redis_layer, "services")
-    assert "echo.add(a: integer, b: integer = 1)  [read]" in services.stdout
+    assert "echo.add(a: integer, b: integer = 1)  [read; send at-least-once]" in services.stdout
     worker.terminate()
     nobody = run_bus(worker_data_dir, redis_layer, "call", "echo.add", '{"a": 1}')
     assert nobody.returncode == 7 and "No live worker serves 'echo'" in nobody.stderr
@@ -269,7 +269,7 @@ def test_runworker_refuses_a_domain_that_routing_py_does_not_serve(worker_data_d
             timeout=30,
         )
 
-    domains = "echo, inventory, orders, payments, presentation"
+    domains = "echo, inventory, orders, payments, presentation, tally"
     for name, hint in [("shipping", ""), ("Inventory", " Did you mean 'inventory'?")]:
         refused = runworker(name)
         assert refused.returncode == 1, refused.stderr

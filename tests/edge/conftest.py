@@ -93,7 +93,7 @@ async def sign_in(username: str) -> Browser:
 @pytest.fixture
 async def in_process_shop() -> AsyncIterator[None]:
     """Every domain served in this loop, a small catalogue, and two funded customers."""
-    async with serving("inventory", "payments", "orders", "presentation", "echo"):
+    async with serving("inventory", "payments", "orders", "presentation", "echo", "tally"):
         inventory = Inventory.client()
         await inventory.add_product(sku="A-1", name="Anvil", price_cents=1_000)
         await inventory.restock(sku="A-1", quantity=5)

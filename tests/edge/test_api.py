@@ -183,7 +183,7 @@ async def test_health_and_readiness(in_process_shop: None) -> None:
 async def test_readiness_names_the_domains_without_workers_and_what_can_start_them() -> None:
     async with serving("inventory"):
         body = assert_problem(await Browser().get("/readyz"), 503, "No worker serves echo, orders, ")
-    assert body["missing"] == ["echo", "orders", "payments", "presentation"]
+    assert body["missing"] == ["echo", "orders", "payments", "presentation", "tally"]
     # runserver, or daphne alone, on the in-memory layer: a runworker elsewhere cannot help.
     detail = str(body["detail"])
     assert "The channel layer is in memory (REDIS_URL is not set)" in detail

@@ -7,6 +7,7 @@ import datetime
 from pathlib import Path
 
 import pytest
+from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
@@ -138,7 +139,7 @@ async def test_every_state_change_is_delivered_as_orders_updated(orders: Orders)
     assert [entry.data["state"] for entry in in_time] == expected
 
 
-async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicate(
+async def test_the_outbox_queues_events_for_subscribers_that_are_down_and_they_deduplicate(
     orders: Orders, record_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BUS_TEST_RECORD_DIR", str(record_dir))
@@ -146,24 +147,32 @@ async def test_the_outbox_delivers_until_acknowledged_and_subscribers_deduplicat
         customer_id="ada", items=[OrderItem(sku="A-1", quantity=1)], idempotency_key="k1"
     )
     await settled(placed.order_id)
-    # The subscribers (echo, presentation) are down: every delivery fails once and waits.
-    pending = await apoll(
-        lambda: in_pool(list, models.Outbox.objects.filter(delivered_at=None)),
-        lambda rows: len(rows) == 4 and all(row.attempts >= 1 for row in rows),
-        what="each of the order's four events tried once",
+    # The subscribers (echo, presentation) are down: the events wait in their durable channels.
+    rows = await apoll(
+        lambda: in_pool(list, models.Outbox.objects.filter(delivered_at__isnull=False)),
+        lambda delivered: len(delivered) == 4,
+        what="each of the order's four events on the bus",
     )
-    assert all("echo" in row.pending for row in pending)
-    assert "NoWorker" in pending[0].last_error
+    layer = get_channel_layer()
+    assert (await layer.durable_depth("echo")).waiting == 4
+    # A relay that died after queueing but before recording it queues them again.
+    await in_pool(models.Outbox.objects.filter(pk__in=[row.pk for row in rows]).update, delivered_at=None)
+    await apoll(
+        lambda: in_pool(models.Outbox.objects.filter(delivered_at=None).count),
+        lambda undelivered: undelivered == 0,
+        what="the outbox to queue them again",
+    )
+    assert (await layer.durable_depth("echo")).waiting == 8
     async with serving("echo", "presentation"):
         await apoll(
-            lambda: in_pool(models.Outbox.objects.filter(delivered_at=None).count),
-            lambda undelivered: undelivered == 0,
-            what="the outbox delivered once echo came up",
+            lambda: layer.durable_depth("echo"),
+            lambda depth: (depth.waiting, depth.held) == (0, 0),
+            what="echo to handle them",
         )
     records = read_records(record_dir, "order")
     assert sorted(records) == sorted(
         f"{placed.order_id}:{state}" for state in ("pending", "reserved", "charged", "confirmed")
-    )
+    ), "each event handled once"
 
 
 async def test_a_saga_retries_an_absent_domain_at_the_pace_of_orders_retry_backoff(settings: object) -> None:
