@@ -166,7 +166,7 @@ async def test_the_outbox_queues_events_for_subscribers_that_are_down_and_they_d
     async with serving("echo", "presentation"):
         await apoll(
             lambda: layer.durable_depth("echo"),
-            lambda depth: (depth.waiting, depth.held) == (0, 0),
+            lambda depth: (depth.waiting, depth.held, depth.delayed) == (0, 0, 0),
             what="echo to handle them",
         )
     records = read_records(record_dir, "order")
