@@ -1,8 +1,8 @@
 """The shop as real processes, driven by headless Chromium.
 
 Each test gets its own stack: a flushed private redis-server, fresh migrated and seeded SQLite
-files, one `runworker` process per domain (inventory, payments, orders, presentation, and the
-test-only echo, which every orders.updated event is also delivered to), and daphne serving
+files, one `runworker` process per domain (inventory, payments, orders, presentation, and one for the
+test-only echo, which every orders.updated event is also delivered to, and tally), and daphne serving
 `tests.browser.asgi` on a free loopback port. The browser is Debian's Chromium through the
 `playwright` package (no browser of Playwright's own is downloaded). On a failure, a screenshot,
 the page's console and the processes' logs go to tests/artifacts/.
@@ -45,7 +45,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-DOMAINS = ("inventory", "payments", "orders", "presentation", "echo")
+# The channels of each worker process; the test domains share one.
+WORKERS = (("inventory",), ("payments",), ("orders",), ("presentation",), ("echo", "tally"))
 SEEDED_PRODUCTS = 6  # consumers/management/commands/seed.py: one stock_changed event each
 
 # Counts every close of every WebSocket the page opens, with its code (the page's own handlers
@@ -115,12 +116,12 @@ class Shop:
     # -- processes ------------------------------------------------------------------------------
 
     def start_workers(self) -> None:
-        for domain in DOMAINS:
-            self.workers[domain] = self.start_worker(
-                self.redis_url, domain, data_dir=self.data_dir, wait=False
+        for channels in WORKERS:
+            self.workers[channels[0]] = self.start_worker(
+                self.redis_url, *channels, data_dir=self.data_dir, wait=False
             )
-        for domain, worker in self.workers.items():
-            wait_for_worker(worker, self.redis_url, (domain,))
+        for channels in WORKERS:
+            wait_for_worker(self.workers[channels[0]], self.redis_url, channels)
 
     def manage(self, *arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
