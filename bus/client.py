@@ -35,7 +35,7 @@ from .exceptions import (
     error_from_wire,
 )
 from .replies import BROKER_ERRORS, ReplyListener
-from .targets import Delivery, lookup_event, lookup_method
+from .targets import Delivery, contract_version, lookup_event, lookup_method
 from .threads import run_sync
 
 __all__ = ["Bus", "default_bus", "run_sync", "translate_broker_errors"]
@@ -218,7 +218,9 @@ class Bus:
             deadline = time.time() + (timeout if timeout is not None else bus_setting("TIMEOUT"))
             if handling is not None and handling.deadline is not None:
                 deadline = min(deadline, handling.deadline)
-        headers: dict[str, Any] = {}
+        # The contract version this side speaks (bus.contracts.Contract.version), for errors that
+        # name both sides' versions during a rolling deploy.
+        headers: dict[str, Any] = {"contract": contract_version(target.partition(".")[0])}
         pins = databases.current_pins()
         if pins:
             headers["pins"] = pins

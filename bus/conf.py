@@ -8,6 +8,7 @@ BUS = {
     "HEARTBEAT_INTERVAL": 2.0,      # seconds between a worker's presence beats
     "MAX_DELIVERIES": 5,            # a durable message whose workers died this often: dead letter
     "SUBSCRIPTION_SECONDS": 604800, # how long events queue for a subscriber domain with no worker
+    "CONTRACTS_SNAPSHOT": "contracts.json",  # what `bus contracts check` compares the code with
     "CHANNEL_LAYER": "default",     # alias in CHANNEL_LAYERS the bus talks through
     "READ_YOUR_WRITES_SECONDS": 5.0,  # how long a writer keeps reading its primary
     "MODE_CACHE_SECONDS": 1.0,      # how stale a worker's view of read-only mode may be
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 2.0,
     "MAX_DELIVERIES": 5,
     "SUBSCRIPTION_SECONDS": 7 * 86400,
+    "CONTRACTS_SNAPSHOT": "contracts.json",
     "CHANNEL_LAYER": "default",
     "READ_YOUR_WRITES_SECONDS": 5.0,
     "MODE_CACHE_SECONDS": 1.0,

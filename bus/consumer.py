@@ -37,7 +37,7 @@ from .exceptions import (
 )
 from .inbox import ALREADY_PROCESSED, once
 from .receipts import Receipt
-from .targets import Method, lookup_event, lookup_method
+from .targets import Method, contract_version, lookup_event, lookup_method
 from .threads import in_pool
 
 if TYPE_CHECKING:
@@ -172,8 +172,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             logger.error("Command %s refused: %s", messages.clip(envelope["target"]), _said(exc))
 
     async def bus_event(self, envelope: messages.Envelope) -> None:
-        """Run the subscription's handler. An outbox relay asked for an answer and retries itself;
-        a published event that fails is retried here, then dead-lettered."""
+        """Run the subscription's handler; a failure is retried here, then dead-lettered (an
+        event someone sent as a request, with a reply channel, is answered instead)."""
         subscription = self.service.subscriptions.get(envelope["target"])
         try:
             if subscription is None:
@@ -196,6 +196,23 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                 await self.retry_or_bury(envelope, _remote(exc, cause=exc), subscription.retries)
         else:
             await self.reply(envelope)
+
+    def _method(self, target: str, caller_version: str) -> Method:
+        """The method `target` names; one this worker's contract lacks is UnknownTarget naming
+        both versions (a newer caller, during a rolling deploy)."""
+        try:
+            return lookup_method(target)
+        except UnknownTarget as exc:
+            service = self.service.contract.name
+            if not target.startswith(f"{service}.") or not caller_version:
+                raise
+            raise UnknownTarget(
+                f"{exc.message} This worker runs {service}'s contract version {contract_version(service)}, "
+                f"the caller's is {caller_version}: deploy {service}'s new workers before callers use it.",
+                target=target,
+                version=contract_version(service),
+                caller_version=caller_version,
+            ) from None
 
     def _exactly_once(self, handler: Any) -> Any:
         """A durable message's sync handler, run through the domain's inbox when it has one."""
@@ -247,14 +264,15 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
     async def execute(self, envelope: messages.Envelope) -> Any:
         """Run the method the envelope names; every failure comes out as a BusError."""
         method: Method | None = None
+        caller_version = str(envelope["headers"].get("contract") or "")
         try:
-            method = lookup_method(envelope["target"])
+            method = self._method(envelope["target"], caller_version)
             if method.service != self.service.contract.name:
                 raise BadMessage(
                     f"{envelope['target']} was sent to the {self.service.contract.name!r} channel; "
                     f"send it to {method.service!r}."
                 )
-            arguments = method.validate_arguments(envelope["body"])
+            arguments = method.validate_arguments(envelope["body"], caller_version=caller_version)
             if not method.read:
                 reason = await modes.aread_only_reason(method.service)
                 if reason is not None:

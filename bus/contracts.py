@@ -22,12 +22,14 @@ checks the arguments and knows what comes back:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import types
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ModelWrapValidatorHandler, ValidationInfo, model_validator
 
 from .client import Bus, default_bus
 from .exceptions import ContractError
@@ -55,9 +57,23 @@ _contracts: dict[str, type[Contract]] = {}
 
 
 class Schema(BaseModel):
-    """Base for the types a contract names: no unknown fields, immutable once built."""
+    """Base for the types a contract names: no unknown fields, immutable once built.
+
+    Readers (a caller reading a result, a subscriber reading an event) validate with
+    `bus.targets.READERS`: there, fields their contract does not know are ignored, so that a newer
+    worker or publisher may add fields while older readers still run (a rolling deploy).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _readers_ignore_unknown_fields(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        if info.context and info.context.get("ignore_unknown_fields") and isinstance(data, dict):
+            data = {name: value for name, value in data.items() if name in cls.model_fields}
+        return handler(data)
 
 
 def rpc(
@@ -178,7 +194,7 @@ class Contract:
                 f"Service name {name!r} is already used by {existing.__module__}.{existing.__qualname__}."
             )
         _contracts[name] = cls
-        register(name, cls.methods, cls.events)
+        register(name, cls.methods, cls.events, version=cls.version())
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -196,6 +212,16 @@ class Contract:
                 for name, event in cls.events.items()
             },
         }
+
+    @classmethod
+    def version(cls) -> str:
+        """A fingerprint of what the contract promises (its schema without descriptions): workers
+        announce it with their heartbeat, callers send it with every message, so `bus status`
+        shows a domain that runs two versions, and errors name both."""
+        canonical = json.dumps(
+            _without_descriptions(cls.json_schema()), sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @classmethod
     def client(cls: type[C], bus: Bus | None = None) -> C:
@@ -217,6 +243,14 @@ def _remote(bus: Bus, method: Method) -> Callable[..., Any]:
     call.__name__ = method.name
     call.__doc__ = method.doc
     return call
+
+
+def _without_descriptions(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_descriptions(value) for key, value in schema.items() if key != "description"}
+    if isinstance(schema, list):
+        return [_without_descriptions(value) for value in schema]
+    return schema
 
 
 def contracts() -> dict[str, type[Contract]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
+from channels.routing import get_default_application
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic refuses typing's on Python < 3.12
 
@@ -13,6 +15,7 @@ from .databases import alias_for
 from .models import DeadLetter
 from .modes import read_only_modes
 from .threads import in_pool
+from .worker import served_channels
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -26,6 +29,10 @@ class DomainStatus(TypedDict):
     retrying: Annotated[int, Field(description="commands and events waiting for their next try")]
     read_only: Annotated[
         str | None, Field(description="why the domain is read-only; null when it takes writes")
+    ]
+    versions: Annotated[
+        dict[str, int],
+        Field(description="contract versions its live workers serve, with how many serve each"),
     ]
 
 
@@ -44,16 +51,18 @@ async def astatus() -> SystemStatus:
     read_only = await in_pool(read_only_modes)
     domains: list[DomainStatus] = []
     with translate_broker_errors():
-        for name in sorted(contracts()):
+        for name in _domains():
             durable = await layer.durable_depth(name) if default_bus.durable else None
+            workers = await layer.presence(name)
             domains.append(
                 DomainStatus(
                     domain=name,
-                    workers=await layer.presence(name),
+                    workers=workers,
                     queued=await layer.queue_depth(name) + (durable.waiting if durable else 0),
                     held=durable.held if durable else 0,
                     retrying=durable.delayed if durable else 0,
                     read_only=read_only.get(name),
+                    versions=_versions(name, workers),
                 )
             )
     return SystemStatus(
@@ -63,3 +72,17 @@ async def astatus() -> SystemStatus:
 
 def _dead_letters() -> int:
     return int(DeadLetter.objects.using(alias_for("bus", write=False)).filter(replayed_at=None).count())
+
+
+def _versions(domain: str, workers: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """How many live workers serve each version of the domain's contract ("?" for one that does
+    not say: a worker older than contract versions)."""
+    counted = Counter(str((info.get("contracts") or {}).get(domain, "?")) for info in workers.values())
+    return dict(sorted(counted.items()))
+
+
+def _domains() -> list[str]:
+    """The domains this deployment routes (routing.py's `channel` entry), else every contract
+    this process declares."""
+    routed = served_channels(get_default_application())
+    return routed or sorted(contracts())

@@ -13,7 +13,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pydantic
 import pydantic_core
@@ -21,7 +21,17 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
 from .exceptions import ContractError, InvalidResult, UnknownTarget, ValidationError
 
-__all__ = ["Delivery", "Event", "Method", "RpcOptions", "lookup_event", "lookup_method", "register"]
+__all__ = [
+    "READERS",
+    "Delivery",
+    "Event",
+    "Method",
+    "RpcOptions",
+    "contract_version",
+    "lookup_event",
+    "lookup_method",
+    "register",
+]
 
 # Keywords of bus.call itself; a contract argument with one of these names could never be passed.
 RESERVED_ARGUMENTS = frozenset({"timeout"})
@@ -40,7 +50,12 @@ def _validation_error(
     return kind(f"Invalid {what}: {listed}.", errors=errors)
 
 
-def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
+#: The validation context of readers (a result, an event): fields their contract does not know
+#: are ignored (`bus.contracts.Schema`), so a newer writer may add some during a rolling deploy.
+READERS: Final = {"ignore_unknown_fields": True}
+
+
+def _strict_json(model: type[M], data: dict[str, Any], what: str, context: dict[str, Any] | None = None) -> M:
     """Validate as JSON, strictly: "2" is not an int, but an ISO string is a datetime.
 
     The same rule on both sides of the bus: a caller may pass Python values (datetimes, models)
@@ -51,7 +66,7 @@ def _strict_json(model: type[M], data: dict[str, Any], what: str) -> M:
     except pydantic_core.PydanticSerializationError as exc:
         raise ValidationError(f"Invalid {what}: a value cannot be encoded as JSON ({exc}).") from None
     try:
-        return model.model_validate_json(encoded, strict=True)
+        return model.model_validate_json(encoded, strict=True, context=context)
     except pydantic.ValidationError as exc:
         raise _validation_error(what, exc) from None
 
@@ -116,13 +131,37 @@ class Method:
         self.result_type: Any = hints.get("return", Any)
         self._result = TypeAdapter(self.result_type)
 
-    def validate_arguments(self, arguments: dict[str, Any]) -> BaseModel:
-        """The arguments as the contract's model, or a ValidationError naming each bad field."""
+    def validate_arguments(
+        self, arguments: dict[str, Any], *, caller_version: str | None = None
+    ) -> BaseModel:
+        """The arguments as the contract's model, or a ValidationError naming each bad field.
+
+        On a worker (`caller_version` given: the caller's contract version, from the envelope), an
+        argument this contract does not know is refused with both versions named, never ignored:
+        during a rolling deploy it is one a newer caller set, and dropping it would do something
+        else than asked.
+        """
+        known = set(self.parameters)
+        unknown = sorted(set(arguments) - known) if isinstance(arguments, dict) else []
+        if unknown and caller_version is not None:
+            mine = contract_version(self.service)
+            raise ValidationError(
+                f"Unknown argument(s) {', '.join(map(repr, unknown))} for {self.target}: this side runs "
+                f"{self.service}'s contract version {mine or '?'}, the caller's is {caller_version or '?'}. "
+                f"A newer caller set an argument older workers do not know: deploy {self.service}'s new "
+                "workers first, or do not pass it until they run.",
+                errors=[{"field": name, "message": "unknown argument"} for name in unknown],
+                unknown=unknown,
+                version=mine,
+                caller_version=caller_version,
+            )
         return _strict_json(self.arguments, arguments, f"arguments for {self.target}")
 
     def dump_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Validated arguments in their JSON form, ready for the wire."""
-        dumped: dict[str, Any] = self.validate_arguments(arguments).model_dump(mode="json")
+        """Validated arguments in their JSON form, ready for the wire: only those the caller set,
+        so a worker of an older contract version is not sent a new optional argument's default."""
+        model = self.validate_arguments(arguments)
+        dumped: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True)
         return dumped
 
     def dump_result(self, value: Any) -> Any:
@@ -133,9 +172,10 @@ class Method:
             raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 
     def load_result(self, data: Any) -> Any:
-        """A JSON result turned back into the declared type, for typed clients."""
+        """A JSON result turned back into the declared type, for typed clients; fields a newer
+        worker added are ignored."""
         try:
-            return self._result.validate_python(data)
+            return self._result.validate_python(data, context=READERS)
         except pydantic.ValidationError as exc:
             raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 
@@ -180,12 +220,14 @@ class Event:
         self.name = name
 
     def load(self, payload: dict[str, Any]) -> BaseModel:
-        """The payload as its model, or a ValidationError naming each bad field."""
-        return _strict_json(self.payload, payload, f"payload for event {self.target}")
+        """The payload as a subscriber reads it: fields a newer publisher added are ignored, the
+        rest checked strictly; a ValidationError names each bad field."""
+        return _strict_json(self.payload, payload, f"payload for event {self.target}", READERS)
 
     def validate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The payload in JSON form, ready for the wire."""
-        dumped: dict[str, Any] = self.load(payload).model_dump(mode="json")
+        """The payload as its publisher writes it (strictly: no unknown field), in JSON form."""
+        model = _strict_json(self.payload, payload, f"payload for event {self.target}")
+        dumped: dict[str, Any] = model.model_dump(mode="json")
         return dumped
 
     @property
@@ -198,15 +240,22 @@ class Event:
 class _Members:
     methods: dict[str, Method]
     events: dict[str, Event]
+    version: str
 
 
 # Every service declared in this process: its methods and events by name.
 _services: dict[str, _Members] = {}
 
 
-def register(service: str, methods: dict[str, Method], events: dict[str, Event]) -> None:
+def register(service: str, methods: dict[str, Method], events: dict[str, Event], version: str = "") -> None:
     """Make a service's methods and events reachable by target (a Contract does it when declared)."""
-    _services[service] = _Members(methods, events)
+    _services[service] = _Members(methods, events, version)
+
+
+def contract_version(service: str) -> str:
+    """The fingerprint of `service`'s contract as this process declares it ("" if unknown)."""
+    members = _services.get(service)
+    return members.version if members is not None else ""
 
 
 def _split(target: str, what: str) -> tuple[str, _Members, str]:

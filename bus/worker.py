@@ -44,7 +44,7 @@ from .exceptions import BadMessage
 from .receipts import Receipt
 from .replies import receive_batch
 from .services import Periodic, Service, implementation
-from .targets import Delivery, lookup_event
+from .targets import Delivery, contract_version, lookup_event
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
@@ -319,6 +319,8 @@ class Worker:
                 "concurrency": self.concurrency,
                 "in_flight": len(self._tasks),
                 "handled": self.handled,
+                # Which version of each contract it serves: `bus status` shows a domain running two.
+                "contracts": {channel: contract_version(channel) for channel in self.channels},
             }
             metrics.in_flight.labels(",".join(self.channels)).set(len(self._tasks))
             try:

@@ -202,16 +202,10 @@ def start_worker(
         wait: bool = True,
         extra_env: dict[str, str] | None = None,
         data_dir: Path | None = None,
+        settings: str = "tests.settings",
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        command = [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "runworker",
-            *channels,
-            "--settings",
-            "tests.settings",
-        ]
+        command = [sys.executable, str(ROOT / "manage.py"), "runworker", *channels, "--settings", settings]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
         if metrics_port is not None:

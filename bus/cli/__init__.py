@@ -5,6 +5,7 @@
     status                  status.py      live workers, queued messages, modes
     readonly, cleanup       admin.py       an operator's switches
     deadletters             deadletters.py list, show, replay, purge
+    contracts               contracts.py   check the contracts against their snapshot, or record it
 
 base.py holds what they share: the table's row (`Action`), exit codes and how an error reads.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from .admin import CLEANUP, READONLY
 from .base import Action, Stop, describe, exit_code
+from .contracts import CONTRACTS
 from .deadletters import DEADLETTERS
 from .listing import SERVICES
 from .messaging import CALL, PUBLISH, SEND
@@ -20,4 +22,14 @@ from .status import STATUS
 
 __all__ = ["ACTIONS", "Action", "Stop", "describe", "exit_code"]
 
-ACTIONS: tuple[Action, ...] = (CALL, SEND, PUBLISH, SERVICES, STATUS, DEADLETTERS, READONLY, CLEANUP)
+ACTIONS: tuple[Action, ...] = (
+    CALL,
+    SEND,
+    PUBLISH,
+    SERVICES,
+    STATUS,
+    DEADLETTERS,
+    CONTRACTS,
+    READONLY,
+    CLEANUP,
+)

@@ -19,7 +19,11 @@ def status_lines(report: SystemStatus) -> list[str]:
     for row in report["domains"]:
         mode = f", READ-ONLY ({row['read_only']})" if row["read_only"] is not None else ""
         queues = f"{row['queued']} queued, {row['held']} being handled, {row['retrying']} waiting to retry"
-        lines.append(f"{row['domain']}: {len(row['workers'])} worker(s), {queues}{mode}")
+        versions = ""
+        if len(row["versions"]) > 1:
+            running = ", ".join(f"{version} x{count}" for version, count in row["versions"].items())
+            versions = f", {len(row['versions'])} CONTRACT VERSIONS LIVE ({running})"
+        lines.append(f"{row['domain']}: {len(row['workers'])} worker(s), {queues}{mode}{versions}")
         for worker_id, info in sorted(row["workers"].items()):
             load = f"in flight {info.get('in_flight')}/{info.get('concurrency')}"
             lines.append(f"  {worker_id}  {load}, handled {info.get('handled')}")

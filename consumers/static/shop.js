@@ -1221,7 +1221,10 @@
       h("div", { class: "domain-head" },
         h("span", { class: `health-dot ${workers.length ? "ok" : "down"}`, "aria-hidden": "true" }),
         h("strong", { text: domain.domain }),
-        domain.read_only ? h("span", { class: "tag tag-warn", title: domain.read_only, text: "READ-ONLY" }) : null
+        domain.read_only ? h("span", { class: "tag tag-warn", title: domain.read_only, text: "READ-ONLY" }) : null,
+        Object.keys(domain.versions || {}).length > 1
+          ? h("span", { class: "tag tag-warn", title: `contract versions live: ${Object.entries(domain.versions).map(([v, n]) => `${v} x${n}`).join(", ")}`, text: `${Object.keys(domain.versions).length} VERSIONS` })
+          : null
       ),
       domain.read_only ? h("p", { class: "small text-warn domain-reason", text: domain.read_only }) : null,
       h("dl", { class: "domain-stats" },
