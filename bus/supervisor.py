@@ -50,6 +50,8 @@ class Child:
     restarts: int = 0
     # Ends since it last ran healthily: the attempt number of its next backoff.
     failures: int = 0
+    # Stopped on purpose (a scaler retired it): not started again once it has ended.
+    retired: bool = False
 
 
 def shown(raw: bytes, size: int) -> str:
@@ -137,10 +139,12 @@ class Supervisor:
         grace: float = 15.0,
         restart: Backoff | None = None,
     ) -> None:
-        colour = out.isatty() and not os.environ.get("NO_COLOR")
-        for index, child in enumerate(children):
-            child.colour = _COLOURS[index % len(_COLOURS)] if colour else ""
-        self.children = children
+        self._colour = out.isatty() and not os.environ.get("NO_COLOR")
+        self.children: list[Child] = []
+        self._watchers: set[asyncio.Task[None]] = set()  # one per child, once `run` has started
+        self._started = False
+        for child in children:
+            self.add(child)
         self.out = out
         self.grace = grace
         self.restart = restart or backoff_setting("RESTART_BACKOFF")
@@ -168,6 +172,19 @@ class Supervisor:
                 logger.warning("The output of the processes can be written again.")
             self._out_failed = False
 
+    def add(self, child: Child) -> None:
+        """Supervise one more child (a scaler adding a worker); started at once if `run` runs."""
+        child.colour = _COLOURS[len(self.children) % len(_COLOURS)] if self._colour else ""
+        self.children.append(child)
+        if self._started:
+            self._watchers.add(asyncio.get_running_loop().create_task(self._keep(child)))
+
+    def retire(self, child: Child) -> None:
+        """Stop one child for good (SIGTERM: a worker drains) and forget it once it has ended."""
+        child.retired = True
+        if self._alive(child):
+            child.process.terminate()  # type: ignore[union-attr]
+
     def stop(self) -> None:
         """Stop every child (what SIGTERM and SIGINT do); `run` returns once they have ended."""
         self._stopping.set()
@@ -177,12 +194,13 @@ class Supervisor:
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
-        watchers = [asyncio.create_task(self._keep(child)) for child in self.children]
+        self._started = True
+        self._watchers |= {asyncio.create_task(self._keep(child)) for child in self.children}
         await self._stopping.wait()
         self.say("up", "", f"stopping {len(self.children)} process(es)")
         for child in self._running():
             child.process.terminate()  # type: ignore[union-attr]
-        _, late = await asyncio.wait(watchers, timeout=self.grace)
+        _, late = await asyncio.wait(self._watchers, timeout=self.grace)
         for child in self._running():
             self.say(child.name, child.colour, f"did not stop within {self.grace:.0f} s; killing it")
             child.process.kill()  # type: ignore[union-attr]
@@ -203,9 +221,11 @@ class Supervisor:
                 # A bug here must not leave the child unwatched (its pipe full, its death unseen).
                 logger.exception("Watching %s failed.", child.name)
                 what = f"its watcher failed ({type(exc).__name__}: {exc})"
-            if self._stopping.is_set() and not self._alive(child):
+            if (self._stopping.is_set() or child.retired) and not self._alive(child):
                 if child.process is not None and child.process.returncode is not None:
                     self.say(child.name, child.colour, f"stopped ({ending(child.process.returncode)})")
+                if child.retired:
+                    self.children.remove(child)
                 return
             if asyncio.get_running_loop().time() - started > _HEALTHY_AFTER:
                 child.failures = 0
@@ -234,7 +254,7 @@ class Supervisor:
     async def _watch(self, child: Child) -> str:
         """Start the child unless it still runs, relay its output until it ends; how it ended."""
         if child.process is None:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or child.retired:
                 return "not started again: stopping"
             try:
                 child.process = await asyncio.create_subprocess_exec(
