@@ -39,9 +39,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -178,7 +178,7 @@ def worker_argv(kind: str, name: str) -> list[str]:
             sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo",
             "-c", "1", "-Q", "bench.take", "-n", f"{name}@%h", "--loglevel", "WARNING",
         ]  # fmt: skip
-    return [sys.executable, str(ROOT / "bench" / "faststream_app.py")]
+    return [sys.executable, str(ROOT / "bench" / "faststream_app.py"), "take"]
 
 
 def start_worker(url: str, kind: str, index: int, processes: common.Processes) -> str:
@@ -224,11 +224,11 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
     """The four stacks, and what closes their producers' connections."""
     from faststream.redis import RedisBroker
 
-    import bus
     from bench import celery_app, faststream_app
     from bench.sink import Sink
+    from bus.client import default_bus
 
-    broker = RedisBroker(url, logger=None)
+    broker = RedisBroker(url, logger=faststream_app.quiet_logger())
     await broker.connect()
 
     async def bus_durable(sent: float) -> None:
@@ -247,7 +247,7 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
         from channels.layers import get_channel_layer
 
         await broker.stop()
-        await bus.default_bus.aclose()
+        await default_bus.aclose()
         await get_channel_layer().close_pools()
 
     return [
@@ -525,10 +525,7 @@ def plan_for(arguments: argparse.Namespace) -> Plan:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    try:
-        import celery  # noqa: F401
-        import faststream  # noqa: F401
-    except ImportError:
+    if not all(importlib.util.find_spec(name) for name in ("celery", "faststream")):
         print('bench/delivery.py needs the bench extra: .venv/bin/pip install -e ".[bench]"', file=sys.stderr)
         return 2
     plan = plan_for(arguments)

@@ -9,8 +9,10 @@ application = ProtocolTypeRouter(
     {
         **routing.application.application_mapping,
         "channel": ChannelNameRouter(
-            {**routing.application.application_mapping["channel"].application_mapping,
-             "sink": SinkService.as_asgi()}
+            {
+                **routing.application.application_mapping["channel"].application_mapping,
+                "sink": SinkService.as_asgi(),
+            }
         ),
     }
 )
