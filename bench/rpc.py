@@ -577,8 +577,9 @@ async def run_benchmark(
             await fast.close()
 
 
-def header(url: str, plan: Plan, compared: bool) -> list[str]:
-    """The report's title and setup lines."""
+def header(url: str, plan: Plan, compared: bool | None = None) -> list[str]:
+    """The report's title and setup lines; `compared`: whether Celery and FastStream were measured
+    (None: not asked, as in a profile)."""
     title = "RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py"
     if compared:
         title += " vs Celery vs FastStream"
@@ -598,6 +599,8 @@ def header(url: str, plan: Plan, compared: bool) -> list[str]:
             ]
             if compared
             else ['- Celery and FastStream left out: install the bench extra (`pip install -e ".[bench]"`)']
+            if compared is False
+            else []
         ),
         "",
     ]
@@ -787,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if arguments.profile:
                 common.setup_django(url)
                 rows, profiled, worker_profile = asyncio.run(run_profile(url, worker, processes, plan))
-                lines = [*header(url, plan, False), *profile_report(rows, profiled, worker_profile)]
+                lines = [*header(url, plan), *profile_report(rows, profiled, worker_profile)]
             else:
                 servers = {
                     "raw": processes.start("raw", [sys.executable, __file__, "--serve-raw", url]),
