@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/all.py [--quick] [--output bench/results/all.md]
 
-Runs bench/rpc.py (the bus against the raw channels-redis layer and a hand-rolled redis-py
-request/reply), bench/edge.py (HTTP through the bus against a plain Channels endpoint,
+Runs bench/rpc.py (the bus against the raw channels-redis layer, a hand-rolled redis-py
+request/reply, Celery and FastStream), bench/delivery.py (durable one-way commands: the bus
+at-least-once and at-most-once against Celery with late acknowledgement and FastStream's Redis
+stream consumer group), bench/edge.py (HTTP through the bus against a plain Channels endpoint,
 WebSockets held, broadcast fan-out) and bench/checkout.py (20 clients placing orders through the
 HTTP API of `manage.py up`, on SQLite and PostgreSQL), each in its own process so that none warms
-another, and joins their reports. The figures of the first two are ratios to baselines measured in
-the same run; the checkout's are absolute, with the CPU each process spent.
+another, and joins their reports. The figures of the first three are compared with baselines
+measured in the same run; the checkout's are absolute, with the CPU each process spent.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SUITE = ["rpc.py", "edge.py", "checkout.py"]
+SUITE = ["rpc.py", "delivery.py", "edge.py", "checkout.py"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/rpc.py [--requests N] [--quick] [--output PATH] [--profile]
 
 Run from the repository root. It starts its own redis-server on a free loopback port and, in
-one run, measures three request/reply stacks, each sequentially (1 in flight) and with 10 and
+one run, measures five request/reply stacks, each sequentially (1 in flight) and with 10 and
 100 calls in flight, and prints a Markdown table:
 
 1. bus: ``await bus.acall("echo.add", a=1, b=2)`` to one ``manage.py runworker echo`` process;
@@ -11,11 +11,19 @@ one run, measures three request/reply stacks, each sequentially (1 in flight) an
    per process and replies matched by id (the stock layer's best case), served by
    ``bench/rpc.py --serve-raw URL`` (receive, then send back);
 3. hand-rolled redis-py: LPUSH a msgpack request, the server (``--serve-redis URL``) BRPOPs it
-   and LPUSHes the reply onto the caller's list, which one BRPOP task reads: the floor.
+   and LPUSHes the reply onto the caller's list, which one BRPOP task reads: the floor;
+4. Celery: ``add.delay(1, 2).get()`` (bench/celery_app.py) with Redis as broker and result
+   backend, served by ``celery worker -P solo -c 1`` (one process, like the bus's worker).
+   `AsyncResult.get` blocks, so with more than one call in flight each waits in a thread of a
+   pool, as ``asyncio.to_thread`` would;
+5. FastStream: ``await broker.request({"a": 1, "b": 2}, list=...)`` to a list subscriber
+   (bench/faststream_app.py), which replies on the caller's own pub/sub channel.
 
-Both baselines use redis-py's asyncio client on both sides, as the bus does, so the comparison
-is about the protocol, not sync versus async. ``--requests N`` sets the calls of a sequential
-row (default 2,000); an in-flight row makes 2.5 times as many (default 5,000).
+The raw and hand-rolled baselines use redis-py's asyncio client on both sides, as the bus does,
+so the comparison with them is about the protocol, not sync versus async. Rows 4 and 5 need the
+``bench`` extra (celery, faststream); without it they are left out, and the report says so.
+``--requests N`` sets the calls of a sequential row (default 2,000); an in-flight row makes 2.5
+times as many (default 5,000).
 
 ``--profile`` runs only the bus sequential and 100-in-flight rows, under pyinstrument in this
 (client) process and, when py-spy is installed, ``py-spy record`` on the worker process, and
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import math
 import os
 import signal
@@ -36,6 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +66,8 @@ SLICES = 5
 CALL_TIMEOUT = 10.0  # seconds a baseline call waits for its reply before it counts as failed
 MAX_ERRORS = 10  # failed calls after which a row is abandoned
 READY_TIMEOUT = 60.0
+CELERY, FASTSTREAM = "Celery", "FastStream"
+CELERY_SERVER, FASTSTREAM_SERVER = "celery-rpc", "faststream-rpc"  # their server processes
 GOAL_P50_RATIO = 1.25
 GOAL_CALLS_PER_SECOND = 6000
 
@@ -188,6 +200,12 @@ class System:
     name: str
     call: Call
     pids: Mapping[str, int | None]
+    #: How to call it with more than one call in flight, when that differs (Celery: in threads).
+    concurrent_call: Call | None = None
+
+    def call_for(self, in_flight: int) -> Call:
+        """The call to make with `in_flight` calls at once."""
+        return self.call if in_flight == 1 or self.concurrent_call is None else self.concurrent_call
 
 
 async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[[], int]) -> list[Row]:
@@ -197,14 +215,16 @@ async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[
     after the other, the same stack's sequential p50 moved by 40% between runs.
     """
     for system in systems:
-        await measure(system.name, system.call, plan.warmup, 1)
-        await measure(system.name, system.call, plan.warmup, max(IN_FLIGHT))  # opens the pools too
+        await measure(system.name, system.call_for(1), plan.warmup, 1)
+        busiest = max(IN_FLIGHT)
+        await measure(system.name, system.call_for(busiest), plan.warmup, busiest)  # opens the pools too
     rows: dict[tuple[str, int], Row] = {}
     for in_flight in IN_FLIGHT:
         for _ in range(SLICES):
             for system in systems:
                 calls = plan.calls(in_flight) // SLICES
-                part = await measure(system.name, system.call, calls, in_flight, system.pids, commands)
+                call = system.call_for(in_flight)
+                part = await measure(system.name, call, calls, in_flight, system.pids, commands)
                 key = (system.name, in_flight)
                 rows[key] = rows[key].joined(part) if key in rows else part
         for system in systems:
@@ -337,6 +357,65 @@ class HandClient(_Replies):
         await self.redis.aclose()
 
 
+class CeleryClient:
+    """Request/reply through Celery: a task's result, read back from the Redis result backend."""
+
+    def __init__(self) -> None:
+        from bench import celery_app
+
+        self.task = celery_app.add
+        self.threads = ThreadPoolExecutor(max(IN_FLIGHT), thread_name_prefix="celery-call")
+
+    def call_sync(self) -> Any:
+        """One round trip, as sync code makes it: `AsyncResult.get` blocks until the reply."""
+        result = self.task.delay(1, 2).get(timeout=CALL_TIMEOUT)
+        if result != 3:
+            raise ValueError(f"bench.add(1, 2) answered {result!r}, not 3")
+        return result
+
+    async def call(self) -> Any:
+        """One round trip in this thread: with one call in flight nothing else waits meanwhile."""
+        return self.call_sync()
+
+    async def threaded(self) -> Any:
+        """One round trip in a thread of the pool, so that others can be in flight meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.threads, self.call_sync)
+
+    async def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+class FastStreamClient:
+    """Request/reply through FastStream: `broker.request` to a list subscriber."""
+
+    def __init__(self, url: str) -> None:
+        from faststream.redis import RedisBroker
+
+        from bench.faststream_app import quiet_logger
+
+        # Each request in flight holds a pub/sub connection for its reply: room for 100 of them,
+        # as the raw baseline has (redis-py 8's default pool stops at 100).
+        self.broker = RedisBroker(url, logger=quiet_logger(), max_connections=400)
+
+    async def start(self) -> None:
+        await self.broker.connect()
+
+    async def call(self) -> Any:
+        """One round trip."""
+        from bench.faststream_app import ADD_LIST
+
+        reply = await self.broker.request({"a": 1, "b": 2}, list=ADD_LIST, timeout=CALL_TIMEOUT)
+        return await reply.decode()
+
+    async def close(self) -> None:
+        await self.broker.stop()
+
+
+def compared_installed() -> bool:
+    """Whether Celery and FastStream (the `bench` extra) are installed."""
+    return all(importlib.util.find_spec(name) for name in ("celery", "faststream"))
+
+
 async def serve_raw(url: str) -> None:
     """The raw baseline's server: receive a request, send the reply back, forever."""
     import redis
@@ -429,15 +508,33 @@ def start_worker(url: str, processes: common.Processes) -> subprocess.Popen[byte
     return processes.start("worker", argv, env)
 
 
+def start_compared(url: str, processes: common.Processes) -> dict[str, subprocess.Popen[bytes]]:
+    """Start the Celery worker and the FastStream server (each sets its ready key when it serves)."""
+    from bench import probe
+
+    os.environ[probe.URL_VARIABLE] = url  # bench.celery_app, imported by this process too, reads it
+    celery = [
+        sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo", "-c", "1",
+        "-Q", "bench.add", "-n", f"{CELERY_SERVER}@%h", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    fast = [sys.executable, str(ROOT / "bench" / "faststream_app.py"), "add"]
+    started = {}
+    for name, argv in ((CELERY_SERVER, celery), (FASTSTREAM_SERVER, fast)):
+        env = {**os.environ, probe.URL_VARIABLE: url, probe.NAME_VARIABLE: name}
+        started[name] = processes.start(name, argv, env)
+    return started
+
+
 # --------------------------------------------------------------------------------------------
 # The benchmark run and its report
 # --------------------------------------------------------------------------------------------
 
 
 async def run_benchmark(
-    url: str, worker: subprocess.Popen[bytes], processes: common.Processes, plan: Plan
+    url: str, worker: subprocess.Popen[bytes], processes: common.Processes, plan: Plan, compared: bool
 ) -> list[Row]:
-    """Measure the three systems; rows in table order (bus, raw channels-redis, hand-rolled)."""
+    """Measure the systems; rows in table order (bus, raw channels-redis, hand-rolled, and with
+    `compared` Celery and FastStream)."""
     import redis
 
     redis_pid = processes.pid("redis-server")
@@ -449,6 +546,7 @@ async def run_benchmark(
     hand, raw = HandClient(url), RawClient(url)
     await hand.start()
     await raw.start()
+    celery = fast = None
     try:
         await wait_for_bus(worker, processes)
         systems = [
@@ -456,24 +554,54 @@ async def run_benchmark(
             System("raw channels-redis", raw.call, {"server": processes.pid("raw"), "redis": redis_pid}),
             System("hand-rolled redis-py", hand.call, {"server": processes.pid("hand"), "redis": redis_pid}),
         ]
+        if compared:
+            celery, fast = CeleryClient(), FastStreamClient(url)
+            await fast.start()
+            systems += [
+                System(
+                    CELERY, celery.call, {"server": processes.pid(CELERY_SERVER), "redis": redis_pid},
+                    concurrent_call=celery.threaded,
+                ),
+                System(
+                    FASTSTREAM, fast.call, {"server": processes.pid(FASTSTREAM_SERVER), "redis": redis_pid}
+                ),
+            ]  # fmt: skip
         return await run_systems(systems, plan, commands)
     finally:
         await close_bus()
         await raw.close()
         await hand.close()
+        if celery is not None:
+            await celery.close()
+        if fast is not None:
+            await fast.close()
 
 
-def header(url: str, plan: Plan) -> list[str]:
-    """The report's title and setup lines."""
+def header(url: str, plan: Plan, compared: bool | None = None) -> list[str]:
+    """The report's title and setup lines; `compared`: whether Celery and FastStream were measured
+    (None: not asked, as in a profile)."""
+    title = "RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py"
+    if compared:
+        title += " vs Celery vs FastStream"
+    extra = ("celery", "kombu", "faststream") if compared else ()
     return [
-        *common.report_header(
-            "RPC round trip: bus vs raw channels-redis vs hand-rolled redis-py", common.versions(url)
-        ),
+        *common.report_header(title, common.versions(url, extra)),
         f"- client and server in two OS processes on a private redis-server ({url}); "
         f"{plan.sequential:,} calls per sequential row, {plan.concurrent:,} per in-flight row, "
         f"after {plan.warmup} warm-up calls sequentially and {plan.warmup} with 100 in flight",
         "- CPU us/call: CPU time (user + system) each process used during the row, divided by its "
         "calls; server is the runworker process or the baseline's server script",
+        *(
+            [
+                f"- {CELERY}: `add.delay(1, 2).get()`, Redis broker and result backend, one "
+                "`celery worker -P solo` process; with 10 or 100 in flight each call waits in a thread "
+                f"of a pool. {FASTSTREAM}: `broker.request(..., list=...)` to one FastStream process"
+            ]
+            if compared
+            else ['- Celery and FastStream left out: install the bench extra (`pip install -e ".[bench]"`)']
+            if compared is False
+            else []
+        ),
         "",
     ]
 
@@ -668,11 +796,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "raw": processes.start("raw", [sys.executable, __file__, "--serve-raw", url]),
                     "hand": processes.start("hand", [sys.executable, __file__, "--serve-redis", url]),
                 }
+                compared = compared_installed()
+                if compared:
+                    servers.update(start_compared(url, processes))
                 for name, process in servers.items():
                     wait_for_server(url, name, process, processes)
                 common.setup_django(url)
-                rows = asyncio.run(run_benchmark(url, worker, processes, plan))
-                lines = [*header(url, plan), *table(rows), *goals(rows)]
+                rows = asyncio.run(run_benchmark(url, worker, processes, plan, compared))
+                lines = [*header(url, plan, compared), *table(rows), *goals(rows)]
             lines.append(f"\n_Whole run: {time.monotonic() - started:.1f} s._")
         except common.BenchmarkError as exc:
             return common.report_failure(exc, processes)
