@@ -26,7 +26,7 @@ from tests.conftest import (
     run_bus,
     wait_for_worker,
 )
-from tests.polling import apoll
+from tests.polling import apoll, poll
 
 pytestmark = [pytest.mark.redis]
 
@@ -133,16 +133,14 @@ async def test_sigterm_finishes_in_flight_work_and_leaves_the_rest_queued(
     worker = start_worker(redis_layer, "echo", concurrency=2)
     for n in range(6):
         await bus.asend("echo.sleep_sync", seconds=1.0, tag=f"job{n}")
-    await apoll(
-        lambda: get_channel_layer().durable_depth("echo"),
-        lambda depth: (depth.waiting, depth.held) == (4, 2),
-        what="the worker to take two jobs and leave four in Redis",
-    )
+    # The worker takes jobs as slots free up: stop it while it runs some (at most its 2 slots).
+    await asyncio.to_thread(poll, lambda: read_records(record_dir, "sleeping"), what="a job to start")
     assert await asyncio.to_thread(worker.terminate) == 0
-    assert sorted(read_records(record_dir, "slept")) == ["job0", "job1"]
+    slept, started = read_records(record_dir, "slept"), read_records(record_dir, "sleeping")
+    assert sorted(slept) == sorted(started) and 1 <= len(slept) <= 2, "what it had started, it finished"
     depth = await get_channel_layer().durable_depth("echo")
-    assert (depth.waiting, depth.held, depth.delayed) == (4, 0, 0), "the rest stays queued, none held"
-    assert "stopped after handling 2 message(s)" in worker.output()
+    assert (depth.waiting, depth.held, depth.delayed) == (6 - len(slept), 0, 0), "the rest stays queued"
+    assert f"stopped after handling {len(slept)} message(s)" in worker.output()
     assert presence(redis_layer, "echo") == {}, "a stopped worker withdraws its heartbeat"
 
 
