@@ -62,10 +62,7 @@ SERVERS: Schema = {
 CORRELATION_IDS: Schema = {
     "request": {"location": "$message.payload#/id", "description": "A reply's `in_reply_to` names it."},
     "reply": {"location": "$message.payload#/in_reply_to", "description": "The request it answers."},
-    "correlation": {
-        "location": "$message.payload#/correlation_id",
-        "description": "One id through every log.",
-    },
+    "correlation": {"location": "$message.payload#/correlation_id", "description": "One id in every log."},
 }
 
 
@@ -74,7 +71,7 @@ def document() -> dict[str, Any]:
     table (routing.py) serves. Built anew on each call: callers cache it."""
     declared = dict(sorted(contracts().items()))
     bodies, schemas = _payload_schemas(declared)
-    built = _Built(bodies, _subscribers())
+    built = _Built(declared, bodies)
     for contract in declared.values():
         built.add(contract)
     return {
@@ -95,16 +92,16 @@ def document() -> dict[str, Any]:
 class _Built:
     """The channels, operations and messages of the document, filled one contract at a time."""
 
-    def __init__(self, bodies: dict[Any, Schema], subscribed: dict[str, dict[str, int]]) -> None:
+    def __init__(self, declared: dict[str, type[Contract]], bodies: dict[Any, Schema]) -> None:
         self.bodies = bodies
-        self.subscribed = subscribed
+        self.subscribed = _subscribers()
         self.channels: dict[str, Schema] = {REPLY: _reply_channel()}
+        self.channels.update({name: _domain_channel(contract) for name, contract in declared.items()})
         self.operations: dict[str, Schema] = {}
         self.messages: dict[str, Schema] = {}
 
     def add(self, contract: type[Contract]) -> None:
         version = contract.version()
-        self.channels[contract.name] = _domain_channel(contract)
         for method in contract.methods.values():
             self.messages.update(_method_messages(method, self.bodies, version))
             self.operations.update(_method_operations(method, version))
@@ -117,7 +114,6 @@ class _Built:
             self.channels[_group(event)] = _event_channel(event)
             self.operations[f"{event.target}.publish"] = _publish(event, version)
             for domain, retries in self.subscribed.get(event.target, {}).items():
-                self.channels.setdefault(domain, {"address": domain, "messages": {}})
                 self._listen(domain, event.target, event.target)
                 self.operations[f"{event.target}.receive.{domain}"] = _receive(event, domain, retries)
 
