@@ -43,7 +43,7 @@ View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 V = TypeVar("V", bound=View)
 
 #: The modules that declare operations; urlpatterns() and the document import them all.
-MODULES = ("consumers.stock", "consumers.api", "consumers.health", "consumers.openapi")
+MODULES = ("consumers.stock", "consumers.api", "consumers.health", "consumers.openapi", "consumers.asyncapi")
 
 # Security requirements: each names components/securitySchemes that must all be sent (openapi.py).
 Security = Sequence[Mapping[str, Sequence[str]]]

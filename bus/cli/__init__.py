@@ -6,6 +6,7 @@
     readonly, cleanup       admin.py       an operator's switches
     deadletters             deadletters.py list, show, replay, purge
     contracts               contracts.py   check the contracts against their snapshot, or record it
+    asyncapi                asyncapi.py    the AsyncAPI 3.0 document of the bus, as JSON
 
 base.py holds what they share: the table's row (`Action`), exit codes and how an error reads.
 """
@@ -13,6 +14,7 @@ base.py holds what they share: the table's row (`Action`), exit codes and how an
 from __future__ import annotations
 
 from .admin import CLEANUP, READONLY
+from .asyncapi import ASYNCAPI
 from .base import Action, Stop, describe, exit_code
 from .contracts import CONTRACTS
 from .deadletters import DEADLETTERS
@@ -30,6 +32,7 @@ ACTIONS: tuple[Action, ...] = (
     STATUS,
     DEADLETTERS,
     CONTRACTS,
+    ASYNCAPI,
     READONLY,
     CLEANUP,
 )

@@ -140,6 +140,9 @@ def test_bus_help_lists_every_action_on_one_line(monkeypatch: pytest.MonkeyPatch
         "    services            list services: methods with arguments, events",
         "    status              workers, queued messages and modes per domain",
         "    deadletters         list, show, replay or purge dead letters",
+        "    contracts           check the contracts against their snapshot, or record",
+        "                        it",
+        "    asyncapi            print the AsyncAPI 3.0 document of the bus",
         "    readonly            switch a domain's read-only mode on or off",
         "    cleanup             delete old outbox rows, dedup records and sagas",
     ]
