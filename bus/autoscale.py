@@ -35,8 +35,8 @@ class Bounds:
     @classmethod
     def parse(cls, text: str) -> Bounds:
         """`3` (fixed) or `1:4` (between 1 and 4); ValueError saying what is wrong otherwise."""
-        least, _, most = text.partition(":")
-        if not least.isdigit() or (most and not most.isdigit()):
+        least, colon, most = text.partition(":")
+        if not least.isdigit() or (colon and not most.isdigit()):
             raise ValueError(f"a count is COUNT or MIN:MAX with whole numbers, not {text!r}")
         bounds = cls(int(least), int(most or least))
         if bounds.least < 1 or bounds.most < bounds.least:

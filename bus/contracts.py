@@ -29,7 +29,7 @@ import types
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, ModelWrapValidatorHandler, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from .client import Bus, default_bus
 from .exceptions import ContractError
@@ -60,20 +60,11 @@ class Schema(BaseModel):
     """Base for the types a contract names: no unknown fields, immutable once built.
 
     Readers (a caller reading a result, a subscriber reading an event) validate with
-    `bus.targets.READERS`: there, fields their contract does not know are ignored, so that a newer
-    worker or publisher may add fields while older readers still run (a rolling deploy).
+    `extra="ignore"` (bus/targets.py): there, fields their contract does not know are dropped, so
+    a newer worker or publisher may add fields while older readers still run (a rolling deploy).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _readers_ignore_unknown_fields(
-        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
-    ) -> Self:
-        if info.context and info.context.get("ignore_unknown_fields") and isinstance(data, dict):
-            data = {name: value for name, value in data.items() if name in cls.model_fields}
-        return handler(data)
 
 
 def rpc(

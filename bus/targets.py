@@ -13,7 +13,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import pydantic
 import pydantic_core
@@ -50,12 +50,14 @@ def _validation_error(
     return kind(f"Invalid {what}: {listed}.", errors=errors)
 
 
-#: The validation context of readers (a result, an event): fields their contract does not know
-#: are ignored (`bus.contracts.Schema`), so a newer writer may add some during a rolling deploy.
-READERS: Final = {"ignore_unknown_fields": True}
+#: How readers (of a result, of an event) validate: fields their contract does not know are
+#: dropped, so a newer writer may add some during a rolling deploy; the rest is checked as always.
+READERS: Final = "ignore"
 
 
-def _strict_json(model: type[M], data: dict[str, Any], what: str, context: dict[str, Any] | None = None) -> M:
+def _strict_json(
+    model: type[M], data: dict[str, Any], what: str, extra: Literal["ignore"] | None = None
+) -> M:
     """Validate as JSON, strictly: "2" is not an int, but an ISO string is a datetime.
 
     The same rule on both sides of the bus: a caller may pass Python values (datetimes, models)
@@ -66,7 +68,7 @@ def _strict_json(model: type[M], data: dict[str, Any], what: str, context: dict[
     except pydantic_core.PydanticSerializationError as exc:
         raise ValidationError(f"Invalid {what}: a value cannot be encoded as JSON ({exc}).") from None
     try:
-        return model.model_validate_json(encoded, strict=True, context=context)
+        return model.model_validate_json(encoded, strict=True, extra=extra)
     except pydantic.ValidationError as exc:
         raise _validation_error(what, exc) from None
 
@@ -175,7 +177,7 @@ class Method:
         """A JSON result turned back into the declared type, for typed clients; fields a newer
         worker added are ignored."""
         try:
-            return self._result.validate_python(data, context=READERS)
+            return self._result.validate_python(data, extra=READERS)
         except pydantic.ValidationError as exc:
             raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 

@@ -8,6 +8,7 @@ event field and a method.
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import bus
 from bus import Contract, Event, Schema, evolution, rpc
 from bus.client import default_bus
 from tests.conftest import ROOT, WorkerProcess, process_env, read_records
@@ -199,3 +201,32 @@ def test_the_committed_snapshot_matches_the_code() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts match contracts.json." in done.stdout
+
+
+# --- readers drop what they do not know, and check the rest as strictly as ever ----------------
+
+
+class Stamp(Schema):
+    at: datetime.datetime
+    count: int
+
+
+class Stamped(Contract, name="evo_stamped"):
+    stamped = Event(Stamp)
+
+    @rpc(read=True)
+    async def stamp(self) -> Stamp: ...
+
+
+def test_readers_ignore_new_fields_but_check_the_known_ones_strictly() -> None:
+    method, event = Stamped.methods["stamp"], Stamped.events["stamped"]
+    newer = {"at": "2026-12-05T10:00:00Z", "count": 2, "zone": "UTC"}
+    assert (
+        method.load_result(newer)
+        == event.load(newer)
+        == Stamp(at=datetime.datetime(2026, 12, 5, 10, tzinfo=datetime.UTC), count=2)
+    )
+    with pytest.raises(bus.ValidationError, match="count"):
+        event.load({**newer, "count": "2"})  # strict JSON: "2" is not an int
+    with pytest.raises(bus.ValidationError, match="zone"):
+        event.validate(newer)  # the publisher writes only what its own contract says

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
@@ -18,16 +19,20 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from bus.autoscale import Bounds, Policy, Scaler
 from bus.conf import bus_setting
 from bus.supervisor import Child, Supervisor
 from bus.worker import served_channels as domains
 
 
-def _count(text: str) -> tuple[str, int]:
-    name, _, number = text.partition("=")
-    if not number.isdigit() or int(number) < 1:
-        raise CommandError(f"--workers takes DOMAIN=COUNT with a count of at least 1, not {text!r}.")
-    return name, int(number)
+def _count(text: str) -> tuple[str, Bounds]:
+    name, _, count = text.partition("=")
+    try:
+        return name, Bounds.parse(count)
+    except ValueError as exc:
+        raise CommandError(
+            f"--workers takes DOMAIN=COUNT or DOMAIN=MIN:MAX (counts of at least 1), not {text!r}: {exc}."
+        ) from None
 
 
 class Command(BaseCommand):
@@ -44,8 +49,9 @@ class Command(BaseCommand):
             "--workers",
             action="append",
             default=[],
-            metavar="DOMAIN=COUNT",
-            help="worker processes of a domain, with REDIS_URL; repeat for more domains "
+            metavar="DOMAIN=COUNT|MIN:MAX",
+            help="worker processes of a domain, with REDIS_URL: a fixed COUNT, or between MIN and MAX "
+            "following its queue and load (bus/autoscale.py); repeat for more domains "
             "(default: one per domain)",
         )
         setup = ", ".join(bus_setting("UP_COMMANDS")) or "none are configured"
@@ -86,12 +92,18 @@ class Command(BaseCommand):
                 ],
             )
         ]
-        for domain in served:
-            for number in range(counts.get(domain, 1)):
-                name = domain if counts.get(domain, 1) == 1 else f"{domain}.{number + 1}"
-                children.append(Child(name, [sys.executable, sys.argv[0], "runworker", domain]))
-        self.stdout.write(f"{len(children)} processes on {type(layer).__name__}: {url}")
-        sys.exit(asyncio.run(Supervisor(children, out=sys.stdout).run()))
+        supervisor = Supervisor(children, out=sys.stdout)
+        scalers = [
+            Scaler(
+                supervisor, domain, Policy(counts.get(domain, Bounds(1, 1))), layer, _worker(domain, counts)
+            )
+            for domain in served
+        ]
+        for scaler in scalers:
+            scaler.start()
+        self.stdout.write(f"{len(supervisor.children)} processes on {type(layer).__name__}: {url}")
+        growing = [scaler for scaler in scalers if scaler.policy.bounds.least < scaler.policy.bounds.most]
+        sys.exit(asyncio.run(_supervise(supervisor, growing)))
 
     def _one_process(self, application: Any, served: list[str], host: str, port: int) -> None:
         # daphne's module installs Twisted's asyncio reactor: import it before anything else uses Twisted.
@@ -122,6 +134,27 @@ class Command(BaseCommand):
         daphne_server.Server(
             application, endpoints=[f"tcp:port={port}:interface={host}"], ready_callable=start_workers
         ).run()
+
+
+def _worker(domain: str, counts: dict[str, Bounds]) -> Callable[[int], Child]:
+    """Makes the domain's `number`th worker process: named `orders`, or `orders.2` when it may have more."""
+    several = counts.get(domain, Bounds(1, 1)).most > 1
+
+    def make(number: int) -> Child:
+        name = f"{domain}.{number}" if several else domain
+        return Child(name, [sys.executable, sys.argv[0], "runworker", domain])
+
+    return make
+
+
+async def _supervise(supervisor: Supervisor, scalers: list[Scaler]) -> int:
+    """Run the supervisor, and the scalers of domains that may grow, until it stops."""
+    following = [asyncio.create_task(scaler.run()) for scaler in scalers]
+    try:
+        return await supervisor.run()
+    finally:
+        for task in following:
+            task.cancel()
 
 
 def _asgi_path() -> str:
