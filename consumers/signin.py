@@ -3,7 +3,9 @@
 Failed attempts are counted in the `signin` cache, which every web process shares (Redis when
 REDIS_URL is set; process memory in the one-process demo, where there is one web process).
 Past the limit within the window, a sign-in is refused with 429 and Retry-After before the
-password is even checked, so guessing costs the guesser the whole window.
+password is even checked, so guessing costs the guesser the whole window. The admin's sign-in
+(`admin_login`, at /admin/login/) is the same view with the admin's form and template, counted
+in the same counters: a password guessed at one page is not guessed afresh at the other.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth.views import LoginView
 from django.core.cache import caches
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.urls import reverse
 
 DEFAULTS = {"ACCOUNT": 5, "ADDRESS": 20, "WINDOW": 900}
 
@@ -74,7 +79,8 @@ class ThrottledLoginView(LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         wait = blocked_for(request)
         if wait:
-            form = AuthenticationForm(request, initial={"username": request.POST.get("username", "")[:150]})
+            initial = {"username": request.POST.get("username", "")[:150]}
+            form = self.get_form_class()(request, initial=initial)
             # An unbound form, so the password is never checked; its errors carry the refusal.
             form.full_clean()
             form.cleaned_data = {}
@@ -91,3 +97,25 @@ class ThrottledLoginView(LoginView):
         if response.status_code == 200:  # the form came back with errors: a failed attempt
             record_failure(request)
         return response
+
+
+def admin_login(request: HttpRequest) -> HttpResponseBase:
+    """The admin's sign-in: Django's AdminSite.login, with ThrottledLoginView for its LoginView."""
+    site = admin.site
+    index = reverse("admin:index", current_app=site.name)
+    if request.method == "GET" and site.has_permission(request):
+        return HttpResponseRedirect(index)
+    context: dict[str, Any] = {
+        **site.each_context(request),
+        "title": "Log in",
+        "subtitle": None,
+        "app_path": request.get_full_path(),
+        "username": request.user.get_username(),
+    }
+    if REDIRECT_FIELD_NAME not in request.GET and REDIRECT_FIELD_NAME not in request.POST:
+        context[REDIRECT_FIELD_NAME] = index
+    request.current_app = site.name
+    view = ThrottledLoginView.as_view(
+        template_name="admin/login.html", authentication_form=AdminAuthenticationForm, extra_context=context
+    )
+    return view(request)

@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "project",  # its checks: no process starts with an unusable secret key
     "bus",  # before channels: its runworker replaces Channels' own
     "channels",
+    # The operators' pages at /admin/ (bus/admin.py and each app's admin.py), staff only.
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
