@@ -96,6 +96,8 @@ class Worker:
         self._seen = asyncio.Event()
         self.durable = hasattr(layer, "durable_receive")
         self._receivers = len(channels) * (2 if self.durable else 1)
+        # Receivers whose last receive found messages: the free slots are shared among them.
+        self._busy_receivers = self._receivers
         self.retries = deadletters.Retries()
 
     def stop(self) -> None:
@@ -163,8 +165,9 @@ class Worker:
         lost = 0.0  # since when receiving fails
         if durable:
             await self._wait(self._seen)
+        idle = False
         while not self._stopping.is_set():
-            slots = await self._take_slots()
+            slots = await self._take_slots(idle=idle)
             if slots == 0:
                 continue
             # The last free slots: other receivers wait for them, so this one waits on Redis briefly.
@@ -193,6 +196,9 @@ class Worker:
                 )
                 failures, lost = 0, 0.0
             self._give_back(slots - len(batch))
+            if idle != (not batch):
+                idle = not batch
+                self._busy_receivers += -1 if idle else 1
             for message, receipt in batch:
                 task = asyncio.create_task(self._handle(channel, message, receipt))
                 self._tasks.add(task)
@@ -211,18 +217,19 @@ class Worker:
         held = await self.layer.durable_receive(channel, self.worker_id, slots, timeout=wait)
         return [(one.message, Receipt(self.layer, channel, self.worker_id, one)) for one in held]
 
-    async def _take_slots(self) -> int:
-        """Wait for a free slot (or a stop), then take this channel's share of the free slots.
+    async def _take_slots(self, *, idle: bool) -> int:
+        """Wait for a free slot (or a stop), then take this receiver's share of the free slots.
 
         A share, not all: a receiver blocked on an idle channel must not hold the slots that
-        another channel's messages are waiting for.
+        another channel's messages (or the other side of its own) are waiting for. One that found
+        nothing last time waits with a single slot, and takes its share once messages come.
         """
         while self._free == 0 and not self._stopping.is_set():
             self._slot_freed.clear()
             await self._slot_freed.wait()
         if self._stopping.is_set():
             return 0
-        slots = max(1, -(-self._free // self._receivers))
+        slots = 1 if idle else max(1, -(-self._free // max(1, self._busy_receivers)))
         self._free -= slots
         return slots
 
