@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import bus
-from bus import Contract, Event, Schema, evolution, rpc
+from bus import Contract, ContractError, Event, Schema, evolution, rpc
 from bus.client import default_bus
 from tests.conftest import ROOT, WorkerProcess, process_env, read_records
 from tests.evolve.contract import NEW, Evolve
@@ -155,8 +155,12 @@ class Additive(Contract, name="evo_additive"):
     async def fresh(self) -> None: ...
 
 
+class Gone(ContractError):
+    """Nothing to look at any more."""
+
+
 class Breaking(Contract, name="evo_breaking"):
-    @rpc(errors=[], read=False)
+    @rpc(errors=[Gone], read=False)
     async def look(self, *, code: str, limit: str, depth: int) -> str: ...
 
 
@@ -179,6 +183,7 @@ def test_each_breaking_change_is_named() -> None:
     assert "BREAKING  evo.gone: method removed" in breaking
     assert "BREAKING  evo.seen: event removed" in breaking
     assert "BREAKING  evo.look: read changed from True to False" in breaking
+    assert "BREAKING  evo.look: errors changed from [] to ['evo_breaking.Gone']" in breaking
     assert "BREAKING  evo.look(arguments).sku: argument removed (or renamed)" in breaking
     assert (
         "BREAKING  evo.look(arguments).depth: new required argument: older callers do not send it" in breaking
