@@ -8,19 +8,22 @@ and add the small extension API the bus worker and ``bus status`` use (``presenc
 * ``queue_depth(channel)``: messages waiting on a normal channel, expired ones excluded.
 * ``presence_beat`` / ``presence_leave`` / ``presence``: which workers serve a channel.
 
-Delivery is at-most-once: a message popped off Redis by a receive that is then cancelled, or
-held by a worker that dies, is lost. Work that must happen needs caller retries with
-idempotency keys; in exchange no message ever runs twice because of the layer.
+Normal channels are at-most-once: a message popped off Redis by a worker that then dies is
+lost, and no message ever runs twice because of the layer. Durable channels (``durable.py``)
+are at-least-once: a message stays held by the worker that took it until that worker
+acknowledges it, and goes back to the queue when the worker's presence runs out.
 
 The modules, one job each:
 
 * ``redis.py``: ``RedisBusLayer``, channels-redis's layer made fit for competing workers;
 * ``memory.py``: ``InMemoryBusLayer``, for one process (dev, tests, ``manage.py up``);
 * ``presence.py``: the extension API, written once over each layer's storage primitives;
+* ``durable.py``: durable channels' API; ``streams.py`` keeps them in Redis streams;
+* ``scripts.py``: every Lua script (each one atomic step on Redis's side);
 * ``sends.py``: concurrent sends of one event loop coalesced into pipelines;
 * ``local.py``: one reader per process for its process-local channels;
 * ``wire.py``: the ONLY module that touches redis-py's connection internals (raw RESP on
-  kept connections) and holds the Lua scripts; ``pyproject.toml`` bounds redis-py for it.
+  kept connections); ``pyproject.toml`` bounds redis-py for it.
 """
 
 from bus.layers.memory import InMemoryBusLayer
