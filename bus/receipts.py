@@ -47,23 +47,27 @@ class Receipt:
 
     async def ack(self) -> None:
         """Its handling finished: it leaves the bus."""
-        self._settle("acknowledged")
-        if not await self.layer.durable_ack(self.channel, self.consumer, [self.held.id]):
+        self._require_unsettled("acknowledged")
+        acked = await self.layer.durable_ack(self.channel, self.consumer, [self.held.id])
+        self.settled = True
+        if not acked:
             self._taken_meanwhile("its end")
 
     async def retry(self, message: dict[str, Any], due: float) -> None:
         """Its handler failed: `message` (the next try) waits in the channel until `due`."""
-        self._settle("requeued")
+        self._require_unsettled("requeued")
         requeued = await self.layer.durable_requeue(
             self.channel, self.consumer, self.held.id, message=message, due=due
         )
+        self.settled = True
         if not requeued:
             self._taken_meanwhile("its retry")
 
     async def hand_back(self) -> None:
         """This worker stops before finishing it: the next worker takes it, as it was."""
-        self._settle("handed back")
+        self._require_unsettled("handed back")
         await self.layer.durable_requeue(self.channel, self.consumer, self.held.id)
+        self.settled = True
 
     async def bury_as_poison(self) -> None:
         """Its workers kept dying (a crash in its handler, out of memory): it is kept as a dead
@@ -86,10 +90,10 @@ class Receipt:
             extra={"message_id": message.get("id"), "correlation_id": message.get("correlation_id")},
         )
 
-    def _settle(self, how: str) -> None:
+    def _require_unsettled(self, how: str) -> None:
+        """Settled once: a step that failed (Redis away) may be tried again, a done one may not."""
         if self.settled:
             raise RuntimeError(f"a durable message was settled twice (now {how})")
-        self.settled = True
 
     def _taken_meanwhile(self, what: str) -> None:
         message = self.held.message

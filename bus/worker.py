@@ -27,7 +27,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,10 +41,11 @@ from .conf import backoff_setting, bus_setting
 from .consumer import reject
 from .context import MessageContext, handling
 from .exceptions import BadMessage
+from .heartbeat import Heartbeat
 from .receipts import Receipt
 from .replies import receive_batch
 from .services import Periodic, Service, implementation
-from .targets import Delivery, contract_version, lookup_event
+from .targets import contract_version
 from .threads import in_pool
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        # Set by the first heartbeat that lands: durable receives wait for it, so that no other
-        # worker can take this one for dead while it already holds messages.
-        self._seen = asyncio.Event()
         self.durable = hasattr(layer, "durable_receive")
+        self._receipts: set[Receipt] = set()  # durable messages in hand
+        self.heartbeat = Heartbeat(layer, self.worker_id, channels, self._report, self._holding)
         self._receivers = len(channels) * (2 if self.durable else 1)
         # Receivers whose last receive found messages: the free slots are shared among them.
         self._busy_receivers = self._receivers
@@ -123,7 +123,7 @@ class Worker:
                 asyncio.create_task(self._receive(channel, durable=True)) for channel in self.channels
             ]
         background += [asyncio.create_task(self._repeat(*task)) for task in self._periodic()]
-        background.append(asyncio.create_task(self._beat()))
+        background.append(asyncio.create_task(self.heartbeat.run()))
         try:
             await self._stopping.wait()
         finally:
@@ -142,7 +142,7 @@ class Worker:
             await self._hand_on_retries()
             background[-1].cancel()
             await asyncio.gather(background[-1], return_exceptions=True)
-            await self._leave()
+            await self.heartbeat.leave()
             if install_signal_handlers:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
@@ -164,7 +164,7 @@ class Worker:
         failures = 0
         lost = 0.0  # since when receiving fails
         if durable:
-            await self._wait(self._seen)
+            await self._wait(self.heartbeat.seen)
         idle = False
         while not self._stopping.is_set():
             slots = await self._take_slots(idle=idle)
@@ -215,7 +215,9 @@ class Worker:
             received = await receive_batch(self.layer, channel, slots, timeout=wait)
             return [(message, None) for message in received]
         held = await self.layer.durable_receive(channel, self.worker_id, slots, timeout=wait)
-        return [(one.message, Receipt(self.layer, channel, self.worker_id, one)) for one in held]
+        receipts = [Receipt(self.layer, channel, self.worker_id, one) for one in held]
+        self._receipts.update(receipts)
+        return [(receipt.held.message, receipt) for receipt in receipts]
 
     async def _take_slots(self, *, idle: bool) -> int:
         """Wait for a free slot (or a stop), then take this receiver's share of the free slots.
@@ -247,13 +249,53 @@ class Worker:
         """Run the application for one message; a durable one is then acknowledged, unless the
         consumer requeued it, or handed back if the worker stopped before it finished."""
         try:
+            await self._settled(channel, message, receipt)
+        finally:
+            if receipt is not None:
+                self._receipts.discard(receipt)
+
+    async def _settled(self, channel: str, message: Any, receipt: Receipt | None) -> None:
+        try:
             await self._dispatch(channel, message, receipt)
         except asyncio.CancelledError:
             if receipt is not None and not receipt.settled:
                 await receipt.hand_back()
             raise
+        except Exception:
+            # The worker's own step failed (storing a dead letter, say), not the handler: try later.
+            logger.exception(
+                "Handling a message on %r failed in the worker; it is tried again later.", channel
+            )
+            if receipt is not None and not receipt.settled:
+                due = time.time() + backoff_setting("RETRY_BACKOFF").delay(receipt.number)
+                await self._settle(lambda: receipt.retry(message, due))
+            return
         if receipt is not None and not receipt.settled:
-            await receipt.ack()
+            await self._settle(receipt.ack)
+
+    async def _settle(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Settle a durable message, trying again while Redis does not answer: a message left
+        held by a live worker would wait for that worker to die."""
+        failures = 0
+        while True:
+            try:
+                await step()
+                return
+            except Exception as exc:
+                failures += 1
+                if self._stopping.is_set():
+                    logger.warning(
+                        "Could not settle a message before stopping (%s); it goes back later.", exc
+                    )
+                    return
+                wait = backoff_setting("RECONNECT_BACKOFF").delay(failures)
+                logger.warning(
+                    "Settling a message failed (%s: %s); trying again in %.1f s.",
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                )
+                await self._sleep(wait)
 
     async def _dispatch(self, channel: str, message: Any, receipt: Receipt | None) -> None:
         if not isinstance(message, dict) or not message.get("type"):
@@ -314,82 +356,22 @@ class Worker:
                             "Periodic %s failed; it runs again in %.1f s.", target, periodic.seconds
                         )
 
-    async def _beat(self) -> None:
-        interval = bus_setting("HEARTBEAT_INTERVAL")
-        groups = self._subscriptions()
-        failing = False
-        while True:
-            info = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": self.started,
-                "concurrency": self.concurrency,
-                "in_flight": len(self._tasks),
-                "handled": self.handled,
-                # Which version of each contract it serves: `bus status` shows a domain running two.
-                "contracts": {channel: contract_version(channel) for channel in self.channels},
-            }
-            metrics.in_flight.labels(",".join(self.channels)).set(len(self._tasks))
-            try:
-                for channel in self.channels:
-                    await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)
-                self._seen.set()
-                for channel in self.channels:
-                    metrics.queue_depth.labels(channel).set(await self._depth(channel))
-                    await self._reclaim(channel)
-                for group, channel, durable in groups:
-                    if durable:
-                        await self.layer.durable_subscribe(
-                            group, channel, bus_setting("SUBSCRIPTION_SECONDS")
-                        )
-                    else:
-                        await self.layer.group_add(group, channel)
-            except Exception as exc:
-                failing = True
-                logger.warning("Heartbeat failed (%s: %s); retrying.", type(exc).__name__, exc)
-            else:
-                if failing:
-                    logger.info("Heartbeat works again: %s is seen as live.", ", ".join(self.channels))
-                failing = False
-            await asyncio.sleep(interval)
+    def _report(self) -> dict[str, Any]:
+        """What the heartbeat says of this worker: its load, and which contract version it serves
+        on each channel (`bus status` shows a domain running two)."""
+        metrics.in_flight.labels(",".join(self.channels)).set(len(self._tasks))
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": self.started,
+            "concurrency": self.concurrency,
+            "in_flight": len(self._tasks),
+            "handled": self.handled,
+            "contracts": {channel: contract_version(channel) for channel in self.channels},
+        }
 
-    async def _depth(self, channel: str) -> int:
-        """Messages waiting for this channel's workers: calls, and durable messages not taken yet."""
-        depth: int = await self.layer.queue_depth(channel)
-        if self.durable:
-            depth += (await self.layer.durable_depth(channel)).waiting
-        return depth
-
-    async def _reclaim(self, channel: str) -> None:
-        """Take back what workers that stopped beating held on `channel` (at most once per beat)."""
-        if not self.durable:
-            return
-        moved = await self.layer.durable_reclaim(channel)
-        if moved:
-            metrics.redelivered.labels(channel).inc(moved)
-            logger.warning(
-                "Took back %d message(s) on %r from worker(s) whose heartbeat stopped; they run again.",
-                moved,
-                channel,
-            )
-
-    def _subscriptions(self) -> list[tuple[str, str, bool]]:
-        """(event group, channel, durable) for the events the served services subscribe to."""
-        found = []
-        for channel in self.channels:
-            service = implementation(channel)
-            for target in service.subscriptions if service else ():
-                event = lookup_event(target)
-                durable = self.durable and event.delivery is Delivery.AT_LEAST_ONCE
-                found.append((event.group, channel, durable))
-        return found
-
-    async def _leave(self) -> None:
-        for channel in self.channels:
-            try:
-                await self.layer.presence_leave(channel, self.worker_id)
-            except Exception as exc:
-                logger.warning("Could not withdraw presence on %r: %s", channel, exc)
+    def _holding(self, channel: str) -> set[str]:
+        return {receipt.held.id for receipt in self._receipts if receipt.channel == channel}
 
     async def _wait(self, event: asyncio.Event) -> None:
         """Until `event` is set or the worker stops."""

@@ -16,6 +16,9 @@ keeps every message it handed out until the worker that holds it says it is done
   the queue, each delivery number raised by one and the dead consumer added to its history.
   Workers run it with each heartbeat, so a dead worker's messages are handled again within a
   few heartbeats of its last one; never while its presence lives.
+* ``durable_release(channel, consumer, in_hand, idle)``: what ``consumer`` holds in the queue
+  but not in hand (a receive whose reply was lost with its connection), held for ``idle``
+  seconds, goes back; a live worker runs it with its heartbeat.
 * ``durable_depth(channel)``: how many wait, are held, and are delayed.
 * ``durable_subscribe(group, channel, ttl)`` / ``durable_subscribers(group)``: the durable
   channels an event group's messages are queued on (a subscriber domain's), each for ``ttl``
@@ -28,7 +31,7 @@ its presence finds, once resumed, that its messages went to another, and changes
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -94,6 +97,11 @@ class DurableQueues:
     async def _durable_reclaim(self, channel: str) -> int:
         raise NotImplementedError
 
+    async def _durable_release(
+        self, channel: str, consumer: str, in_hand: Collection[str], idle: float
+    ) -> int:
+        raise NotImplementedError
+
     async def _durable_depth(self, channel: str) -> DurableDepth:
         raise NotImplementedError
 
@@ -152,6 +160,14 @@ class DurableQueues:
         """Put back what dead consumers hold; how many messages went back."""
         self._require_normal_channel(channel)
         return await self._durable_reclaim(channel)
+
+    async def durable_release(
+        self, channel: str, consumer: str, in_hand: Collection[str], idle: float
+    ) -> int:
+        """Put back what `consumer` holds, idle `idle` seconds, but has not in hand; how many."""
+        self._require_normal_channel(channel)
+        _require_consumer(consumer)
+        return await self._durable_release(channel, consumer, in_hand, idle)
 
     async def durable_depth(self, channel: str) -> DurableDepth:
         self._require_normal_channel(channel)

@@ -9,7 +9,7 @@ import copy
 import heapq
 import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,12 @@ class InMemoryBusLayer(DurableQueues, BusExtensions, InMemoryChannelLayer):  # t
                 queue.put(again, None, order)
                 moved += 1
         return moved
+
+    async def _durable_release(
+        self, channel: str, consumer: str, in_hand: Collection[str], idle: float
+    ) -> int:
+        # In one process a receive cannot lose its reply: what a consumer holds, it has in hand.
+        return 0
 
     async def _durable_depth(self, channel: str) -> DurableDepth:
         queue = self._durable.get(channel)

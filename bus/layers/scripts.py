@@ -18,6 +18,7 @@ __all__ = [
     "DURABLE_ACK",
     "DURABLE_PROMOTE",
     "DURABLE_RECLAIM",
+    "DURABLE_RELEASE",
     "DURABLE_REQUEUE",
     "DURABLE_SEND",
     "PRESENCE_BEAT",
@@ -232,6 +233,31 @@ for _, info in ipairs(consumers) do
         if #held < limit then
             redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', name)
         end
+    end
+end
+return moved
+"""
+)
+
+# KEYS: stream. ARGV: consumer, min idle (ms), ids the consumer has in hand... What the consumer
+# holds in Redis but not in hand (a receive whose reply was lost with its connection), idle that
+# long, goes back onto the stream as it was. Returns how many.
+DURABLE_RELEASE = Lua(
+    _DURABLE_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local in_hand = {}
+for i = 3, #ARGV do in_hand[ARGV[i]] = true end
+local held = redis.call('XPENDING', KEYS[1], 'workers', 'IDLE', tonumber(ARGV[2]), '-', '+', 1000, ARGV[1])
+local moved = 0
+for _, pending in ipairs(held) do
+    if not in_hand[pending[1]] then
+        local f = fields(KEYS[1], pending[1])
+        if f then
+            redis.call('XADD', KEYS[1], '*', 'm', f['m'], 'n', f['n'], 'h', f['h'])
+        end
+        drop(KEYS[1], pending[1])
+        moved = moved + 1
     end
 end
 return moved

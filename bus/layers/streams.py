@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import ResponseError
@@ -134,6 +134,13 @@ class RedisDurableQueues(DurableQueues):
         keys = (stream, self._presence_key(channel))
         args = (time.time(), RECLAIM_BATCH)
         return int(await scripts.DURABLE_RECLAIM.run(self._presence_conn(channel), keys, args))
+
+    async def _durable_release(
+        self, channel: str, consumer: str, in_hand: Collection[str], idle: float
+    ) -> int:
+        stream, _ = self._durable_keys(channel)
+        args = (consumer, max(1, math.ceil(idle * 1000)), *in_hand)
+        return int(await scripts.DURABLE_RELEASE.run(self._presence_conn(channel), (stream,), args))
 
     async def _durable_depth(self, channel: str) -> DurableDepth:
         stream, delayed = self._durable_keys(channel)
