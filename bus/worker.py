@@ -170,8 +170,7 @@ class Worker:
             slots = await self._take_slots(idle=idle)
             if slots == 0:
                 continue
-            # The last free slots: other receivers wait for them, so this one waits on Redis briefly.
-            wait = self.receive_wait if self._free or self._receivers == 1 else _SCARCE_WAIT
+            wait = self._receive_wait(idle)
             try:
                 batch = await self._take(channel, slots, wait, durable=durable)
             except Exception as exc:
@@ -206,6 +205,17 @@ class Worker:
             # Let the new handlers start (quick ones reply) and other receivers take the slots
             # given back, before this one blocks on Redis again.
             await asyncio.sleep(0)
+
+    def _receive_wait(self, idle: bool) -> float:
+        """How long a receive may block on Redis. Holding the last free slots, a receiver that has
+        messages to take waits briefly, so that the others get their turn; an idle one holds a
+        single slot, and waits the full time unless the worker has hardly more slots than
+        receivers (then that slot is what another side needs)."""
+        if self._free or self._receivers == 1:
+            return self.receive_wait
+        if idle and self.concurrency > 2 * self._receivers:
+            return self.receive_wait
+        return _SCARCE_WAIT
 
     async def _take(
         self, channel: str, slots: int, wait: float, *, durable: bool
