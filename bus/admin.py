@@ -15,7 +15,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from channels.exceptions import ChannelFull as LayerChannelFull
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
@@ -26,10 +25,9 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from . import deadletters
-from .client import default_bus, translate_broker_errors
 from .contracts import contracts
 from .databases import alias_for
-from .exceptions import BusError, ChannelFull
+from .exceptions import BusError
 from .models import AbstractProcessedMessage, DeadLetter, DomainMode
 from .modes import set_read_only
 from .outbox import AbstractOutboxMessage
@@ -107,20 +105,6 @@ def pending_first(field: str) -> OrderBy:
 # -- dead letters -------------------------------------------------------------------------------
 
 
-async def _send_again(channel: str, envelope: dict[str, Any]) -> None:
-    """Put a letter back on its channel: durably when the layer can and nobody waits for a reply."""
-    layer: Any = default_bus.layer
-    try:
-        with translate_broker_errors():
-            if default_bus.durable and not envelope.get("reply_to"):
-                await layer.durable_send(channel, envelope)
-            else:
-                await layer.send(channel, envelope)
-    except LayerChannelFull:
-        full = f"The {channel!r} queue is full: its workers are behind."
-        raise ChannelFull(full, channel=channel) from None
-
-
 def replay_letter(letter_id: int) -> DeadLetter | None:
     """Send a dead letter again (as `bus deadletters replay`); None if it was replayed already.
     A letter the bus did not take stays waiting, and the error is raised."""
@@ -128,7 +112,7 @@ def replay_letter(letter_id: int) -> DeadLetter | None:
     if letter is None:
         return None
     try:
-        run_sync(_send_again, letter.channel, deadletters.fresh_attempt(letter.envelope))
+        run_sync(deadletters.send_again, letter.channel, deadletters.fresh_attempt(letter.envelope))
     except BaseException:
         DeadLetter.objects.using(alias_for("bus", write=True)).filter(id=letter_id).update(replayed_at=None)
         raise

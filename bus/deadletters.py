@@ -22,11 +22,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from channels.exceptions import ChannelFull as LayerChannelFull
 from django.utils import timezone
 
 from . import messages, metrics
+from .client import default_bus, translate_broker_errors
 from .conf import backoff_setting
 from .databases import alias_for
+from .exceptions import ChannelFull
 from .threads import in_pool
 
 if TYPE_CHECKING:
@@ -170,3 +173,18 @@ def take_for_replay(letter_id: int) -> DeadLetter | None:
 def fresh_attempt(envelope: dict[str, Any]) -> dict[str, Any]:
     """The envelope to send again: same message id (receivers deduplicate), attempts from one."""
     return {**envelope, "headers": {**envelope.get("headers", {}), "attempt": 1}}
+
+
+async def send_again(channel: str, envelope: dict[str, Any]) -> None:
+    """Put a replayed letter back on its channel: durably when the layer can and nobody waits
+    for a reply (a command, an event), else as it first came."""
+    layer: Any = default_bus.layer
+    try:
+        with translate_broker_errors():
+            if default_bus.durable and not envelope.get("reply_to"):
+                await layer.durable_send(channel, envelope)
+            else:
+                await layer.send(channel, envelope)
+    except LayerChannelFull:
+        full = f"The {channel!r} queue is full: its workers are behind. Replay it later."
+        raise ChannelFull(full, channel=channel) from None

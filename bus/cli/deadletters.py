@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from bus import deadletters
-from bus.client import default_bus, translate_broker_errors
 from bus.databases import alias_for
 from bus.models import DeadLetter
 
@@ -64,7 +62,7 @@ def replay(command: BaseCommand, options: Options) -> None:
         taken = deadletters.take_for_replay(letter_id)
         if taken is None:
             raise Stop(f"Dead letter {letter_id} does not exist or was replayed already.")
-        asyncio.run(_send(taken.channel, deadletters.fresh_attempt(taken.envelope)))
+        asyncio.run(deadletters.send_again(taken.channel, deadletters.fresh_attempt(taken.envelope)))
         command.stdout.write(f"Replayed {letter_id} ({taken.target}) onto {taken.channel!r}.")
 
 
@@ -80,11 +78,6 @@ def _ids(parser: CommandParser, nargs: str) -> None:
 def _replay_arguments(parser: CommandParser) -> None:
     _ids(parser, "*")
     parser.add_argument("--all", action="store_true", help="replay every waiting dead letter")
-
-
-async def _send(channel: str, envelope: dict[str, Any]) -> None:
-    with translate_broker_errors():
-        await default_bus.layer.send(channel, envelope)
 
 
 VERBS = (
