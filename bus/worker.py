@@ -258,13 +258,15 @@ class Worker:
     async def _handle(self, channel: str, message: Any, receipt: Receipt | None = None) -> None:
         """Run the application for one message; a durable one is then acknowledged, unless the
         consumer requeued it, or handed back if the worker stopped before it finished."""
+        if receipt is None:
+            await self._dispatch(channel, message, None)  # a call: nothing to settle
+            return
         try:
             await self._settled(channel, message, receipt)
         finally:
-            if receipt is not None:
-                self._receipts.discard(receipt)
+            self._receipts.discard(receipt)
 
-    async def _settled(self, channel: str, message: Any, receipt: Receipt | None) -> None:
+    async def _settled(self, channel: str, message: Any, receipt: Receipt) -> None:
         try:
             await self._dispatch(channel, message, receipt)
         except asyncio.CancelledError:
