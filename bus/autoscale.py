@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .heartbeat import waiting
 from .supervisor import Child, Supervisor
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,10 @@ class Policy:
 
 async def read_load(layer: Any, domain: str) -> Load:
     """The domain's load, from the channel layer: queues and the live workers' heartbeats."""
-    waiting = int(await layer.queue_depth(domain))
-    if hasattr(layer, "durable_depth"):
-        waiting += (await layer.durable_depth(domain)).waiting
     workers = (await layer.presence(domain)).values()
     in_flight = sum(int(info.get("in_flight", 0)) for info in workers)
     slots = sum(int(info.get("concurrency", 0)) for info in workers)
-    return Load(waiting, in_flight, slots)
+    return Load(await waiting(layer, domain), in_flight, slots)
 
 
 class Scaler:

@@ -23,6 +23,14 @@ from .targets import Delivery, lookup_event
 logger = logging.getLogger(__name__)
 
 
+async def waiting(layer: Any, channel: str) -> int:
+    """Messages waiting for `channel`'s workers: calls, and durable messages not taken yet."""
+    depth = int(await layer.queue_depth(channel))
+    if hasattr(layer, "durable_depth"):
+        depth += (await layer.durable_depth(channel)).waiting
+    return depth
+
+
 class Heartbeat:
     """The beat of one worker (`worker_id`) on `channels`; `report()` is what it says of itself,
     `holding(channel)` the durable messages it has in hand."""
@@ -75,7 +83,7 @@ class Heartbeat:
             await self.layer.presence_beat(channel, self.worker_id, info, interval * 3)
         self.seen.set()
         for channel in self.channels:
-            metrics.queue_depth.labels(channel).set(await self._depth(channel))
+            metrics.queue_depth.labels(channel).set(await waiting(self.layer, channel))
             if self.durable:
                 await self._take_back(channel, interval)
         for group, channel, durable in groups:
@@ -83,13 +91,6 @@ class Heartbeat:
                 await self.layer.durable_subscribe(group, channel, bus_setting("SUBSCRIPTION_SECONDS"))
             else:
                 await self.layer.group_add(group, channel)
-
-    async def _depth(self, channel: str) -> int:
-        """Messages waiting for this channel's workers: calls, and durable messages not taken yet."""
-        depth: int = await self.layer.queue_depth(channel)
-        if self.durable:
-            depth += (await self.layer.durable_depth(channel)).waiting
-        return depth
 
     async def _take_back(self, channel: str, interval: float) -> None:
         dead = await self.layer.durable_reclaim(channel)
