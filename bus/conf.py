@@ -45,6 +45,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
+from . import sentinel
 from .backoff import Backoff
 
 DEFAULTS: dict[str, Any] = {
@@ -158,7 +159,8 @@ def channel_layers(
 ) -> dict[str, Any]:
     """A CHANNEL_LAYERS value: Redis when a URL is given, the in-memory layer otherwise.
 
-    The URL may be redis:// or rediss:// (TLS) with a user and password; `encryption_keys`
+    The URL may be redis:// or rediss:// (TLS) with a user and password, or name Sentinels
+    (redis+sentinel://, rediss+sentinel://, see bus.sentinel); `encryption_keys`
     turns on channels-redis's symmetric message encryption (needs `cryptography`).
     """
     capacities = {"bus.reply.*": REPLY_CHANNEL_CAPACITY}
@@ -170,12 +172,14 @@ def channel_layers(
             }
         }
     scheme = urlsplit(redis_url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in ("redis", "rediss", "unix", *sentinel.SCHEMES):
         raise ImproperlyConfigured(
-            f"REDIS_URL must start with redis://, rediss:// or unix://, not {redis_url!r}."
+            "REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            f"rediss+sentinel://, not {urlsplit(redis_url).scheme!r}."
         )
+    host = sentinel.layer_host(redis_url) if scheme in sentinel.SCHEMES else {"address": redis_url}
     config: dict[str, Any] = {
-        "hosts": [{"address": redis_url}],
+        "hosts": [host],
         "prefix": prefix,
         "capacity": capacity,
         "expiry": expiry,

@@ -1,6 +1,7 @@
 """Settings, all from the environment, so one codebase runs as one process or many.
 
-REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db); unset: in-memory
+REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db, or Sentinels:
+                       rediss+sentinel://user:pass@host:26379,host:26379/primary/db); unset: in-memory
 BUS_ENCRYPTION_KEYS    comma-separated keys that encrypt messages on Redis (needs `cryptography`)
 DATABASE_URL           the default database; INVENTORY_DATABASE_URL etc. per domain (SQLite files by default)
 DJANGO_SECRET_KEY      required with REDIS_URL; the one-process demo makes its own in the data folder
@@ -22,6 +23,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from bus.conf import channel_layers
+from bus.sentinel import cache_settings
 from project.secret_key import demo_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -205,7 +207,7 @@ LOGIN_REDIRECT_URL = "/"
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "signin": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+        cache_settings(os.environ["REDIS_URL"])
         if os.environ.get("REDIS_URL")
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signin"}
     ),

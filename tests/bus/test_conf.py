@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from bus.conf import bus_setting, channel_layers
 from bus.layers import InMemoryBusLayer, RedisBusLayer
+from bus.sentinel import cache_settings
 from tests.conftest import RedisServer
 
 
@@ -29,9 +30,39 @@ def test_a_tls_url_with_a_password_is_passed_through(settings: object) -> None:
 
 def test_a_url_of_another_kind_is_refused() -> None:
     with pytest.raises(
-        ImproperlyConfigured, match="REDIS_URL must start with redis://, rediss:// or unix://"
+        ImproperlyConfigured, match="REDIS_URL must start with redis://, rediss://, unix://, redis"
     ):
         channel_layers("http://localhost:6379")
+
+
+def test_a_sentinel_url_names_the_sentinels_the_primary_and_one_identity_for_both(settings: object) -> None:
+    url = "rediss+sentinel://orders:p%40ss@10.0.0.11:26379,10.0.0.12:26379/bus/3?ssl_ca_certs=/etc/ca.pem"
+    settings.CHANNEL_LAYERS = channel_layers(url)  # type: ignore[attr-defined]
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisBusLayer)
+    identity = {"username": "orders", "password": "p@ss", "ssl": True, "ssl_ca_certs": "/etc/ca.pem"}
+    assert layer.hosts[0]["sentinels"] == [("10.0.0.11", 26379), ("10.0.0.12", 26379)]
+    assert layer.hosts[0]["master_name"] == "bus"
+    assert layer.hosts[0]["db"] == 3
+    assert layer.hosts[0]["sentinel_kwargs"] == identity
+    assert {name: layer.hosts[0][name] for name in identity} == identity
+    cache = cache_settings(url)
+    assert cache["OPTIONS"]["pool_class"] == "bus.sentinel.CachePool"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis+sentinel://10.0.0.11:26379", "does not name Sentinels and a primary"),
+        ("redis+sentinel:///bus", "does not name Sentinels and a primary"),
+        ("redis+sentinel://u:secret@10.0.0.11/bus", r"'10.0.0.11' is not host:port"),
+        ("redis+sentinel://10.0.0.11:26379/bus/0?timeout=3", "unknown query argument 'timeout'"),
+    ],
+)
+def test_a_sentinel_url_that_cannot_work_is_refused_saying_the_form(url: str, complaint: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=complaint) as refused:
+        channel_layers(url)
+    assert "secret" not in str(refused.value)
 
 
 def test_bus_settings_are_checked(settings: object) -> None:

@@ -1,0 +1,176 @@
+"""The many-machine topology, built once per module (tests/hosts/system.py), and what drives it.
+
+Needs root (network namespaces), iproute2, haproxy, redis-server and PostgreSQL's binaries, which
+.ci/run installs. Each test prints what it injected and what it checked (see them with -s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.client import default_bus, run_sync
+from bus.conf import channel_layers
+from tests.chaos.conftest import stock_up
+from tests.hosts.network import Host, Network, Process
+from tests.hosts.system import PYTHON, Cluster
+from tests.polling import poll
+
+pytestmark = [pytest.mark.hosts]
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "haproxy", "redis-server", "runuser"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (.ci/run installs it)"
+    return None
+
+
+@dataclass
+class Shop:
+    """The running cluster, and what the tests placed on it so far (the books are checked whole)."""
+
+    cluster: Cluster
+    initial: dict[str, dict[str, Any]]
+    order_ids: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    missing = _missing()
+    if missing:
+        pytest.fail(f"The many-host tests cannot run here: {missing}.")
+    directory = tmp_path_factory.mktemp("hosts")
+    with Network(Path(__file__).resolve().parents[2], directory / "logs") as network:
+        cluster = Cluster(network, directory)
+        try:
+            cluster.start()
+            with operator_layer(cluster):
+                initial = stock_up(2_000)
+            yield Shop(cluster, initial)
+        except BaseException:
+            print(cluster.logs())
+            raise
+        finally:
+            run_sync(default_bus.aclose)
+            cluster.close()
+
+
+class operator_layer:
+    """This (the runner's) process calls the shop as its operators do: their Redis user."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        from django.conf import settings
+
+        self.settings = settings
+        self.layers = channel_layers(cluster.redis.url("operators"))
+
+    def __enter__(self) -> None:
+        from channels.layers import channel_layers as registry
+
+        self.saved = self.settings.CHANNEL_LAYERS
+        self.settings.CHANNEL_LAYERS = self.layers
+        registry.backends.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        from channels.layers import channel_layers as registry
+
+        run_sync(default_bus.aclose)
+        self.settings.CHANNEL_LAYERS = self.saved
+        registry.backends.clear()
+
+
+@pytest.fixture
+def operator(shop: Shop, settings: Any) -> Iterator[Cluster]:
+    """The test's own bus on the cluster's Redis, as an operator (for the books)."""
+    with operator_layer(shop.cluster):
+        yield shop.cluster
+
+
+def shoppers(shop: Shop, name: str, *, clients: int, orders: int) -> Process:
+    """Start checkouts from the client host through the balancer; `finish_shopping` reads them."""
+    cluster = shop.cluster
+    out = cluster.directory / f"{name}.json"
+    command = [PYTHON, "-m", "tests.hosts.agents", "shop", cluster.base, "--clients", str(clients)]
+    command += ["--orders", str(orders), "--out", str(out)]
+    env = {**cluster.env("operators", cluster.client), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    return cluster.client.spawn(name, command, env=env)
+
+
+def finish_shopping(shop: Shop, process: Process, timeout: float = 300) -> dict[str, Any]:
+    """Wait for the shoppers to end; what they placed and saw. Their orders join the books."""
+    process.popen.wait(timeout)
+    assert process.popen.returncode == 0, process.output()[-3000:]
+    result: dict[str, Any] = json.loads((shop.cluster.directory / f"{process.name}.json").read_text())
+    shop.order_ids += result["order_ids"]
+    return result
+
+
+@dataclass
+class Watcher:
+    """A WebSocket watcher on the client host and the frames it recorded."""
+
+    host: Host
+    name: str
+    out: Path
+
+    def frames(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [frame for frame in self.frames() if frame["type"] == "event"]
+
+    def stop(self) -> None:
+        self.host.stop(self.name, signal.SIGTERM)
+
+
+def watch(cluster: Cluster, name: str, uri: str) -> Watcher:
+    out = cluster.directory / f"{name}.jsonl"
+    command = [PYTHON, "-m", "tests.hosts.agents", "watch", uri, "--origin", cluster.base, "--out", str(out)]
+    cluster.client.spawn(name, command, env=cluster.env("operators", cluster.client))
+    watcher = Watcher(cluster.client, name, out)
+    poll(
+        lambda: [frame["type"] for frame in watcher.frames()],
+        lambda types: "hello" in types,
+        what=f"watcher {name} to be greeted",
+        timeout=30,
+    )
+    return watcher
+
+
+def stock_offsets(cluster: Cluster, after: int) -> list[int]:
+    """The event log's stock events after offset `after`, from the shared database."""
+    with cluster.postgres.superuser("site") as connection:
+        rows = connection.execute(
+            "SELECT id FROM presentation_event WHERE topic = 'stock' AND id > %s ORDER BY id", [after]
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def offset(cursor: str) -> int:
+    return int(cursor.rpartition(":")[2])
+
+
+def report(title: str, rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n### {title}")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def seconds_since(began: float) -> str:
+    return f"{time.monotonic() - began:.1f} s"
+
