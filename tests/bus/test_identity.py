@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import bus
 from bus import evolution, identity, messages, verification
+from bus.cli import Stop
 from bus.client import default_bus
 from bus.targets import contract_version
 from tests.conftest import WorkerProcess, free_port, read_records
@@ -166,6 +167,17 @@ def test_keys_new_writes_a_private_key_only_its_owner_reads_and_prints_the_key_i
     settings.BUS = {**settings.BUS, "TRUSTED_KEYS": str(tmp_path)}
     assert sorted((identity.trusted() or {})["orders"]) == sorted([first, second])
     assert f"Key {second} of orders:" in err.getvalue() and "orders.2.pem" in err.getvalue()
+    with pytest.raises(Stop, match=r"The service must be a service name of 1 to 64 ASCII letters") as bad:
+        call_command("bus", "keys", "new", "or.ders", "--dir", str(tmp_path))
+    assert bad.value.returncode == 2
+
+    sign_as(settings, "orders", tmp_path / "orders.2.pem")
+    out = io.StringIO()
+    call_command("bus", "keys", "show", stdout=out)
+    assert out.getvalue().splitlines() == [
+        f"signs as: orders with key {second}",
+        f"trusts orders: {', '.join(sorted([first, second]))}",
+    ]
 
 
 def test_an_identity_without_its_key_or_an_empty_trust_is_refused_naming_the_fix(
