@@ -47,6 +47,7 @@ __all__ = [
     "HEADER",
     "Signer",
     "Trust",
+    "check",
     "key_id",
     "max_age",
     "new_key",
@@ -136,6 +137,14 @@ def trusted() -> Trust | None:
         _loaded["trust"] = _load_trust(spec) if spec else None
     found: Trust | None = _loaded["trust"]
     return found
+
+
+def check() -> None:
+    """Read the signature settings now: a wrong key file stops a worker as it starts, not at each
+    message it would have refused."""
+    signer()
+    if trusted() is not None:
+        max_age()
 
 
 def max_age() -> float:

@@ -370,3 +370,51 @@ async def test_a_command_retried_by_the_bus_still_verifies(
     sign_as(settings, "web", keys / "private" / "web.pem")
     await bus.asend("echo.flaky", key="signed", failures=1)
     poll(lambda: len(read_records(record_dir, "flaky-signed")), lambda n: n >= 2, what="the retry to run")
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_signed_command_held_by_a_worker_killed_runs_on_the_next_one(
+    keys: Path, settings: Any, redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    """A dead worker's durable messages go back to the queue as they were: still signed, still valid."""
+    env = trusting(keys / "trusted", "echo", keys / "private" / "echo.pem")
+    first = start_worker(redis_layer, "echo", extra_env=env)
+    sign_as(settings, "web", keys / "private" / "web.pem")
+    await bus.asend("echo.sleep_sync", seconds=2.0, tag="held")
+    poll(lambda: read_records(record_dir, "sleeping"), what="the command to start")
+    first.kill()
+    second = start_worker(redis_layer, "echo", extra_env=env)
+    poll(lambda: read_records(record_dir, "slept"), what="the command to run again", timeout=60)
+    assert read_records(record_dir, "sleeping") == ["held", "held"]
+    assert "Refused" not in second.output()
+
+
+@pytest.mark.redis
+async def test_a_command_that_waited_past_the_max_age_is_refused_unrun(
+    keys: Path, settings: Any, redis_layer: str, start_worker: StartWorker, record_dir: Path
+) -> None:
+    sign_as(settings, "web", keys / "private" / "web.pem")
+    await bus.asend("echo.record", n=8)  # queued durably: no worker is alive yet
+    await asyncio.sleep(1.2)
+    overrides = {
+        "TRUSTED_KEYS": str(keys / "trusted"),
+        "SIGNATURE_MAX_AGE": 1,
+        "IDENTITY": "echo",
+        "SIGNING_KEY": str(keys / "private" / "echo.pem"),
+    }
+    worker = start_worker(redis_layer, "echo", extra_env={"BUS_TEST_SETTINGS": json.dumps(overrides)})
+    worker.wait_for_output("longer than BUS['SIGNATURE_MAX_AGE'] = 1 s allows: a replay")
+    await bus.asend("echo.record", n=9)
+    poll(lambda: read_records(record_dir, "record"), what="the fresh command to run")
+    assert read_records(record_dir, "record") == ["9"]
+
+
+@pytest.mark.redis
+def test_a_worker_with_unusable_trusted_keys_stops_at_start_saying_why(
+    tmp_path: Path, redis_layer: str, start_worker: StartWorker
+) -> None:
+    env = {"BUS_TEST_SETTINGS": json.dumps({"TRUSTED_KEYS": str(tmp_path / "nothing-here")})}
+    worker = start_worker(redis_layer, "echo", extra_env=env, wait=False)
+    assert worker.process.wait(60) != 0
+    assert "holds no <service>.pub files (or is not a directory)" in worker.output()
