@@ -24,7 +24,7 @@ from channels.exceptions import ChannelFull as LayerChannelFull
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import context, databases, messages, metrics, tracing
+from . import context, databases, identity, messages, metrics, tracing
 from .conf import bus_setting
 from .exceptions import (
     BrokerUnreachable,
@@ -227,7 +227,7 @@ class Bus:
         trace = tracing.carrier()
         if trace:
             headers["trace"] = trace
-        return messages.envelope(
+        envelope = messages.envelope(
             type,
             target,
             body,
@@ -237,6 +237,11 @@ class Bus:
             headers=headers,
             message_id=message_id,
         )
+        # Signed last, over the finished envelope, when this process has an identity (bus/identity.py).
+        signer = identity.signer()
+        if signer is not None:
+            signer.sign(envelope)
+        return envelope
 
     @property
     def durable(self) -> bool:

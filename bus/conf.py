@@ -21,6 +21,11 @@ BUS = {
     "RETRY_BACKOFF": {"base": 0.5, "cap": 60.0, "jitter": 1.0},     # a failed command or event
     "RECONNECT_BACKOFF": {"base": 0.1, "cap": 2.0, "jitter": 1.0},  # while Redis does not answer
     "RESTART_BACKOFF": {"base": 0.5, "cap": 30.0, "jitter": 1.0},   # `up` restarting a process
+    "IDENTITY": None,               # the service this process speaks for ("orders"): signs what it sends
+    "SIGNING_KEY": None,            # path of that service's Ed25519 private key (PEM), with IDENTITY
+    "TRUSTED_KEYS": None,           # dir of <service>.pub files, or {service: [PEM, ...]}: workers
+                                    # then refuse messages not signed by one of those keys
+    "SIGNATURE_MAX_AGE": 604800,    # seconds after sending a signed command or event is accepted
 }
 
 The three backoffs (bus/backoff.py) say how long the bus waits before trying again: retry number
@@ -34,6 +39,17 @@ Give only the keys you change: {"cap": 300} keeps base and jitter.
   channel layer's server does not answer. The cap is how long a recovery may go unnoticed.
 - RESTART_BACKOFF: `manage.py up` restarting a child that died; a child that ran 30 s starts again
   from base.
+
+Signatures (bus/identity.py, bus/verification.py) are off until configured, so one process and
+the tests need nothing. A process with IDENTITY and SIGNING_KEY signs every request, command and
+event it sends; workers with TRUSTED_KEYS accept only messages signed by a trusted key, refuse
+the rest before anything runs, and enforce who may call what (`@rpc(callers=...)`). No separate
+switch: signing with nobody checking changes nothing, so a fleet turns it on by giving every
+process its identity first and its workers TRUSTED_KEYS second. SIGNATURE_MAX_AGE bounds how long
+a captured message can be replayed; 7 days, as long as events queue for a subscriber with no
+worker (SUBSCRIPTION_SECONDS) and inboxes keep message ids (RETENTION_SECONDS), so a queued
+message is not refused after an outage and any replay within it is a duplicate an inbox catches.
+A request is also refused past its deadline.
 """
 
 from __future__ import annotations
@@ -69,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF": {"base": 0.5, "cap": 60.0, "jitter": 1.0},
     "RECONNECT_BACKOFF": {"base": 0.1, "cap": 2.0, "jitter": 1.0},
     "RESTART_BACKOFF": {"base": 0.5, "cap": 30.0, "jitter": 1.0},
+    "IDENTITY": None,
+    "SIGNING_KEY": None,
+    "TRUSTED_KEYS": None,
+    "SIGNATURE_MAX_AGE": 7 * 86400,
 }
 
 _POSITIVE_NUMBERS = (

@@ -21,7 +21,7 @@ from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-from . import databases, deadletters, messages, metrics, modes, tracing
+from . import databases, deadletters, messages, metrics, modes, tracing, verification
 from .conf import bus_setting
 from .context import MessageContext, handling
 from .contracts import Contract
@@ -32,6 +32,7 @@ from .exceptions import (
     MessageTooLarge,
     ReadOnly,
     RemoteError,
+    Unauthenticated,
     UnknownTarget,
     ValidationError,
 )
@@ -91,6 +92,9 @@ def _context(envelope: messages.Envelope, receipt: Receipt | None) -> MessageCon
 class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no type hints
     """Runs the Service of one domain for a single bus message, and replies to requests."""
 
+    #: The service that signed the message; None when this process does not verify signatures.
+    sender: str | None = None
+
     def __init__(self, service: Served) -> None:
         self.service = service
 
@@ -110,6 +114,8 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             envelope = messages.parse_envelope(message)
         except BadMessage as exc:
             await self.reject(message, exc)
+            return
+        if not await self._admitted(envelope):
             return
         deadline = envelope["deadline"]
         if deadline is not None and deadline < time.time():
@@ -152,6 +158,24 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
             extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
         )
 
+    async def _admitted(self, envelope: messages.Envelope) -> bool:
+        """Whether the message may go on: its signature checked first when this process verifies
+        (bus/verification.py); a refused one is answered (a request) or logged, and nothing runs."""
+        if not verification.verifying():
+            return True
+        try:
+            self.sender = verification.verify(envelope, str(self.scope["channel"]))
+        except Unauthenticated as exc:
+            logger.error(
+                "Refused %s: %s",
+                envelope["type"],
+                _said(exc),
+                extra={"message_id": envelope["id"], "correlation_id": envelope["correlation_id"]},
+            )
+            await self.reply(envelope, error=exc)
+            return False
+        return True
+
     async def bus_request(self, envelope: messages.Envelope) -> None:
         try:
             result = await self.execute(envelope)
@@ -181,7 +205,9 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                     f"{self.service.contract.name} does not subscribe to {envelope['target']}.",
                     target=envelope["target"],
                 )
-            payload = lookup_event(envelope["target"]).load(envelope["body"])
+            event = lookup_event(envelope["target"])
+            verification.authorise_event(event, self.sender, str(self.scope["channel"]))
+            payload = event.load(envelope["body"])
             handler = getattr(self.service(self.message_context), subscription.handler)
             await in_pool(self._exactly_once(handler), event=payload)
         except BusError as exc:
@@ -272,6 +298,7 @@ class ServiceConsumer(AsyncConsumer):  # type: ignore[misc]  # channels ships no
                     f"{envelope['target']} was sent to the {self.service.contract.name!r} channel; "
                     f"send it to {method.service!r}."
                 )
+            verification.authorise_call(method, self.sender)
             arguments = method.validate_arguments(envelope["body"], caller_version=caller_version)
             if not method.read:
                 reason = await modes.aread_only_reason(method.service)

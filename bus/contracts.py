@@ -73,6 +73,7 @@ def rpc(
     read: bool = False,
     retries: int = 3,
     delivery: Delivery | None = None,
+    callers: Iterable[str] | None = None,
 ) -> Callable[[Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]], RemoteMethod[P, R]]:
     """Mark a contract method as callable over the bus.
 
@@ -81,8 +82,11 @@ def rpc(
     times a `send` of it that fails with an undeclared error is tried again, with exponential
     backoff, before it becomes a dead letter. Calls are never retried: the caller decides.
     `delivery` is how a `send` of it is delivered (see Delivery; by default its contract's).
+    `callers` are the services (BUS["IDENTITY"]) whose signed messages may call or send it (by
+    default its contract's; without either, any); workers that verify signatures refuse others
+    with Forbidden.
     """
-    options = RpcOptions(tuple(errors), read, retries, delivery)
+    options = RpcOptions(tuple(errors), read, retries, delivery, _services(callers, "rpc(callers=...)"))
     for error in options.errors:
         if not (isinstance(error, type) and issubclass(error, ContractError)):
             raise TypeError(f"rpc(errors=...) takes ContractError subclasses, not {error!r}.")
@@ -146,6 +150,18 @@ class RemoteMethod(Generic[P, R]):
         return await default_bus.asend(method.target, **_keywords(method, args, kwargs))
 
 
+def _services(names: Iterable[str] | None, where: str) -> tuple[str, ...] | None:
+    """Service identities as a contract names them (callers, publishers); None stays None."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        raise TypeError(f"{where} takes a list of service names, not the string {names!r}.")
+    listed = tuple(names)
+    for name in listed:
+        check_name(name, f"service name in {where}")
+    return listed
+
+
 def _keywords(method: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     if args:
         raise TypeError(f"{method.target} takes keyword arguments only, not {len(args)} positional.")
@@ -160,9 +176,17 @@ class Contract:
     events: ClassVar[dict[str, Event]]
 
     def __init_subclass__(
-        cls, *, name: str, delivery: Delivery = Delivery.AT_LEAST_ONCE, **kwargs: Any
+        cls,
+        *,
+        name: str,
+        delivery: Delivery = Delivery.AT_LEAST_ONCE,
+        callers: Iterable[str] | None = None,
+        publishers: Iterable[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        """`delivery` is the default of its sends and events (see Delivery); each may say its own."""
+        """`delivery` is the default of its sends and events (see Delivery); each may say its own.
+        `callers` is the default of its methods' `@rpc(callers=...)`; `publishers` the services
+        whose signed events subscribers accept (by default the service itself)."""
         super().__init_subclass__(**kwargs)
         check_name(name, "service name")
         if "." in name:
@@ -170,14 +194,18 @@ class Contract:
         cls.name = name
         cls.methods = {}
         cls.events = {}
+        default_callers = _services(callers, f"{name}'s callers=")
         for attribute, value in list(vars(cls).items()):
             if isinstance(value, RemoteMethod):
-                value._method = cls.methods[attribute] = Method(name, value.func, value.options, delivery)
+                value._method = cls.methods[attribute] = Method(
+                    name, value.func, value.options, delivery, default_callers
+                )
                 for error in value.options.errors:
                     error.register(f"{name}.{error.__name__}")
             elif isinstance(value, Event):
                 value.target = f"{name}.{attribute}"
                 value.delivery = value.delivery or delivery
+                value.publishers = _services(publishers, f"{name}'s publishers=") or (name,)
                 cls.events[attribute] = value
         existing = _contracts.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:

@@ -8,7 +8,8 @@ or subscriber still on the other version (breaking): a service, method or event 
 argument removed or renamed, or new and required, or required where it was optional; a field
 removed or renamed, or optional where readers needed it; a type changed (only widening an
 argument, or narrowing a result, to a union that contains the old type is allowed); a changed
-error list, read flag or delivery.
+error list, read flag or delivery; callers narrowed (`@rpc(callers=)`: a service no longer
+listed, or a list where anyone could call; a wider list is additive).
 
 `manage.py bus contracts check` compares the contracts in the code with the committed snapshot
 (BUS["CONTRACTS_SNAPSHOT"]) and fails naming each breaking change; `bus contracts snapshot`
@@ -101,6 +102,12 @@ def _compare_method(where: str, old: Schema, new: Schema) -> list[Change]:
             changes.append(Change(where, f"{flag} changed from {old.get(flag)} to {new.get(flag)}", True))
     if sorted(old.get("errors", [])) != sorted(new.get("errors", [])):
         changes.append(Change(where, f"errors changed from {old.get('errors')} to {new.get('errors')}", True))
+    # Callers (absent: anyone): one no longer listed is refused, a newly listed one harms nobody.
+    callers = old.get("callers"), new.get("callers")
+    if callers[0] != callers[1]:
+        narrowed = callers[1] is not None and (callers[0] is None or bool(set(callers[0]) - set(callers[1])))
+        shown = [", ".join(names) if names is not None else "anyone" for names in callers]
+        changes.append(Change(where, f"callers changed from {shown[0]} to {shown[1]}", narrowed))
     # Arguments are written by callers and read by workers; results the other way round.
     changes += _compare_values(
         f"{where}(arguments)", _inline(old["arguments"]), _inline(new["arguments"]), True

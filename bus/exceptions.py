@@ -13,6 +13,8 @@
     │   └── ReadOnly               the domain is in read-only mode: writes refused, reads served
     ├── DeadlineExceeded           no reply before the call's deadline (also a TimeoutError)
     ├── RemoteError                the handler failed with an error its contract does not declare
+    ├── Unauthenticated            unsigned, badly signed, from an unknown service or key, or too old
+    ├── Forbidden                  its signer may not call that method or publish that event
     └── ContractError              base of the errors a contract declares (inventory.OutOfStock)
 
 Every error can travel: `to_wire()` gives a small dict that crosses the bus and `from_wire()`
@@ -31,11 +33,13 @@ __all__ = [
     "ChannelFull",
     "ContractError",
     "DeadlineExceeded",
+    "Forbidden",
     "InvalidResult",
     "MessageTooLarge",
     "NoWorker",
     "ReadOnly",
     "RemoteError",
+    "Unauthenticated",
     "Unavailable",
     "UnknownTarget",
     "ValidationError",
@@ -137,6 +141,24 @@ class RemoteError(BusError):
         return str(self.details.get("remote_type", "Exception"))
 
 
+class Unauthenticated(BusError):
+    """A worker refused a message before running anything: it was unsigned, its signature did not
+    match, its signer or key is not trusted there, or it came too late. `reason` says which."""
+
+    kind = "unauthenticated"
+
+    @property
+    def reason(self) -> str:
+        return str(self.details.get("reason", ""))
+
+
+class Forbidden(BusError):
+    """The service that signed the message may not call the method (or publish the event) it names;
+    `callers` (or `publishers`) lists who may, `sender` who tried."""
+
+    kind = "forbidden"
+
+
 class ContractError(BusError):
     """Base of the errors a contract declares; re-raised on the caller as the same type.
 
@@ -165,7 +187,16 @@ class ContractError(BusError):
 
 _by_kind: dict[str, type[BusError]] = {
     error.kind: error
-    for error in (BadMessage, ValidationError, InvalidResult, UnknownTarget, DeadlineExceeded, RemoteError)
+    for error in (
+        BadMessage,
+        ValidationError,
+        InvalidResult,
+        UnknownTarget,
+        DeadlineExceeded,
+        RemoteError,
+        Unauthenticated,
+        Forbidden,
+    )
 }
 _by_code: dict[str, type[BusError]] = {
     error.__name__: error

@@ -7,6 +7,7 @@
     bus_worker_in_flight{channel}                 messages being handled now
     bus_queue_depth{channel}                      messages waiting on the channel (read at each heartbeat)
     bus_dead_letters_total{target}                messages kept as dead letters by this process
+    bus_refused_total{channel, reason}            messages its workers refused unrun (bus/verification.py)
     bus_redelivered_total{channel}                durable messages this process took back from dead workers
     bus_websockets_open                           WebSockets open on this daphne (set by the edge)
 
@@ -40,5 +41,11 @@ queue_depth = Gauge("bus_queue_depth", "Messages waiting on a channel, read at e
 dead_letters = Counter("bus_dead_letters", "Messages kept as dead letters by this process.", ["target"])
 redelivered = Counter(
     "bus_redelivered", "Durable messages this process took back from workers that died.", ["channel"]
+)
+refused = Counter(
+    "bus_refused",
+    "Messages this process's workers refused before running them: unsigned, bad_signature, "
+    "unknown_service, unknown_key, expired or forbidden.",
+    ["channel", "reason"],
 )
 websockets_open = Gauge("bus_websockets_open", "WebSockets open on this web process.")

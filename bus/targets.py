@@ -96,6 +96,7 @@ class RpcOptions:
     read: bool
     retries: int
     delivery: Delivery | None = None  # None: the contract's
+    callers: tuple[str, ...] | None = None  # None: the contract's (and without one, anyone)
 
 
 class Method:
@@ -107,6 +108,7 @@ class Method:
         func: Callable[..., Any],
         options: RpcOptions,
         delivery: Delivery = Delivery.AT_LEAST_ONCE,
+        callers: tuple[str, ...] | None = None,
     ) -> None:
         self.service = service
         self.name = func.__name__
@@ -117,6 +119,9 @@ class Method:
         self.retries = options.retries
         #: How its `send` is delivered (the method's own choice, else its contract's).
         self.delivery = options.delivery or delivery
+        #: The services whose signed messages may call it (the method's own list, else its
+        #: contract's); None: any. Enforced by workers that verify signatures (bus/verification.py).
+        self.callers = options.callers if options.callers is not None else callers
         self.parameters = _parameters(self.target, func)
         hints = typing.get_type_hints(func, include_extras=True)
         fields: dict[str, Any] = {
@@ -182,7 +187,7 @@ class Method:
             raise _validation_error(f"result from {self.target}", exc, InvalidResult) from None
 
     def json_schema(self) -> dict[str, Any]:
-        return {
+        schema = {
             "description": self.doc,
             "read": self.read,
             "delivery": self.delivery.value,
@@ -190,6 +195,10 @@ class Method:
             "result": self._result.json_schema(),
             "errors": [error.qualified_code or error.__name__ for error in self.errors],
         }
+        # Only where restricted: a method anyone may call keeps the fingerprint it had.
+        if self.callers is not None:
+            schema["callers"] = sorted(self.callers)
+        return schema
 
 
 def _parameters(target: str, func: Callable[..., Any]) -> dict[str, Any]:
@@ -215,6 +224,8 @@ class Event:
         self.doc = doc or inspect.getdoc(payload) or ""
         #: How it reaches subscriber domains (None until its contract sets its own default).
         self.delivery = delivery
+        #: The services whose signature a subscriber accepts on it (set by its contract).
+        self.publishers: tuple[str, ...] = ()
         self.name = ""
         self.target = ""
 

@@ -35,7 +35,7 @@ from channels.exceptions import StopConsumer
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from channels.routing import get_default_application
 
-from . import databases, deadletters, messages, metrics, wakeups
+from . import databases, deadletters, identity, messages, metrics, wakeups
 from .client import default_bus
 from .conf import backoff_setting, bus_setting
 from .consumer import reject
@@ -77,6 +77,7 @@ class Worker:
     ) -> None:
         for channel in channels:
             messages.check_name(channel)
+        identity.check()
         self.application = application
         self.channels = channels
         self.layer = layer

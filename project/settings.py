@@ -3,6 +3,10 @@
 REDIS_URL              the channel layer (redis://, rediss://user:pass@host:port/db, or Sentinels:
                        rediss+sentinel://user:pass@host:26379,host:26379/primary/db); unset: in-memory
 BUS_ENCRYPTION_KEYS    comma-separated keys that encrypt messages on Redis (needs `cryptography`)
+BUS_IDENTITY           the service this process speaks for (orders, web, operators); signs what it sends
+BUS_SIGNING_KEY        that service's Ed25519 private key, a PEM file (`manage.py bus keys new`)
+BUS_TRUSTED_KEYS       a directory of <service>.pub files: workers then refuse unsigned messages
+BUS_SIGNATURE_MAX_AGE  seconds a signed command or event stays acceptable (default 604800)
 DATABASE_URL           the default database; INVENTORY_DATABASE_URL etc. per domain (SQLite files by default)
 DJANGO_SECRET_KEY      required with REDIS_URL; the one-process demo makes its own in the data folder
 DJANGO_DEBUG=1         Django's debug pages, for a developer's own machine only (off by default)
@@ -194,6 +198,11 @@ CHANNEL_LAYERS = channel_layers(
 BUS: dict[str, Any] = {
     "UP_COMMANDS": ["migrate_all", "seed"],
     "METRICS_TOKEN": os.environ.get("METRICS_TOKEN"),
+    # Signatures (bus/identity.py): off unless set; see bus/conf.py.
+    "IDENTITY": os.environ.get("BUS_IDENTITY") or None,
+    "SIGNING_KEY": os.environ.get("BUS_SIGNING_KEY") or None,
+    "TRUSTED_KEYS": os.environ.get("BUS_TRUSTED_KEYS") or None,
+    "SIGNATURE_MAX_AGE": float(os.environ.get("BUS_SIGNATURE_MAX_AGE") or 7 * 86400),
 }
 
 STATIC_URL = "static/"

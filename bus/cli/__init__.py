@@ -7,6 +7,7 @@
     deadletters             deadletters.py list, show, replay, purge
     contracts               contracts.py   check the contracts against their snapshot, or record it
     asyncapi                asyncapi.py    the AsyncAPI 3.0 document of the bus, as JSON
+    keys                    keys.py        make a service's signing key pair; show the keys in use
 
 base.py holds what they share: the table's row (`Action`), exit codes and how an error reads.
 """
@@ -18,6 +19,7 @@ from .asyncapi import ASYNCAPI
 from .base import Action, Stop, describe, exit_code
 from .contracts import CONTRACTS
 from .deadletters import DEADLETTERS
+from .keys import KEYS
 from .listing import SERVICES
 from .messaging import CALL, PUBLISH, SEND
 from .status import STATUS
@@ -33,6 +35,7 @@ ACTIONS: tuple[Action, ...] = (
     DEADLETTERS,
     CONTRACTS,
     ASYNCAPI,
+    KEYS,
     READONLY,
     CLEANUP,
 )

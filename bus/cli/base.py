@@ -17,8 +17,10 @@ from bus.exceptions import (
     BusError,
     ContractError,
     DeadlineExceeded,
+    Forbidden,
     InvalidResult,
     RemoteError,
+    Unauthenticated,
     Unavailable,
     UnknownTarget,
     ValidationError,
@@ -36,6 +38,8 @@ EXIT_CODES: list[tuple[type[BusError], int]] = [
     (DeadlineExceeded, 6),
     (Unavailable, 7),
     (UnknownTarget, 8),
+    (Unauthenticated, 9),
+    (Forbidden, 9),
 ]
 MEANINGS: dict[int, str] = {
     0: "success",
@@ -46,6 +50,7 @@ MEANINGS: dict[int, str] = {
     6: "deadline exceeded",
     7: "unavailable (no worker, channel full, read-only, Redis unreachable)",
     8: "unknown service, method or event",
+    9: "refused: not signed as the worker requires, or this identity may not call it",
 }
 
 

@@ -43,10 +43,12 @@ def signature(schema: dict[str, Any]) -> str:
 
 def method_lines(service: dict[str, Any]) -> list[str]:
     """One line per method of a service's schema: signature, read or write, how a send of it is
-    delivered, declared errors."""
+    delivered, who may call it (when restricted), declared errors."""
     lines = []
     for name, method in service["methods"].items():
         kind = "read" if method["read"] else "write"
+        if method.get("callers") is not None:
+            kind += f"; callers {', '.join(method['callers'])}"
         errors = f"  raises {', '.join(method['errors'])}" if method["errors"] else ""
         lines.append(
             f"  {service['service']}.{name}{signature(method['arguments'])}  "

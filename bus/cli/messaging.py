@@ -76,7 +76,7 @@ CALL = Action(
     _runner("call", default_bus.call),
     _arguments("method", timeout=True),
     description="Call service.method with a JSON object of arguments; print the result as JSON.",
-    exit_codes=(0, 2, 3, 4, 5, 6, 7, 8),
+    exit_codes=(0, 2, 3, 4, 5, 6, 7, 8, 9),
 )
 SEND = Action(
     "send",

@@ -143,6 +143,7 @@ def test_bus_help_lists_every_action_on_one_line(monkeypatch: pytest.MonkeyPatch
         "    contracts           check the contracts against their snapshot, or record",
         "                        it",
         "    asyncapi            print the AsyncAPI 3.0 document of the bus",
+        "    keys                make a signing key pair, or show the keys in use",
         "    readonly            switch a domain's read-only mode on or off",
         "    cleanup             delete old outbox rows, dedup records and sagas",
     ]
@@ -161,6 +162,7 @@ def test_call_help_lists_the_exit_codes_and_send_those_it_can_give(tmp_path: Pat
         "  6  deadline exceeded\n"
         "  7  unavailable (no worker, channel full, read-only, Redis unreachable)\n"
         "  8  unknown service, method or event\n"
+        "  9  refused: not signed as the worker requires, or this identity may not call it\n"
         "\n"
         "`manage.py bus -v 2 ...` prints an error's details too, as JSON.\n"
     )

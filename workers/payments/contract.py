@@ -90,15 +90,20 @@ class Statement(Schema):
 
 
 class Payments(Contract, name="payments"):
-    """Customer accounts. Every charge and refund is idempotent per order_id."""
+    """Customer accounts. Every charge and refund is idempotent per order_id.
 
-    @rpc(errors=[UnknownAccount, InsufficientFunds, ChargeRefused])
+    Who may move money, once workers verify signatures (BUS["TRUSTED_KEYS"]): charges and refunds
+    come from the orders saga only, credits from operators only (`seed`, `bus call` run as
+    BUS_IDENTITY=operators); reads from any trusted service.
+    """
+
+    @rpc(errors=[UnknownAccount, InsufficientFunds, ChargeRefused], callers=["orders"])
     async def charge(
         self, *, order_id: OrderId, customer_id: CustomerId, amount_cents: PositiveCents
     ) -> Charge:
         """Take money for an order once: a repeat returns the first result; after a refund, refused."""
 
-    @rpc()
+    @rpc(callers=["orders"])
     async def refund(self, *, order_id: OrderId, customer_id: CustomerId) -> Charge:
         """Give an order's money back once; a refund before any charge blocks that charge for good."""
 
@@ -110,7 +115,7 @@ class Payments(Contract, name="payments"):
     async def balance(self, *, customer_id: CustomerId) -> Balance:
         """The account's balance."""
 
-    @rpc()
+    @rpc(callers=["operators"])
     async def credit(
         self,
         *,

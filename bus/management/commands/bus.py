@@ -9,11 +9,13 @@
     manage.py bus readonly payments on [--reason "moving to new hardware"] | off
     manage.py bus cleanup [--older-than SECONDS]
     manage.py bus deadletters [list | show ID... | replay ID... | replay --all | purge]
+    manage.py bus keys new SERVICE --dir DIR | show   # signing keys (bus/identity.py)
 
 The actions live in bus/cli/, one table (`bus.cli.ACTIONS`). Exit codes of call, send and
 publish: 0 success; 2 bad usage or JSON; 3 invalid arguments (ValidationError) or malformed
 message; 4 a declared domain error; 5 a remote error; 6 deadline exceeded; 7 unavailable (no
-worker, channel full, Redis unreachable); 8 unknown service, method or event.
+worker, channel full, Redis unreachable); 8 unknown service, method or event; 9 refused by the
+worker (unsigned, badly signed, or this identity may not call it).
 """
 
 from __future__ import annotations
