@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import math
+import socket
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,29 @@ logger = logging.getLogger(__name__)
 #: Default pool size per host and event loop. redis-py 8 defaults to 100 and raises
 #: MaxConnectionsError beyond that; the bus runs hundreds of concurrent calls per process.
 DEFAULT_MAX_CONNECTIONS: Final = 200
+#: Seconds until a connection to a server that went silent (its host lost, a partition) fails,
+#: instead of the kernel's many minutes: TCP keepalive probes idle connections (a blocking
+#: receive) and TCP_USER_TIMEOUT bounds data sent but not acknowledged.
+DEAD_SERVER_SECONDS: Final = 5
+#: Seconds a new connection (TCP and TLS) may take; a silent host never answers the first packet.
+CONNECT_TIMEOUT: Final = 3.0
+
+
+def dead_server_options(seconds: int = DEAD_SERVER_SECONDS) -> dict[str, Any]:
+    """Connection options that notice a silent server within `seconds` (where the OS can)."""
+    tcp = {
+        "TCP_KEEPIDLE": 2,
+        "TCP_KEEPINTVL": 1,
+        "TCP_KEEPCNT": max(1, seconds - 2),
+        "TCP_USER_TIMEOUT": seconds * 1000,
+    }
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": {
+            getattr(socket, name): value for name, value in tcp.items() if hasattr(socket, name)
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +115,14 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
             self._pool_waits.append(host.pop("pool_timeout", None))
             host.setdefault("socket_timeout", None)
             host.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+            if not str(host.get("address", "")).startswith("unix:"):
+                for name, value in dead_server_options().items():
+                    host.setdefault(name, value)
+            if "sentinels" in host:
+                # Sentinels answer at once: one that is gone must not hold up asking the others.
+                sentinel = host["sentinel_kwargs"] = dict(host.get("sentinel_kwargs") or {})
+                sentinel.setdefault("socket_timeout", CONNECT_TIMEOUT)
+                sentinel.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
             if "lib_name" not in host and "lib_version" not in host:
                 host.setdefault("driver_info", wire.DRIVER_INFO)
             socket_timeout = host["socket_timeout"]

@@ -46,7 +46,7 @@ async def watch(arguments: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     cursor: str | None = None
-    with Path(arguments.out).open("a") as out:
+    with Path(arguments.out).open("a") as out:  # noqa: ASYNC230 (one file, lines written as they come)
 
         def record(frame: dict[str, Any]) -> None:
             out.write(json.dumps({"at": time.time(), **frame}) + "\n")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.layers import channel_layers as registry
+from django.conf import settings
+from django.test.utils import override_settings
 
 from bus.client import default_bus, run_sync
 from bus.conf import channel_layers
@@ -56,7 +60,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         cluster = Cluster(network, directory)
         try:
             cluster.start()
-            with operator_layer(cluster):
+            with OperatorLayer(cluster):
                 initial = stock_up(2_000)
             yield Shop(cluster, initial)
         except BaseException:
@@ -67,34 +71,30 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             cluster.close()
 
 
-class operator_layer:
-    """This (the runner's) process calls the shop as its operators do: their Redis user."""
+class OperatorLayer:
+    """This (the runner's) process calls the shop as its operators do: their Redis user and key."""
 
     def __init__(self, cluster: Cluster) -> None:
-        from django.conf import settings
-
-        self.settings = settings
-        self.layers = channel_layers(cluster.redis.url("operators"))
+        env = cluster.env("operators")
+        self.overrides = override_settings(
+            CHANNEL_LAYERS=channel_layers(env["REDIS_URL"]),
+            BUS={**settings.BUS, "IDENTITY": "operators", "SIGNING_KEY": env["BUS_SIGNING_KEY"]},
+        )
 
     def __enter__(self) -> None:
-        from channels.layers import channel_layers as registry
-
-        self.saved = self.settings.CHANNEL_LAYERS
-        self.settings.CHANNEL_LAYERS = self.layers
+        self.overrides.enable()
         registry.backends.clear()
 
     def __exit__(self, *exc: object) -> None:
-        from channels.layers import channel_layers as registry
-
         run_sync(default_bus.aclose)
-        self.settings.CHANNEL_LAYERS = self.saved
+        self.overrides.disable()
         registry.backends.clear()
 
 
 @pytest.fixture
 def operator(shop: Shop, settings: Any) -> Iterator[Cluster]:
     """The test's own bus on the cluster's Redis, as an operator (for the books)."""
-    with operator_layer(shop.cluster):
+    with OperatorLayer(shop.cluster):
         yield shop.cluster
 
 
@@ -174,3 +174,50 @@ def report(title: str, rows: list[tuple[str, object]]) -> None:
 def seconds_since(began: float) -> str:
     return f"{time.monotonic() - began:.1f} s"
 
+
+def workers_by_host(cluster: Cluster) -> dict[str, dict[str, int]]:
+    """host -> domain -> messages its live worker handled, from the heartbeats (/api/system)."""
+    status, body = cluster.get("/api/system")
+    assert status == 200, body
+    by_host: dict[str, dict[str, int]] = {}
+    for domain in body["domains"]:
+        for info in domain["workers"].values():
+            by_host.setdefault(info["host"], {})[domain["domain"]] = info["handled"]
+    return by_host
+
+
+class Prober:
+    """GETs `path` through the balancer every 0.1 s in a thread: when, what status, how long."""
+
+    def __init__(self, cluster: Cluster, path: str) -> None:
+        self.cluster = cluster
+        self.path = path
+        self.answers: list[tuple[float, int, float]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.1):
+            began = time.monotonic()
+            try:
+                status, _ = self.cluster.get(self.path, timeout=HANG)
+            except OSError:
+                status = 0  # no answer at all within HANG seconds: a hang
+            self.answers.append((began, status, time.monotonic() - began))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(HANG + 5)
+
+    def recovered_after(self, since: float) -> float | None:
+        """Seconds from `since` to the first success that followed the last failure."""
+        failures = [at for at, status, _ in self.answers if at >= since and status != 200]
+        if not failures:
+            return None
+        later = [at + took for at, status, took in self.answers if at > failures[-1] and status == 200]
+        return later[0] - since if later else None
+
+
+#: Seconds without an answer that count as a hang (far above any answer the shop should give).
+HANG = 30.0

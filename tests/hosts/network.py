@@ -7,10 +7,11 @@
 
 The bridge lives in this (the runner's) namespace with the address .1, so the test itself reaches
 every host as an operator's machine would; the hosts reach each other through the bridge. Faults
-are the network's: `cut` takes a host's link down (its connections fail at once), `drop` loses
-every packet both ways (its link unplugged from the bridge) (its peers see silence, as in a real partition). `close` kills every process
-in every namespace (`ip netns pids`, so nothing a process forked survives) and removes the
-namespaces, links and bridge; a run that died without closing is cleaned up by the next one.
+are the network's: `cut` takes a host's link down (its connections fail at once), `drop` unplugs
+its link from the bridge (every packet both ways lost: its peers and it see silence, as in a real
+partition). `close` kills every process in every namespace (`ip netns pids`, so nothing a
+process forked survives) and removes the namespaces, links and bridge; a run that died without
+closing is cleaned up by the next one.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def ip(*arguments: str, namespace: str | None = None, check: bool = True) -> str
     return result.stdout
 
 
-def in_namespace(namespace: str, *command: str, check: bool = True) -> str:
+def in_namespace(
+    namespace: str, *command: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 30
+) -> str:
     """Run any command inside `namespace` and return what it printed."""
     result = subprocess.run(
-        ["ip", "netns", "exec", namespace, *command], capture_output=True, text=True, timeout=30
+        ["ip", "netns", "exec", namespace, *command], capture_output=True, text=True, timeout=timeout, env=env
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} in {namespace} failed: {result.stderr.strip()}")
@@ -111,8 +114,19 @@ class Host:
         """This host's link as the bridge sees it, in the runner's namespace."""
         return f"{self.network.tag}v{self.index}"
 
-    def run(self, *command: str, check: bool = True) -> str:
-        return in_namespace(self.namespace, *command, check=check)
+    def run(self, *command: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        return in_namespace(self.namespace, *command, check=check, env=env, timeout=120)
+
+    def attempt(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `command` on this host from the project's folder; its exit status is the caller's."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespace, *command],
+            cwd=self.network.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def spawn(
         self, name: str, command: list[str], *, env: dict[str, str] | None = None, user: str | None = None
@@ -121,8 +135,10 @@ class Host:
         log = self.network.logs / f"{self.name}.{name}.log"
         log_file = log.open("ab")
         as_user = ["runuser", "-u", user, "--"] if user else []
+        # A host name of its own too (a UTS namespace), so that logs and heartbeats say which host.
+        named = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', self.name]
         popen = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, *as_user, *command],
+            ["ip", "netns", "exec", self.namespace, *named, *as_user, *command],
             cwd=self.network.root,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -202,7 +202,7 @@ class RedisSet:
             ignoring=(redis.RedisError,),
         )
         poll(
-            lambda: self.sentinel(self.hosts[2]).sentinel_master(MASTER),
+            lambda: dict(self.sentinel(self.hosts[2]).sentinel_master(MASTER)),
             lambda master: master["num-other-sentinels"] == 2 and master["num-slaves"] == 1,
             what="every Sentinel to see the others and the replica",
             timeout=30,
@@ -210,11 +210,20 @@ class RedisSet:
         )
 
     def _tls(self) -> dict[str, Any]:
-        return {"ssl": True, "ssl_ca_certs": str(self.tls.ca), "socket_timeout": 2, "socket_connect_timeout": 2}
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.tls.ca),
+            "socket_timeout": 2,
+            "socket_connect_timeout": 2,
+        }
 
     def admin(self, host: Host) -> redis.Redis:
         return redis.Redis(
-            host=host.address, port=self.PORT, username="admin", password=self.passwords["admin"], **self._tls()
+            host=host.address,
+            port=self.PORT,
+            username="admin",
+            password=self.passwords["admin"],
+            **self._tls(),
         )
 
     def sentinel(self, host: Host) -> redis.Redis:

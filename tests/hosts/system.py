@@ -1,6 +1,6 @@
 """The shop on many hosts: the README's processes, each on its host, configured as in production.
 
-    runner (.1)   the test: an operator's machine on the network
+    runner (.1)   the test: an operator's machine on the network (signs as "operators")
     redis-1..3    Redis primary (1), replica (2), a Sentinel on each; TLS and ACL users
     db            PostgreSQL primary :5432 and streaming replica :5433; a role per domain
     balancer      HAProxy :80 in front of web-1 and web-2 (daphne :8000)
@@ -8,7 +8,8 @@
     client        shoppers and WebSocket watchers (tests/hosts/agents.py)
 
 Every process runs project.settings from its environment (REDIS_URL, *_DATABASE_URL, the secret
-key), as the compose file's containers do; nothing listens outside the namespaces.
+key, its service identity and signing key), as the compose file's containers do; nothing listens
+outside the namespaces.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bus import identity
 from tests.hosts.network import Host, Network, Process
-from tests.hosts.services import DOMAINS, Balancer, PostgresSet, RedisSet, Tls
+from tests.hosts.services import DOMAINS, SERVICES, Balancer, PostgresSet, RedisSet, Tls
 from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,13 +56,22 @@ class Cluster:
         # Not under pytest's folders, which only root may enter: PostgreSQL runs as postgres.
         self.postgres = PostgresSet(self.db, Path(tempfile.mkdtemp(prefix="bus-hosts-postgres-")))
         self.secret_key = secrets.token_urlsafe(50)
+        # A key pair per service identity; each process is given only its own private key, every
+        # process trusts every service's public key (only workers check them).
+        self.keys = directory / "keys"
+        self.trusted = directory / "trusted"
+        self.trusted.mkdir()
+        for service in SERVICES:
+            _, public, _ = identity.new_key(self.keys, service)
+            shutil.copy(public, self.trusted)
 
     @property
     def base(self) -> str:
         return f"http://{self.balancer.address}"
 
     def env(self, identity: str, host: Host | None = None) -> dict[str, str]:
-        """The environment of a process of `identity` ("web", a domain, "presentation", "operators")."""
+        """The environment of a process of `identity` ("web", a domain, "presentation", "operators"):
+        its own Redis user, database role and signing key."""
         role = {"web": "site", "presentation": "site", "operators": "migrator"}.get(identity, identity)
         data = self.directory / "data" / (host.name if host else "runner") / identity
         data.mkdir(parents=True, exist_ok=True)
@@ -75,6 +86,9 @@ class Cluster:
             "DJANGO_BEHIND_PROXY": "1",
             "DJANGO_DATA_DIR": str(data),
             "REDIS_URL": self.redis.url(identity),
+            "BUS_IDENTITY": identity,
+            "BUS_SIGNING_KEY": str(self.keys / f"{identity}.pem"),
+            "BUS_TRUSTED_KEYS": str(self.trusted),
             **self.postgres.urls(role),
         }
 
