@@ -100,8 +100,8 @@ class CachePool(SentinelConnectionPool):
     """
 
     @classmethod
-    def from_url(cls, url: str, *, sentinel_url: str, **kwargs: Any) -> CachePool:
-        parsed = parse(sentinel_url)
+    def from_url(cls, url: str, **kwargs: Any) -> CachePool:
+        parsed = parse(kwargs.pop("sentinel_url"))
         sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=dict(parsed.options), **parsed.options)
         return cls(parsed.master, sentinel, db=parsed.db, **parsed.options, **kwargs)
 
@@ -112,6 +112,6 @@ def cache_settings(url: str) -> dict[str, Any]:
         return {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": parse(url).master,
-            "OPTIONS": {"pool_class": f"{CachePool.__module__}.{CachePool.__qualname__}", "sentinel_url": url},
+            "OPTIONS": {"pool_class": f"{__name__}.{CachePool.__qualname__}", "sentinel_url": url},
         }
     return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}

@@ -3,7 +3,8 @@
     call, send, publish     messaging.py   one message from a shell, its answer as JSON
     services                listing.py     every contract, each method's signature
     status                  status.py      live workers, queued messages, modes
-    readonly, cleanup       admin.py       an operator's switches
+    readonly, cleanup,      admin.py       an operator's switches; database roles for the bus's tables
+    grant
     deadletters             deadletters.py list, show, replay, purge
     contracts               contracts.py   check the contracts against their snapshot, or record it
     asyncapi                asyncapi.py    the AsyncAPI 3.0 document of the bus, as JSON
@@ -14,7 +15,7 @@ base.py holds what they share: the table's row (`Action`), exit codes and how an
 
 from __future__ import annotations
 
-from .admin import CLEANUP, READONLY
+from .admin import CLEANUP, GRANT, READONLY
 from .asyncapi import ASYNCAPI
 from .base import Action, Stop, describe, exit_code
 from .contracts import CONTRACTS
@@ -38,4 +39,5 @@ ACTIONS: tuple[Action, ...] = (
     KEYS,
     READONLY,
     CLEANUP,
+    GRANT,
 )

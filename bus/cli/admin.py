@@ -1,4 +1,4 @@
-"""`bus readonly` and `bus cleanup`: an operator's switches on the domains and their tables."""
+"""`bus readonly`, `bus cleanup` and `bus grant`: an operator's switches on the domains and their tables."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import datetime
 
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import connections
 
 from bus.conf import bus_setting
 from bus.contracts import contracts
+from bus.databases import primary_for
+from bus.models import DeadLetter, DomainMode
 from bus.modes import set_read_only
 from bus.outbox import purge
 
@@ -48,6 +51,32 @@ def cleanup_arguments(parser: CommandParser) -> None:
     )
 
 
+def grant(command: BaseCommand, options: Options) -> None:
+    """Let domain database roles use the bus's own tables in the shared database, nothing else there."""
+    connection = connections[primary_for("bus")]
+    if connection.vendor != "postgresql":
+        command.stderr.write(
+            f"Nothing to grant: the bus's tables are in {connection.vendor}, which has no roles."
+        )
+        return
+    quote = connection.ops.quote_name
+    statements = [
+        f"GRANT CONNECT ON DATABASE {quote(connection.settings_dict['NAME'])} TO {{role}}",
+        "GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON {quote(DeadLetter._meta.db_table)} TO {{role}}",
+        f"GRANT SELECT ON {quote(DomainMode._meta.db_table)} TO {{role}}",
+    ]
+    with connection.cursor() as cursor:
+        for role in options["roles"]:
+            for statement in statements:
+                cursor.execute(statement.format(role=quote(role)))
+            command.stdout.write(f"{role} may record dead letters and read the read-only switches.")
+
+
+def grant_arguments(parser: CommandParser) -> None:
+    parser.add_argument("roles", nargs="+", help="PostgreSQL roles of the domains' workers")
+
+
 READONLY = Action(
     "readonly",
     "switch a domain's read-only mode on or off",
@@ -61,4 +90,15 @@ CLEANUP = Action(
     cleanup,
     cleanup_arguments,
     description="Delete delivered outbox rows, dedup records and finished sagas older than --older-than.",
+)
+GRANT = Action(
+    "grant",
+    "let domain database roles use the bus's tables",
+    grant,
+    grant_arguments,
+    description=(
+        "With a PostgreSQL role per domain, each reaches only its own database; its workers still "
+        "record dead letters and read the read-only switches, which live in the shared (default) "
+        "database. This grants the given roles exactly that there. Run it after migrating."
+    ),
 )

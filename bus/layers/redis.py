@@ -34,17 +34,19 @@ DEFAULT_MAX_CONNECTIONS: Final = 200
 #: Seconds until a connection to a server that went silent (its host lost, a partition) fails,
 #: instead of the kernel's many minutes: TCP keepalive probes idle connections (a blocking
 #: receive) and TCP_USER_TIMEOUT bounds data sent but not acknowledged.
-DEAD_SERVER_SECONDS: Final = 5
+DEAD_SERVER_SECONDS: Final = 3
 #: Seconds a new connection (TCP and TLS) may take; a silent host never answers the first packet.
-CONNECT_TIMEOUT: Final = 3.0
+CONNECT_TIMEOUT: Final = 2.0
+#: Seconds to connect to a Sentinel and for its answer: it answers at once, or is gone.
+SENTINEL_TIMEOUT: Final = 1.0
 
 
 def dead_server_options(seconds: int = DEAD_SERVER_SECONDS) -> dict[str, Any]:
     """Connection options that notice a silent server within `seconds` (where the OS can)."""
     tcp = {
-        "TCP_KEEPIDLE": 2,
+        "TCP_KEEPIDLE": 1,
         "TCP_KEEPINTVL": 1,
-        "TCP_KEEPCNT": max(1, seconds - 2),
+        "TCP_KEEPCNT": max(1, seconds - 1),
         "TCP_USER_TIMEOUT": seconds * 1000,
     }
     return {
@@ -121,8 +123,8 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
             if "sentinels" in host:
                 # Sentinels answer at once: one that is gone must not hold up asking the others.
                 sentinel = host["sentinel_kwargs"] = dict(host.get("sentinel_kwargs") or {})
-                sentinel.setdefault("socket_timeout", CONNECT_TIMEOUT)
-                sentinel.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+                sentinel.setdefault("socket_timeout", SENTINEL_TIMEOUT)
+                sentinel.setdefault("socket_connect_timeout", SENTINEL_TIMEOUT)
             if "lib_name" not in host and "lib_version" not in host:
                 host.setdefault("driver_info", wire.DRIVER_INFO)
             socket_timeout = host["socket_timeout"]
@@ -214,8 +216,7 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
         Connection errors raise.
         """
         commands = [("EVALSHA", item.script.sha, len(item.keys), *item.keys, *item.args) for item in items]
-        conn = await conns.take()
-        try:
+        async with conns.borrowed() as conn:
             outcomes = await wire.commands(conn, commands)
             missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
             if missing:
@@ -225,8 +226,6 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
                 redone = await wire.commands(conn, [commands[i] for i in missing])
                 for i, outcome in zip(missing, redone, strict=True):
                     outcomes[i] = outcome
-        finally:
-            await conns.give(conn)
         return outcomes
 
     # -- receiving ----------------------------------------------------------------------------
@@ -281,13 +280,10 @@ class RedisBusLayer(RedisDurableQueues, BusExtensions, RedisChannelLayer):  # ty
         turn), blocking up to ``block`` s for the first. Members that do not decode to a dict
         are logged and skipped."""
         conns = self._host(next(self._receive_index_generator) if index is None else index).conns
-        conn = await conns.take()
-        try:
+        async with conns.borrowed() as conn:
             if conns.bzmpop is None:
                 conns.bzmpop = await wire.has_bzmpop(conn)
             popped = await wire.pop_min(conn, key, count, block, bzmpop=conns.bzmpop)
-        finally:
-            await conns.give(conn)
         if not popped:
             return []
         cutoff = time.time() - self.expiry

@@ -74,11 +74,8 @@ class RedisDurableQueues(DurableQueues):
         while True:
             remaining = max(0.0, deadline - loop.time())
             block = await self._promote_due(channel, min(remaining, self.brpop_timeout))
-            conn = await conns.take()
-            try:
+            async with conns.borrowed() as conn:
                 entries = await wire.read_group(conn, stream, consumer, max_messages, block)
-            finally:
-                await conns.give(conn)
             if entries or loop.time() >= deadline:
                 break
         deliveries = []

@@ -12,9 +12,12 @@ so ``pyproject.toml`` bounds redis-py at the newest release tested, and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import redis
@@ -36,6 +39,14 @@ __all__ = [
 #: Idle connections the hot paths keep per host and event loop; beyond that they go back to
 #: the pool, so a burst of concurrent receives does not keep the pool drained afterwards.
 MAX_IDLE_CONNECTIONS: Final = 16
+
+#: After the host did not answer in time (a lost host, a partition: not a refused or closed
+#: connection, which fail at once anyway), seconds during which callers fail at once; then one of
+#: them tries again while the others still fail at once. So a silent server costs each request a
+#: quick error (the web answers 503) instead of a connect or dead-server timeout of its own.
+RETRY_UNREACHABLE_AFTER: Final = 0.5
+#: What a connection raises when its server cannot be reached.
+UNREACHABLE_ERRORS: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 #: The first Redis version with BZMPOP and ZMPOP (one command for a whole batch).
 BZMPOP_SINCE: Final = (7, 0)
@@ -65,21 +76,75 @@ class HostConnections:
         #: Whether the server has BZMPOP; None until asked, and again after any reconnect.
         self.bzmpop: bool | None = None
         self._idle: list[AbstractConnection] = []
+        # Why the host was last unreachable (None once a connection works again), and when to
+        # try again; `_trying` while one caller does.
+        self._unreachable: BaseException | None = None
+        self._retry_at = 0.0
+        self._trying = False
+
+    @contextlib.asynccontextmanager
+    async def borrowed(self) -> AsyncIterator[AbstractConnection]:
+        """A kept connection for the block; a connection error in it marks the host unreachable."""
+        conn = await self.take()
+        try:
+            yield conn
+        except UNREACHABLE_ERRORS as exc:
+            self._lost(exc)
+            raise
+        finally:
+            await self.give(conn)
 
     async def take(self) -> AbstractConnection:
+        """A connected connection, or at once the error that the host is unreachable (see
+        RETRY_UNREACHABLE_AFTER)."""
+        trying = self._may_try()
+        try:
+            conn = await self._connected()
+        except UNREACHABLE_ERRORS as exc:
+            self._lost(exc)
+            raise
+        finally:
+            if trying:
+                self._trying = False
+        self._unreachable = None
+        return conn
+
+    def _may_try(self) -> bool:
+        """Whether this caller may try the host (True: it is the one retrying it); raises when
+        the host was unreachable a moment ago and another caller is already trying."""
+        if self._unreachable is None:
+            return False
+        if self._trying or time.monotonic() < self._retry_at:
+            raise redis.exceptions.ConnectionError(
+                f"Redis could not be reached a moment ago ({self._unreachable}); not trying again "
+                f"for {RETRY_UNREACHABLE_AFTER} s."
+            )
+        self._trying = True
+        return True
+
+    def _lost(self, exc: BaseException) -> None:
+        if _silent(exc):
+            self._unreachable = exc
+            self._retry_at = time.monotonic() + RETRY_UNREACHABLE_AFTER
+
+    async def _connected(self) -> AbstractConnection:
         if not self._idle:
             conn: AbstractConnection = await self.pool.get_connection()
             conn.register_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
             return conn
         conn = self._idle.pop()
-        if conn.is_connected and await closed_by_server(conn):
-            # The pool's own check is off while redis-py's maintenance notifications are on
-            # ("auto"), so the kept connection is checked here.
-            await conn.disconnect()
-        if not conn.is_connected:
-            # connect(), not the implicit reconnect of send_packed_command: only connect()
-            # makes a Sentinel-managed connection ask Sentinel for the current primary.
-            await conn.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        try:
+            if conn.is_connected and await closed_by_server(conn):
+                # The pool's own check is off while redis-py's maintenance notifications are on
+                # ("auto"), so the kept connection is checked here.
+                await conn.disconnect()
+            if not conn.is_connected:
+                # connect(), not the implicit reconnect of send_packed_command: only connect()
+                # makes a Sentinel-managed connection ask Sentinel for the current primary.
+                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        except BaseException:
+            await self.give(conn)
+            raise
         return conn
 
     async def give(self, conn: AbstractConnection) -> None:
@@ -95,6 +160,17 @@ class HostConnections:
     def _reconnected(self, conn: AbstractConnection) -> None:
         # Another server may answer now (a restart, a Sentinel failover): ask it again.
         self.bzmpop = None
+
+
+def _silent(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) says the server did not answer in time."""
+    while exc is not None:
+        if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 async def closed_by_server(conn: AbstractConnection) -> bool:

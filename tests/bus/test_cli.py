@@ -146,6 +146,7 @@ def test_bus_help_lists_every_action_on_one_line(monkeypatch: pytest.MonkeyPatch
         "    keys                make a signing key pair, or show the keys in use",
         "    readonly            switch a domain's read-only mode on or off",
         "    cleanup             delete old outbox rows, dedup records and sagas",
+        "    grant               let domain database roles use the bus's tables",
     ]
 
 

@@ -899,3 +899,41 @@ async def test_waiting_local_receives_fail_when_redis_goes_and_work_when_it_is_b
     )
     assert await asyncio.wait_for(again, 5) == {"type": "back"}
     await layer.close_pools()
+
+
+async def test_a_silent_server_fails_callers_at_once_until_one_of_them_tries_again(prefix: str) -> None:
+    """A host that went silent (lost, partitioned) costs its first caller a timeout; the callers
+    after it fail at once, naming why, instead of each waiting a timeout of its own."""
+    accepted: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    layer = RedisBusLayer(
+        hosts=[{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 0.5}], prefix=prefix
+    )
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await layer.send("work", {"type": "job"})
+        outcomes = await asyncio.gather(
+            *(layer.send("work", {"type": "job"}) for _ in range(20)), return_exceptions=True
+        )
+        assert all("could not be reached a moment ago" in str(o) for o in outcomes), outcomes
+        # A moment later one caller tries the host again (and waits out its timeout again).
+        retried = await apoll(
+            lambda: _outcome(layer.send("work", {"type": "job"})),
+            lambda outcome: isinstance(outcome, redis.exceptions.TimeoutError),
+            what="a send that tries the silent host again",
+        )
+        assert "Timeout" in str(retried)
+    finally:
+        await layer.close_pools()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def _outcome(call: Any) -> Any:
+    try:
+        return await call
+    except redis.exceptions.RedisError as exc:
+        return exc

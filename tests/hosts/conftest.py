@@ -26,6 +26,7 @@ from bus.client import default_bus, run_sync
 from bus.conf import channel_layers
 from tests.chaos.conftest import stock_up
 from tests.hosts.network import Host, Network, Process
+from tests.hosts.services import POSTGRES_VERSIONS
 from tests.hosts.system import PYTHON, Cluster
 from tests.polling import poll
 
@@ -35,9 +36,11 @@ pytestmark = [pytest.mark.hosts]
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "haproxy", "redis-server", "runuser"):
+    for tool in ("ip", "haproxy", "redis-server", "runuser", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (.ci/run installs it)"
+    if not any(POSTGRES_VERSIONS.glob("*/bin/initdb")):
+        return "PostgreSQL's server programs are not in /usr/lib/postgresql (apt-get install postgresql)"
     return None
 
 
@@ -50,7 +53,7 @@ class Shop:
     order_ids: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     missing = _missing()
     if missing:

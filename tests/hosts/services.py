@@ -5,14 +5,12 @@
   password each (one per service identity, plus the replication and Sentinel users).
 - `PostgresSet`: a private PostgreSQL cluster on the database host and a streaming replica of it;
   one role per domain that can connect only to its own database (and, in the shared one, to the
-  bus's own tables: dead letters and read-only switches).
+  bus's own tables once `manage.py bus grant` ran: dead letters and read-only switches).
 - `Balancer`: HAProxy in front of the web hosts, checking that each one's daphne answers.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import secrets
 import shutil
@@ -20,15 +18,12 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from deploy.make_secrets import Authority
 from tests.hosts.network import Host
 from tests.polling import poll
 
@@ -36,7 +31,18 @@ MASTER = "bus"  # the primary's name as the Sentinels know it
 #: Who reaches Redis: one ACL user per service identity (the process kinds of the README).
 SERVICES = ("web", "inventory", "orders", "payments", "presentation", "operators")
 DOMAINS = ("inventory", "orders", "payments")
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+#: Where Debian puts each installed PostgreSQL version's server programs.
+POSTGRES_VERSIONS = Path("/usr/lib/postgresql")
+
+
+def postgres_program(name: str) -> str:
+    """A PostgreSQL server program (initdb, postgres, pg_basebackup) of the newest version installed."""
+    versions = sorted(POSTGRES_VERSIONS.glob("*/bin"), key=lambda folder: int(folder.parent.name))
+    if not versions:
+        raise RuntimeError(
+            f"No PostgreSQL server programs in {POSTGRES_VERSIONS} (apt-get install postgresql)."
+        )
+    return str(versions[-1] / name)
 
 
 def password() -> str:
@@ -56,44 +62,12 @@ class Tls:
 
     @classmethod
     def make(cls, directory: Path, addresses: list[str]) -> Tls:
+        """The compose file's kind (deploy/make_secrets.py), for this run's addresses."""
         directory.mkdir(parents=True, exist_ok=True)
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bus test CA")])
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        names = [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis")]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
         tls = cls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-        tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        tls.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        tls.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        authority = Authority(days=1)
+        authority.write(tls.ca)
+        authority.issue(addresses, tls.certificate, tls.key)
         return tls
 
     def options(self) -> list[str]:
@@ -202,7 +176,7 @@ class RedisSet:
             ignoring=(redis.RedisError,),
         )
         poll(
-            lambda: dict(self.sentinel(self.hosts[2]).sentinel_master(MASTER)),
+            lambda: cast(dict[str, Any], self.sentinel(self.hosts[2]).sentinel_master(MASTER)),
             lambda master: master["num-other-sentinels"] == 2 and master["num-slaves"] == 1,
             what="every Sentinel to see the others and the replica",
             timeout=30,
@@ -272,7 +246,7 @@ class PostgresSet:
         secret.write_text(self.passwords["postgres"])
         shutil.chown(secret, "postgres")
         self._as_postgres(
-            str(POSTGRES_BIN / "initdb"), "-D", str(primary), "-U", "postgres", f"--pwfile={secret}",
+            postgres_program("initdb"), "-D", str(primary), "-U", "postgres", f"--pwfile={secret}",
             "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync",
         )  # fmt: skip
         subnet = f"{self.host.address.rsplit('.', 1)[0]}.0/24"
@@ -282,19 +256,19 @@ class PostgresSet:
         hba.append(f"host all postgres {self.host.network.gateway}/32 scram-sha-256")
         (primary / "pg_hba.conf").write_text("\n".join(hba) + "\n")
         self._configure(primary, 5432)
-        self.host.spawn("postgres", [str(POSTGRES_BIN / "postgres"), "-D", str(primary)], user="postgres")
+        self.host.spawn("postgres", [postgres_program("postgres"), "-D", str(primary)], user="postgres")
         self._wait(5432)
         self._roles()
         env = {**os.environ, "PGPASSWORD": self.passwords["replicator"]}
         subprocess.run(
             ["ip", "netns", "exec", self.host.namespace, "runuser", "-u", "postgres", "--",
-             str(POSTGRES_BIN / "pg_basebackup"), "-h", self.host.address, "-p", "5432", "-U", "replicator",
+             postgres_program("pg_basebackup"), "-h", self.host.address, "-p", "5432", "-U", "replicator",
              "-D", str(replica), "-R", "-X", "stream", "-c", "fast"],
             env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         self._configure(replica, 5433)
         self.host.spawn(
-            "postgres-replica", [str(POSTGRES_BIN / "postgres"), "-D", str(replica)], user="postgres"
+            "postgres-replica", [postgres_program("postgres"), "-D", str(replica)], user="postgres"
         )
         self._wait(5433)
 
@@ -309,10 +283,10 @@ class PostgresSet:
     def _wait(self, port: int) -> None:
         poll(
             lambda: self.host.run(
-                str(POSTGRES_BIN / "pg_isready"), "-q", "-h", self.host.address, "-p", str(port), check=False
+                postgres_program("pg_isready"), "-q", "-h", self.host.address, "-p", str(port), check=False
             ),
             lambda _: self.host.run(
-                str(POSTGRES_BIN / "pg_isready"), "-h", self.host.address, "-p", str(port), check=False
+                postgres_program("pg_isready"), "-h", self.host.address, "-p", str(port), check=False
             ).endswith("accepting connections\n"),
             what=f"PostgreSQL on port {port}",
             timeout=60,
@@ -338,17 +312,6 @@ class PostgresSet:
                 connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{self.passwords[role]}'")
                 connection.execute(f"CREATE DATABASE {name} OWNER {role}")
                 connection.execute(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")
-
-    def share_bus_tables(self) -> None:
-        """After migrating: the domain roles may record dead letters and read the read-only switches
-        in the shared database, and nothing else there."""
-        roles = ", ".join(DOMAINS)
-        with self.superuser("site") as connection:
-            connection.execute(f"GRANT CONNECT ON DATABASE site TO {roles}")
-            connection.execute(f"GRANT USAGE ON SCHEMA public TO {roles}")
-            connection.execute(f"GRANT SELECT, INSERT, UPDATE ON bus_deadletter TO {roles}")
-            connection.execute(f"GRANT SELECT ON bus_domainmode TO {roles}")
-            connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {roles}")
 
     def urls(self, role: str) -> dict[str, str]:
         """The *_DATABASE_URL variables of a process that signs in as `role`: its own database and

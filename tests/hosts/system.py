@@ -111,7 +111,7 @@ class Cluster:
         self.redis.start()
         self.postgres.start()
         self.manage("migrate_all", "-v0")
-        self.postgres.share_bus_tables()
+        self.manage("bus", "grant", *DOMAINS)
         for host in self.workers:
             self.start_workers(host)
         self.manage("seed")
