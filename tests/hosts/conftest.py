@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from channels.layers import channel_layers as registry
-from django.conf import settings
-from django.test.utils import override_settings
 
 from bus.client import default_bus, run_sync
-from bus.conf import channel_layers
 from tests.chaos.conftest import stock_up
 from tests.hosts.network import Host, Network, Process
 from tests.hosts.services import POSTGRES_VERSIONS
@@ -63,7 +59,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         cluster = Cluster(network, directory)
         try:
             cluster.start()
-            with OperatorLayer(cluster):
+            with cluster.operator():
                 initial = stock_up(2_000)
             yield Shop(cluster, initial)
         except BaseException:
@@ -74,48 +70,21 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             cluster.close()
 
 
-class OperatorLayer:
-    """This (the runner's) process calls the shop as its operators do: their Redis user and key."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        env = cluster.env("operators")
-        self.overrides = override_settings(
-            CHANNEL_LAYERS=channel_layers(env["REDIS_URL"]),
-            BUS={**settings.BUS, "IDENTITY": "operators", "SIGNING_KEY": env["BUS_SIGNING_KEY"]},
-        )
-
-    def __enter__(self) -> None:
-        self.overrides.enable()
-        registry.backends.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        run_sync(default_bus.aclose)
-        self.overrides.disable()
-        registry.backends.clear()
-
-
 @pytest.fixture
 def operator(shop: Shop, settings: Any) -> Iterator[Cluster]:
     """The test's own bus on the cluster's Redis, as an operator (for the books)."""
-    with OperatorLayer(shop.cluster):
+    with shop.cluster.operator():
         yield shop.cluster
 
 
 def shoppers(shop: Shop, name: str, *, clients: int, orders: int) -> Process:
     """Start checkouts from the client host through the balancer; `finish_shopping` reads them."""
-    cluster = shop.cluster
-    out = cluster.directory / f"{name}.json"
-    command = [PYTHON, "-m", "tests.hosts.agents", "shop", cluster.base, "--clients", str(clients)]
-    command += ["--orders", str(orders), "--out", str(out)]
-    env = {**cluster.env("operators", cluster.client), "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    return cluster.client.spawn(name, command, env=env)
+    return shop.cluster.shop(name, clients=clients, orders=orders)
 
 
 def finish_shopping(shop: Shop, process: Process, timeout: float = 300) -> dict[str, Any]:
     """Wait for the shoppers to end; what they placed and saw. Their orders join the books."""
-    process.popen.wait(timeout)
-    assert process.popen.returncode == 0, process.output()[-3000:]
-    result: dict[str, Any] = json.loads((shop.cluster.directory / f"{process.name}.json").read_text())
+    result = shop.cluster.shopped(process, timeout)
     shop.order_ids += result["order_ids"]
     return result
 

@@ -14,6 +14,7 @@ outside the namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +108,14 @@ class Cluster:
             raise AssertionError(f"manage.py {' '.join(arguments)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
 
-    def start(self) -> None:
+    def start(self, worker_hosts: int | None = None) -> None:
+        """Every server, then the workers on the first `worker_hosts` worker hosts (all by default)."""
         began = time.monotonic()
         self.redis.start()
         self.postgres.start()
         self.manage("migrate_all", "-v0")
         self.manage("bus", "grant", *DOMAINS)
-        for host in self.workers:
+        for host in self.workers[:worker_hosts]:
             self.start_workers(host)
         self.manage("seed")
         for host in self.web:
@@ -159,6 +162,45 @@ class Cluster:
             timeout=timeout,
             ignoring=(OSError,),
         )
+
+    def shop(self, name: str, *, clients: int, orders: int) -> Process:
+        """Start `clients` shoppers on the client host placing `orders` checkouts through the
+        balancer (tests/hosts/agents.py); `shopped` waits for them."""
+        out = self.directory / f"{name}.json"
+        command = [PYTHON, "-m", "tests.hosts.agents", "shop", self.base, "--clients", str(clients)]
+        command += ["--orders", str(orders), "--out", str(out)]
+        env = {**self.env("operators", self.client), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+        return self.client.spawn(name, command, env=env)
+
+    def shopped(self, process: Process, timeout: float = 300) -> dict[str, Any]:
+        """What the shoppers of `process` placed and saw, once they are done."""
+        process.popen.wait(timeout)
+        assert process.popen.returncode == 0, process.output()[-3000:]
+        result: dict[str, Any] = json.loads((self.directory / f"{process.name}.json").read_text())
+        return result
+
+    @contextlib.contextmanager
+    def operator(self) -> Iterator[None]:
+        """This process calls the shop as its operators do: their Redis user and signing key."""
+        from channels.layers import channel_layers as registry
+        from django.conf import settings
+        from django.test.utils import override_settings
+
+        from bus.client import default_bus, run_sync
+        from bus.conf import channel_layers
+
+        env = self.env("operators")
+        overrides = override_settings(
+            CHANNEL_LAYERS=channel_layers(env["REDIS_URL"]),
+            BUS={**settings.BUS, "IDENTITY": "operators", "SIGNING_KEY": env["BUS_SIGNING_KEY"]},
+        )
+        with overrides:
+            registry.backends.clear()
+            try:
+                yield
+            finally:
+                run_sync(default_bus.aclose)
+        registry.backends.clear()
 
     def close(self) -> None:
         """Stop every process on every host, then remove what lives outside pytest's folders."""
