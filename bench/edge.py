@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import random
 import re
@@ -551,6 +552,8 @@ class Broadcast:
     first: list[float] = field(default_factory=list)  # per round: until the first socket had it
     missing: int = 0
     send_ms: list[float] = field(default_factory=list)  # per round: the trigger call itself
+    #: CPU seconds of "daphne" and "client" (this process) over the measured rounds, pauses included.
+    cpu: dict[str, float | None] = field(default_factory=dict)
 
     def add(self, start: float, arrivals: Sequence[float], sockets: int) -> None:
         """Record one round triggered at `start` (perf_counter)."""
@@ -573,6 +576,17 @@ class Broadcast:
     def rounds(self) -> int:
         """Rounds that reached at least one socket."""
         return len(self.last)
+
+    def cpu_us(self, name: str) -> float:
+        """CPU microseconds of the process `name` per frame that arrived."""
+        used = self.cpu.get(name)
+        return math.nan if used is None or not self.latencies else used * 1e6 / len(self.latencies)
+
+    def client_busy(self) -> float:
+        """This client's CPU over the time the rounds took, trigger to last arrival: at 1.0 it would
+        be what limits the figures (an upper bound: the pauses between rounds add to its CPU only)."""
+        used = self.cpu.get("client")
+        return math.nan if used is None or not self.last else used / sum(self.last)
 
 
 def fanout_message(offset: int, kind: str = "bench.fanout") -> dict[str, Any]:
@@ -615,15 +629,24 @@ async def fan_out(
 
 
 async def fan_out_rounds(
-    name: str, fleet: Fleet, send: Callable[[dict[str, Any]], Awaitable[None]], offsets: Offsets, rounds: int
+    name: str,
+    fleet: Fleet,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    offsets: Offsets,
+    rounds: int,
+    daphne: int,
 ) -> Broadcast:
-    """WARM_UP_ROUNDS rounds, then `rounds` measured ones with a short random pause between."""
+    """WARM_UP_ROUNDS rounds, then `rounds` measured ones with a short random pause between; the
+    CPU of this client and of the `daphne` process over the measured ones."""
     result = Broadcast(name, fleet.size)
     for _ in range(WARM_UP_ROUNDS):
         await fan_out(fleet, send, offsets.take(), None)
+    pids = {"daphne": daphne, "client": None}
+    before = common.cpu_snapshot(pids)
     for _ in range(rounds):
         await asyncio.sleep(random.uniform(0.2, 0.4))
         await fan_out(fleet, send, offsets.take(), result)
+    result.cpu = common.cpu_used(before, common.cpu_snapshot(pids))
     await fleet.acknowledge()
     report_broadcast(result)
     return result
@@ -653,7 +676,9 @@ def report_broadcast(result: Broadcast) -> None:
     common.progress(
         f"{result.name:<22} {result.sockets:,} sockets: "
         f"p50 {result.ms(50):.1f} ms, p99 {result.ms(99):.1f} ms, "
-        f"all arrived (median round) {result.median_ms(result.last):.1f} ms, {result.missing} missing"
+        f"all arrived (median round) {result.median_ms(result.last):.1f} ms, {result.missing} missing; "
+        f"CPU us/frame daphne {result.cpu_us('daphne'):.0f}, client {result.cpu_us('client'):.0f} "
+        f"(client busy {100 * result.client_busy():.0f}% of the rounds)"
     )
 
 
@@ -689,6 +714,10 @@ async def open_measured(stack: Cluster, name: str, fleet: Fleet, count: int) -> 
     common.progress(
         f"{name} RSS {before:,} KiB -> {after:,} KiB: {(after - before) / count:.1f} KiB per socket"
     )
+    # The load generator's own heap (thousands of clients) must not stall arrivals with a full
+    # collection in the middle of a round: keep it out of the collector from here on.
+    gc.collect()
+    gc.freeze()
     return before, after
 
 
@@ -708,13 +737,11 @@ async def measure_ws(stack: Cluster, plan: Plan, profile: Path | None) -> tuple[
 
     try:
         before, after = await open_measured(stack, "daphne-ws", fleet, plan.sockets)
-        # The load generator's own heap (1,000 clients) must not stall arrivals with a full
-        # collection in the middle of a round: keep it out of the collector from here on.
-        gc.collect()
-        gc.freeze()
         offsets = Offsets()
         end_to_end = await restock_rounds(fleet, plan.rounds)
-        fanout = await fan_out_rounds("fan-out leg", fleet, send, offsets, plan.rounds)
+        fanout = await fan_out_rounds(
+            "fan-out leg", fleet, send, offsets, plan.rounds, stack.pid("daphne-ws")
+        )
         profile_lines: list[str] = []
         if profile is not None:
             profile_lines = await profile_fanout(stack, fleet, send, offsets, plan, profile)
@@ -738,7 +765,9 @@ async def measure_raw(stack: Cluster, plan: Plan) -> SocketResults:
 
     try:
         before, after = await open_measured(stack, "daphne-raw", fleet, plan.sockets)
-        fanout = await fan_out_rounds("raw group_send", fleet, send, Offsets(), plan.rounds)
+        fanout = await fan_out_rounds(
+            "raw group_send", fleet, send, Offsets(), plan.rounds, stack.pid("daphne-raw")
+        )
         closed = len(fleet.closed)
     finally:
         await fleet.close()
@@ -883,7 +912,7 @@ def header(stack: Cluster, plan: Plan, http_tool: str, open_files: int, app: str
         f"{OPEN_AT_ONCE} handshakes at a time); latency per socket from just before the trigger to "
         "the frame's arrival at the client, so it includes this client's own CPU on the same 2 cores; "
         f"{plan.rounds} measured rounds of each kind after {WARM_UP_ROUNDS} warm-up rounds; this "
-        "process's collector is frozen once its sockets are open",
+        "process's collector is frozen once each fleet's sockets are open",
         "",
     ]
 
@@ -1003,6 +1032,15 @@ def fanout_rows(ws: SocketResults, raw: SocketResults, plan: Plan) -> list[Cells
             f"{_ratio(fanout.median_ms(fanout.first), raw_fanout.median_ms(raw_fanout.first))} / "
             f"{_ratio(fanout.median_ms(fanout.last), raw_fanout.median_ms(raw_fanout.last))}",
             quoted,
+        ),
+        (
+            "fan-out leg CPU us per frame: daphne / this client (client busy, share of the rounds' time)",
+            f"{fanout.cpu_us('daphne'):.0f} / {fanout.cpu_us('client'):.0f} "
+            f"({100 * fanout.client_busy():.0f}%)",
+            f"{raw_fanout.cpu_us('daphne'):.0f} / {raw_fanout.cpu_us('client'):.0f} "
+            f"({100 * raw_fanout.client_busy():.0f}%)",
+            _ratio(fanout.cpu_us("daphne"), raw_fanout.cpu_us("daphne")),
+            "the client is not the limit while it is busy less than the rounds last",
         ),
         (
             "fan-out leg: the group_send call itself, median ms",
