@@ -18,7 +18,9 @@ Each figure is printed next to its baseline measured in the same run:
 3. Broadcast to every socket, per socket from just before the trigger to the frame's arrival:
    end to end (``inventory.restock`` -> outbox -> relay, every 0.5 s -> presentation worker ->
    group_send -> sockets), and the fan-out leg alone (``group_send`` of a "log.event" straight
-   to the stock topic's group), against the stock layer's ``group_send`` to the plain consumers.
+   to the stock topic's group), against the stock layer's ``group_send`` to the plain consumers;
+   with the CPU per frame of the daphne and of this client over the measured rounds, to show
+   that the client is not the limit. ``--sockets 5000`` (about 100 s in all) measures at scale.
 
 ``--profile`` then records with py-spy, after the measured rows: daphne holding the ``/ws/``
 sockets while fan-outs run back to back, and daphne with the inventory worker while
