@@ -20,6 +20,7 @@ import sysconfig
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,52 @@ def cpu_used(
         end = after[name]
         used[name] = None if end is None or start is None else end - start
     return used
+
+
+@dataclass(frozen=True)
+class RedisLoad:
+    """What redis-server did: CPU seconds (user + system, all its threads) and commands processed.
+
+    `RedisLoad.read(client)` gives the server's counters so far, from one ``INFO cpu stats``
+    (microsecond resolution, where /proc/<pid>/stat counts 10 ms ticks); the difference of two
+    readings is what a measured row cost it, idle clients' polling included.
+    """
+
+    cpu: float
+    commands: int
+
+    @classmethod
+    def read(cls, client: Any) -> RedisLoad:
+        """The counters so far (`client`: a sync redis-py client)."""
+        info = client.info("cpu", "stats")
+        cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return cls(cpu, int(info["total_commands_processed"]))
+
+    def __sub__(self, earlier: RedisLoad) -> RedisLoad:
+        # Minus 1 command: the INFO that read these counters is counted too.
+        return RedisLoad(self.cpu - earlier.cpu, self.commands - earlier.commands - 1)
+
+    def __add__(self, other: RedisLoad) -> RedisLoad:
+        return RedisLoad(self.cpu + other.cpu, self.commands + other.commands)
+
+    def us_per(self, items: int) -> float:
+        """Redis CPU microseconds per item (call, message)."""
+        return self.cpu * 1e6 / items if items else math.nan
+
+    def versus(self, items: int, base: RedisLoad | None, base_items: int) -> str:
+        """Redis CPU per item against `base`'s (a baseline row of the same run), as "1.23x"."""
+        if base is None or base.cpu <= 0 or not items or not base_items:
+            return "-"
+        return f"{self.us_per(items) / base.us_per(base_items):.2f}x"
+
+    def cells(self, items: int) -> list[str]:
+        """Table cells for `items` calls or messages: Redis commands, CPU us and CPU us per command
+        for each, and how many a second one Redis core would carry at that cost (1e6 / us)."""
+        us = self.us_per(items)
+        per_command = self.cpu * 1e6 / self.commands if self.commands > 0 else math.nan
+        per_core = 1e6 / us if us > 0 else math.nan
+        commands = self.commands / items if items else math.nan
+        return [f"{commands:.1f}", f"{us:,.1f}", f"{per_command:.2f}", f"{per_core:,.0f}"]
 
 
 def progress(text: str) -> None:
@@ -196,6 +243,13 @@ def raw_host(url: str) -> dict[str, Any]:
     # socket_timeout None: redis-py 8 would time out the 5 s blocking receive (channels_redis#422);
     # max_connections: 100 calls in flight plus the receiver exceed redis-py 8's default of 100.
     return {"address": url, "socket_timeout": None, "max_connections": 400}
+
+
+def raw_layer(url: str) -> Any:
+    """The stock channels-redis layer on `url` (a channel holds 1,000 messages, as the bus's do)."""
+    from channels_redis.core import RedisChannelLayer
+
+    return RedisChannelLayer(hosts=[raw_host(url)], prefix=RAW_PREFIX, capacity=1000)
 
 
 # --------------------------------------------------------------------------------------------

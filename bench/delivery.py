@@ -3,7 +3,7 @@
     .venv/bin/python bench/delivery.py [--quick] [--messages N] [--rate R] [--output PATH]
 
 Run from the repository root (needs the `bench` extra: celery, faststream). It starts its own
-redis-server on a free loopback port; this process is the one producer, and it measures four
+redis-server on a free loopback port; this process is the one producer, and it measures five
 stacks in one run, first with one worker process each, then with three:
 
 1. bus at-least-once: ``await Sink.take.asend(sent=...)`` (bench/sink.py) queued on the domain's
@@ -15,7 +15,10 @@ stacks in one run, first with one worker process each, then with three:
    workers ``celery worker -P solo -c 1`` (one process each, one task at a time, as many
    processes as the bus's);
 4. FastStream: ``broker.publish(..., stream=...)``, workers (bench/faststream_app.py) reading
-   the stream in one consumer group and acknowledging each message after its handler.
+   the stream in one consumer group and acknowledging each message after its handler;
+5. raw channels-redis: the stock ``RedisChannelLayer``'s ``send`` to one channel, one worker
+   (``bench/delivery.py --serve-raw``) looping on its ``receive``: at-most-once, the baseline of
+   what the bus costs Redis (one worker only: see RAW_WORKERS).
 
 Every handler only notes when it ran (bench/probe.py: an append; a thread of the worker writes
 the notes to Redis every 20 ms), so the transport is what is measured. Two kinds of rows:
@@ -27,8 +30,9 @@ the notes to Redis every 20 ms), so the transport is what is measured. Two kinds
   just before its send to its handler (p50, p90, p99, max).
 
 Both also report the CPU time each process used during the row per message (producer, all the
-workers together, redis-server) and Redis commands per message (redis-server's own count,
-including what idle workers of the other stacks poll meanwhile). Each row is measured in
+workers together, redis-server) and Redis commands per message (redis-server's own counts, from
+``INFO cpu stats``, including what idle workers of the other stacks poll meanwhile), and what
+one Redis core would carry at that cost (1e6 / Redis CPU us per message). Each row is measured in
 SLICES slices, the stacks taking turns, so that whatever else the machine does hits them alike.
 An at-most-once send refused with ChannelFull (its channel holds 1,000 messages) waits 2 ms and
 is sent again; the rows count those refusals.
@@ -74,6 +78,13 @@ BUS_DURABLE = "bus at-least-once"
 BUS_AT_MOST_ONCE = "bus at-most-once"
 CELERY = "Celery acks_late"
 FASTSTREAM = "FastStream stream + ack"
+RAW = "raw channels-redis"
+RAW_CHANNEL = "bench.raw.take"
+#: Workers of the raw baseline in every row. With competing receivers the stock layer hands some
+#: messages to two of them (django/channels_redis#163, the bus's reason for its own receive): a
+#: slice counting those would end before its own messages were all handled, and the rest would
+#: be counted in the next stack's slice.
+RAW_WORKERS = 1
 THROUGHPUT, LATENCY = "throughput", "latency"
 
 Send = Callable[[float], Awaitable[Any]]
@@ -106,7 +117,7 @@ class Row:
     seconds: float  # first send to last message handled
     latencies: list[float] = field(repr=False)  # seconds, sorted
     cpu: dict[str, float | None] = field(default_factory=dict)  # producer, workers, redis
-    redis_commands: int | None = None
+    redis: common.RedisLoad | None = None
     refused: int = 0  # ChannelFull answers, each sent again
     duplicates: int = 0  # handled more often than sent
 
@@ -129,23 +140,18 @@ class Row:
             return "-"
         return " / ".join(f"{value * 1e6 / self.messages:,.0f}" for value in values if value is not None)
 
-    def commands_per_message(self) -> str:
-        if self.redis_commands is None or not self.messages:
-            return "-"
-        return f"{self.redis_commands / self.messages:.1f}"
+    def redis_cells(self) -> list[str]:
+        """Redis commands, CPU us, CPU us per command per message and messages/s per Redis core."""
+        return ["-"] * 4 if self.redis is None else self.redis.cells(self.messages)
 
     def joined(self, other: Row) -> Row:
         """This row and another slice of the same stack, workers and kind, as one row."""
         cpu = {name: _plus(value, other.cpu.get(name)) for name, value in self.cpu.items()}
-        commands = (
-            None
-            if self.redis_commands is None or other.redis_commands is None
-            else self.redis_commands + other.redis_commands
-        )
+        redis = None if self.redis is None or other.redis is None else self.redis + other.redis
         return Row(
             self.stack, self.workers, self.kind, self.messages + other.messages,
             self.sent_seconds + other.sent_seconds, self.seconds + other.seconds,
-            sorted(self.latencies + other.latencies), cpu, commands,
+            sorted(self.latencies + other.latencies), cpu, redis,
             self.refused + other.refused, self.duplicates + other.duplicates,
         )  # fmt: skip
 
@@ -166,13 +172,15 @@ class Stack:
     name: str
     send: Send  # sends one message, stamped with the time.time() it was sent at
     in_flight: int  # sends at once in a throughput row
-    kind: str  # which workers serve it: "bus", "celery" or "faststream"
+    kind: str  # which workers serve it: "bus", "celery", "faststream" or "raw"
 
 
 def worker_argv(kind: str, name: str) -> list[str]:
     """The command line of one worker process of `kind`."""
     if kind == "bus":
         return [sys.executable, "manage.py", "runworker", "sink", "--settings", SETTINGS]
+    if kind == "raw":
+        return [sys.executable, str(ROOT / "bench" / "delivery.py"), "--serve-raw"]
     if kind == "celery":
         return [
             sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo",
@@ -220,8 +228,17 @@ async def wait_ready(url: str, workers: Mapping[str, list[str]], processes: comm
         await asyncio.sleep(0.1)
 
 
+async def serve_raw() -> None:
+    """A raw baseline worker: receive from the stock layer's channel and note the time, forever."""
+    layer = common.raw_layer(os.environ[probe.URL_VARIABLE])
+    probe.announce_ready()
+    while True:
+        message = await layer.receive(RAW_CHANNEL)
+        probe.record(message["sent"])
+
+
 async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
-    """The four stacks, and what closes their producers' connections."""
+    """The five stacks, and what closes their producers' connections."""
     from faststream.redis import RedisBroker
 
     from bench import celery_app, faststream_app
@@ -230,6 +247,7 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
 
     broker = RedisBroker(url, logger=faststream_app.quiet_logger())
     await broker.connect()
+    raw = common.raw_layer(url)
 
     async def bus_durable(sent: float) -> None:
         await Sink.take.asend(sent=sent)
@@ -243,10 +261,14 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
     async def faststream(sent: float) -> None:
         await broker.publish(sent, stream=faststream_app.TAKE_STREAM)
 
+    async def raw_send(sent: float) -> None:
+        await raw.send(RAW_CHANNEL, {"type": "take", "sent": sent})
+
     async def close() -> None:
         from channels.layers import get_channel_layer
 
         await broker.stop()
+        await raw.close_pools()
         await default_bus.aclose()
         await get_channel_layer().close_pools()
 
@@ -255,6 +277,7 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
         Stack(BUS_AT_MOST_ONCE, bus_at_most_once, PRODUCER_IN_FLIGHT, "bus"),
         Stack(CELERY, celery, 1, "celery"),
         Stack(FASTSTREAM, faststream, PRODUCER_IN_FLIGHT, "faststream"),
+        Stack(RAW, raw_send, PRODUCER_IN_FLIGHT, "raw"),
     ], close
 
 
@@ -265,6 +288,8 @@ async def stacks(url: str) -> tuple[list[Stack], Callable[[], Awaitable[None]]]:
 
 async def send_one(stack: Stack) -> int:
     """Send one message, again after each ChannelFull; how many times it was refused."""
+    import channels.exceptions
+
     import bus
 
     refused = 0
@@ -272,7 +297,7 @@ async def send_one(stack: Stack) -> int:
         try:
             await stack.send(time.time())
             return refused
-        except bus.ChannelFull:
+        except (bus.ChannelFull, channels.exceptions.ChannelFull):
             refused += 1
             await asyncio.sleep(FULL_PAUSE)
 
@@ -313,27 +338,24 @@ class Bench:
         self.processes = processes
         self.plan = plan
         self.client = redis.Redis.from_url(url)
-        self.workers: dict[str, list[str]] = {"bus": [], "celery": [], "faststream": []}
-
-    def commands(self) -> int:
-        return int(self.client.info("stats")["total_commands_processed"])
+        self.workers: dict[str, list[str]] = {"bus": [], "celery": [], "faststream": [], "raw": []}
 
     async def add_workers(self, count: int) -> None:
         """Start workers until each stack has `count`, and wait until they all serve."""
         for kind, names in self.workers.items():
-            while len(names) < count:
+            while len(names) < (min(count, RAW_WORKERS) if kind == "raw" else count):
                 names.append(start_worker(self.url, kind, len(names) + 1, self.processes))
         await wait_ready(self.url, self.workers, self.processes)
 
     async def measure(self, stack: Stack, kind: str, total: int) -> Row:
         """Send `total` messages (flooded or paced, per `kind`) and wait until all were handled."""
         probe.reset(self.client)
-        pids: dict[str, int | None] = {"producer": None, "redis": self.processes.pid("redis-server")}
+        pids: dict[str, int | None] = {"producer": None}
         names = self.workers[stack.kind]
         pids.update({name: self.processes.pid(name) for name in names})
         gc.collect()
         before = common.cpu_snapshot(pids)
-        commands_before = self.commands()
+        redis_before = common.RedisLoad.read(self.client)
         start = time.time()
         if kind == THROUGHPUT:
             refused = await flood(stack, total)
@@ -342,19 +364,18 @@ class Bench:
         sent_seconds = time.time() - start
         count = await self.wait_handled(stack, total)
         after = common.cpu_snapshot(pids)
-        # Minus 1: the INFO command that reads the count is counted too.
-        commands = self.commands() - commands_before - 1
+        redis = common.RedisLoad.read(self.client) - redis_before
         pairs = probe.collected(self.client)
         used = common.cpu_used(before, after)
         workers_cpu: float | None = 0.0
         for name in names:
             workers_cpu = _plus(workers_cpu, used[name])
-        cpu = {"producer": used["producer"], "workers": workers_cpu, "redis": used["redis"]}
+        cpu = {"producer": used["producer"], "workers": workers_cpu, "redis": redis.cpu}
         last = max(handled for _, handled in pairs)
         latencies = sorted(handled - sent for sent, handled in pairs)
         return Row(
             stack.name, len(names), kind, total, sent_seconds, last - start, latencies, cpu,
-            commands, refused, count - total,
+            redis, refused, count - total,
         )  # fmt: skip
 
     async def wait_handled(self, stack: Stack, total: int) -> int:
@@ -377,15 +398,16 @@ async def run_benchmark(url: str, processes: common.Processes, plan: Plan) -> li
     try:
         for count in WORKER_COUNTS:
             await bench.add_workers(count)
-            for stack in all_stacks:
+            measured = [stack for stack in all_stacks if stack.kind != "raw" or count <= RAW_WORKERS]
+            for stack in measured:
                 await bench.measure(stack, THROUGHPUT, plan.warmup)
             for kind, total in ((THROUGHPUT, plan.throughput), (LATENCY, plan.latency)):
                 for _ in range(SLICES):
-                    for stack in all_stacks:
+                    for stack in measured:
                         part = await bench.measure(stack, kind, total // SLICES)
                         key = (stack.name, count, kind)
                         rows[key] = rows[key].joined(part) if key in rows else part
-                for stack in all_stacks:
+                for stack in measured:
                     row = rows[(stack.name, count, kind)]
                     common.progress(
                         f"{stack.name:<24} {count} worker(s) {kind:<10}: {row.rate:,.0f} handled/s, "
@@ -409,35 +431,51 @@ def header(url: str, plan: Plan) -> list[str]:
             "Durable one-way commands: bus vs Celery vs FastStream",
             common.versions(url, extra=("celery", "kombu", "faststream")),
         ),
-        f"- one producer (this process) and 1 or 3 worker processes per stack on a private "
+        f"- one producer (this process) and 1 or 3 worker processes per stack ({RAW}: 1, see "
+        "RAW_WORKERS in bench/delivery.py) on a private "
         f"redis-server ({url}); handlers only note the time; {plan.throughput:,} messages per "
         f"throughput row, {plan.latency:,} per latency row at {plan.rate:,.0f}/s, each row in "
         f"{SLICES} slices taking turns with the other stacks, after {plan.warmup} warm-up messages",
         f"- throughput: {PRODUCER_IN_FLIGHT} sends in flight (Celery's `apply_async` is synchronous: "
         "one at a time); handled/s counts from the first send to the last message handled",
         "- CPU us/msg: CPU time (user + system) each process used during the row, divided by its "
-        "messages; workers: all of the stack's worker processes together",
+        "messages; workers: all of the stack's worker processes together; redis: redis-server's own "
+        "count (`INFO cpu`: used_cpu_user + used_cpu_sys), read before and after each slice as its "
+        "commands are (`INFO stats`); both include the other stacks' idle polling and the probe's "
+        "notes. Msgs/s per Redis core = 1e6 / Redis CPU us per message: what one redis-server could "
+        "carry if its CPU were the only limit",
         "",
     ]
 
 
 def throughput_table(rows: Sequence[Row]) -> list[str]:
-    """Messages per second, each compared with Celery's with as many workers."""
+    """Messages per second, each compared with Celery's with as many workers; what each costs Redis,
+    compared with the raw channels-redis row's."""
     celery = {row.workers: row for row in rows if row.stack == CELERY}
+    raw = {row.workers: row for row in rows if row.stack == RAW}
     lines = [
         "## Throughput: 1 producer, as fast as it sends",
         "",
         "| stack | workers | messages | sent/s | handled/s | vs Celery | CPU us/msg: producer / workers "
-        "/ redis | Redis commands/msg | ChannelFull, sent again |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "/ redis | Redis commands/msg | Redis CPU us/msg | Redis CPU us/command | msgs/s per Redis core "
+        "| Redis CPU/msg vs raw channels-redis | ChannelFull, sent again |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         base = celery.get(row.workers)
         versus = "baseline" if row.stack == CELERY else f"{row.rate / base.rate:.2f}x" if base else "-"
+        raw_row = raw.get(row.workers)
+        on_redis = (
+            "baseline"
+            if row is raw_row
+            else "-"
+            if raw_row is None or row.redis is None
+            else row.redis.versus(row.messages, raw_row.redis, raw_row.messages)
+        )
         lines.append(
             f"| {row.stack} | {row.workers} | {row.messages:,} | {row.sent_rate:,.0f} | "
-            f"{row.rate:,.0f} | {versus} | {row.cpu_us()} | {row.commands_per_message()} | "
-            f"{row.refused:,} |"
+            f"{row.rate:,.0f} | {versus} | {row.cpu_us()} | {' | '.join(row.redis_cells())} | "
+            f"{on_redis} | {row.refused:,} |"
         )
     return lines
 
@@ -455,7 +493,7 @@ def latency_table(rows: Sequence[Row], rate: float) -> list[str]:
     for row in rows:
         lines.append(
             f"| {row.stack} | {row.workers} | {row.messages:,} | {row.ms(50):.2f} | {row.ms(90):.2f} | "
-            f"{row.ms(99):.2f} | {row.ms(100):.2f} | {row.cpu_us()} | {row.commands_per_message()} |"
+            f"{row.ms(99):.2f} | {row.ms(100):.2f} | {row.cpu_us()} | {row.redis_cells()[0]} |"
         )
     return lines
 
@@ -508,6 +546,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="messages/s of the latency rows")
     parser.add_argument("--quick", action="store_true", help="about a minute instead of a few")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
+    parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.messages is not None and arguments.messages < SLICES:
         parser.error(f"--messages must be at least {SLICES}")
@@ -525,6 +564,9 @@ def plan_for(arguments: argparse.Namespace) -> Plan:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.serve_raw:
+        asyncio.run(serve_raw())
+        return 0
     if not all(importlib.util.find_spec(name) for name in ("celery", "faststream")):
         print('bench/delivery.py needs the bench extra: .venv/bin/pip install -e ".[bench]"', file=sys.stderr)
         return 2

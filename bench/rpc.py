@@ -102,16 +102,16 @@ class Row:
     latencies: list[float] = field(repr=False)  # seconds, sorted
     errors: int = 0
     cpu: dict[str, float | None] = field(default_factory=dict)  # CPU seconds per process
-    redis_commands: int | None = None  # commands redis-server processed during the row
+    redis: common.RedisLoad | None = None  # what redis-server did during the row
 
     @property
     def calls(self) -> int:
         """Calls that got their reply."""
         return len(self.latencies)
 
-    def commands_per_call(self) -> str:
-        """Redis commands per call (heartbeats of idle processes add a few per second)."""
-        return "-" if self.redis_commands is None else f"{self.redis_commands / max(self.calls, 1):.1f}"
+    def redis_cells(self) -> list[str]:
+        """Redis commands, CPU us, CPU us per command per call and calls/s per Redis core."""
+        return ["-"] * 4 if self.redis is None else self.redis.cells(self.calls)
 
     def cpu_us(self) -> str:
         """CPU microseconds per call of the client, the server and redis-server."""
@@ -132,15 +132,11 @@ class Row:
     def joined(self, other: Row) -> Row:
         """This row and another slice of the same system and level, as one row."""
         cpu = {name: _plus(value, other.cpu.get(name)) for name, value in self.cpu.items()}
-        commands = (
-            None
-            if self.redis_commands is None or other.redis_commands is None
-            else self.redis_commands + other.redis_commands
-        )
+        redis = None if self.redis is None or other.redis is None else self.redis + other.redis
         latencies = sorted(self.latencies + other.latencies)
         return Row(
             self.system, self.in_flight, self.seconds + other.seconds, latencies,
-            self.errors + other.errors, cpu, commands,
+            self.errors + other.errors, cpu, redis,
         )  # fmt: skip
 
 
@@ -150,11 +146,12 @@ async def measure(
     total: int,
     in_flight: int,
     pids: Mapping[str, int | None] | None = None,
-    commands: Callable[[], int] | None = None,
+    redis: Callable[[], common.RedisLoad] | None = None,
 ) -> Row:
     """Make `total` calls, `in_flight` at a time, timing each one and the CPU each process used.
 
-    `pids` names the processes to account for besides this one ("server", "redis").
+    `pids` names the processes to account for besides this one ("server", "redis"); `redis`
+    reads redis-server's counters, whose CPU then stands for "redis".
     """
     latencies: list[float] = []
     errors: list[BaseException] = []
@@ -175,18 +172,19 @@ async def measure(
     processes = {"client": None, **(pids or {})}
     gc.collect()
     before = common.cpu_snapshot(processes)
-    commands_before = commands() if commands else None
+    redis_before = redis() if redis else None
     start = time.perf_counter()
     await asyncio.gather(*(runner() for _ in range(in_flight)))
     seconds = time.perf_counter() - start
     after = common.cpu_snapshot(processes)
-    # Minus 1: the INFO command that reads the count is counted too.
-    processed = commands() - commands_before - 1 if commands and commands_before is not None else None
+    load = redis() - redis_before if redis and redis_before else None
     if len(errors) >= MAX_ERRORS:
         raise common.BenchmarkError(f"{system}: {len(errors)} calls failed, the first with {errors[0]!r}")
     latencies.sort()
     cpu = common.cpu_used(before, after)
-    return Row(system, in_flight, seconds, latencies, len(errors), cpu, processed)
+    if load is not None:
+        cpu["redis"] = load.cpu
+    return Row(system, in_flight, seconds, latencies, len(errors), cpu, load)
 
 
 def _plus(one: float | None, other: float | None) -> float | None:
@@ -208,7 +206,9 @@ class System:
         return self.call if in_flight == 1 or self.concurrent_call is None else self.concurrent_call
 
 
-async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[[], int]) -> list[Row]:
+async def run_systems(
+    systems: Sequence[System], plan: Plan, redis: Callable[[], common.RedisLoad]
+) -> list[Row]:
     """Warm each up, then measure every level in SLICES slices, the systems taking turns.
 
     Taking turns spreads whatever else the machine does over all three alike: measured one
@@ -224,7 +224,7 @@ async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[
             for system in systems:
                 calls = plan.calls(in_flight) // SLICES
                 call = system.call_for(in_flight)
-                part = await measure(system.name, call, calls, in_flight, system.pids, commands)
+                part = await measure(system.name, call, calls, in_flight, system.pids, redis)
                 key = (system.name, in_flight)
                 rows[key] = rows[key].joined(part) if key in rows else part
         for system in systems:
@@ -240,13 +240,6 @@ async def run_systems(systems: Sequence[System], plan: Plan, commands: Callable[
 # --------------------------------------------------------------------------------------------
 # The three clients and the two baseline servers
 # --------------------------------------------------------------------------------------------
-
-
-def raw_layer(url: str) -> Any:
-    """The stock channels-redis layer, configured to work with redis-py 8."""
-    from channels_redis.core import RedisChannelLayer
-
-    return RedisChannelLayer(hosts=[common.raw_host(url)], prefix=common.RAW_PREFIX, capacity=1000)
 
 
 def hand_client(url: str) -> Any:
@@ -296,7 +289,7 @@ class RawClient(_Replies):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.layer = raw_layer(url)
+        self.layer = common.raw_layer(url)
         self.reply_channel = ""
 
     async def start(self) -> None:
@@ -420,7 +413,7 @@ async def serve_raw(url: str) -> None:
     """The raw baseline's server: receive a request, send the reply back, forever."""
     import redis
 
-    layer = raw_layer(url)
+    layer = common.raw_layer(url)
     redis.Redis.from_url(url).set(READY_KEY.format("raw"), os.getpid())
     while True:
         request = await layer.receive(RAW_CHANNEL)
@@ -537,11 +530,10 @@ async def run_benchmark(
     `compared` Celery and FastStream)."""
     import redis
 
-    redis_pid = processes.pid("redis-server")
     counter = redis.Redis.from_url(url)
 
-    def commands() -> int:
-        return int(counter.info("stats")["total_commands_processed"])
+    def load() -> common.RedisLoad:
+        return common.RedisLoad.read(counter)
 
     hand, raw = HandClient(url), RawClient(url)
     await hand.start()
@@ -550,23 +542,21 @@ async def run_benchmark(
     try:
         await wait_for_bus(worker, processes)
         systems = [
-            System("bus", bus_call, {"server": worker.pid, "redis": redis_pid}),
-            System("raw channels-redis", raw.call, {"server": processes.pid("raw"), "redis": redis_pid}),
-            System("hand-rolled redis-py", hand.call, {"server": processes.pid("hand"), "redis": redis_pid}),
+            System("bus", bus_call, {"server": worker.pid}),
+            System("raw channels-redis", raw.call, {"server": processes.pid("raw")}),
+            System("hand-rolled redis-py", hand.call, {"server": processes.pid("hand")}),
         ]
         if compared:
             celery, fast = CeleryClient(), FastStreamClient(url)
             await fast.start()
             systems += [
                 System(
-                    CELERY, celery.call, {"server": processes.pid(CELERY_SERVER), "redis": redis_pid},
+                    CELERY, celery.call, {"server": processes.pid(CELERY_SERVER)},
                     concurrent_call=celery.threaded,
                 ),
-                System(
-                    FASTSTREAM, fast.call, {"server": processes.pid(FASTSTREAM_SERVER), "redis": redis_pid}
-                ),
+                System(FASTSTREAM, fast.call, {"server": processes.pid(FASTSTREAM_SERVER)}),
             ]  # fmt: skip
-        return await run_systems(systems, plan, commands)
+        return await run_systems(systems, plan, load)
     finally:
         await close_bus()
         await raw.close()
@@ -590,7 +580,11 @@ def header(url: str, plan: Plan, compared: bool | None = None) -> list[str]:
         f"{plan.sequential:,} calls per sequential row, {plan.concurrent:,} per in-flight row, "
         f"after {plan.warmup} warm-up calls sequentially and {plan.warmup} with 100 in flight",
         "- CPU us/call: CPU time (user + system) each process used during the row, divided by its "
-        "calls; server is the runworker process or the baseline's server script",
+        "calls; server is the runworker process or the baseline's server script; redis is "
+        "redis-server's own count (`INFO cpu`: used_cpu_user + used_cpu_sys) read before and after "
+        "each slice, as are its commands (`INFO stats`); both include what idle clients of the other "
+        "stacks poll meanwhile. Calls/s per Redis core = 1e6 / Redis CPU us per call: what one "
+        "redis-server could carry if its CPU were the only limit",
         *(
             [
                 f"- {CELERY}: `add.delay(1, 2).get()`, Redis broker and result backend, one "
@@ -607,12 +601,15 @@ def header(url: str, plan: Plan, compared: bool | None = None) -> list[str]:
 
 
 def table(rows: Sequence[Row]) -> list[str]:
-    """The Markdown table, each row compared with the hand-rolled row of the same concurrency."""
+    """The Markdown table, each row compared with the hand-rolled row of the same concurrency, and
+    its Redis CPU per call with the raw channels-redis row's."""
     baseline = {row.in_flight: row for row in rows if row.system == "hand-rolled redis-py"}
+    raw = {row.in_flight: row for row in rows if row.system == "raw channels-redis"}
     lines = [
         "| system | in flight | calls | errors | p50 ms | p90 ms | p99 ms | calls/s | vs hand-rolled "
-        "| CPU us/call: client / server / redis | Redis commands/call |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| CPU us/call: client / server / redis | Redis commands/call | Redis CPU us/call "
+        "| Redis CPU us/command | calls/s per Redis core | Redis CPU/call vs raw channels-redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         base = baseline.get(row.in_flight)
@@ -627,9 +624,16 @@ def table(rows: Sequence[Row]) -> list[str]:
         lines.append(
             f"| {row.system} | {row.in_flight} | {row.calls:,} | {row.errors} | {row.ms(50):.3f} | "
             f"{row.ms(90):.3f} | {row.ms(99):.3f} | {row.rate:,.0f} | {versus} | {row.cpu_us()} "
-            f"| {row.commands_per_call()} |"
+            f"| {' | '.join(row.redis_cells())} | {redis_ratio(row, raw.get(row.in_flight))} |"
         )
     return lines
+
+
+def redis_ratio(row: Row, raw: Row | None) -> str:
+    """Redis CPU per call of `row` over the raw channels-redis row's at the same concurrency."""
+    if raw is None or row.redis is None:
+        return "-"
+    return "baseline" if row is raw else row.redis.versus(row.calls, raw.redis, raw.calls)
 
 
 def goals(rows: Sequence[Row]) -> list[str]:
