@@ -1,11 +1,11 @@
 """The one routing table: HTTP, WebSockets, and the domain channels that `runworker` serves."""
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 from django.urls import path
 
+from consumers.customer import CustomerMiddleware
 from consumers.service import PresentationService
 from consumers.socket import EventsConsumer
 from workers.inventory.service import InventoryService
@@ -24,7 +24,7 @@ application = ProtocolTypeRouter(
     {
         "http": get_asgi_application(),
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter([path("ws/", EventsConsumer.as_asgi())]))
+            CustomerMiddleware(URLRouter([path("ws/", EventsConsumer.as_asgi())]))
         ),
         "channel": ChannelNameRouter(domains),
     }

@@ -120,8 +120,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
             await asyncio.gather(*readers, return_exceptions=True)
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        self.customer = user.get_username() if user is not None and user.is_authenticated else None
+        # The signed-in customer's name, read once at the handshake (consumers/customer.py).
+        self.customer: str | None = self.scope.get("customer")
         self.topics = [events.STOCK] + ([events.orders_topic(self.customer)] if self.customer else [])
         self.groups_joined: list[str] = []
         self.resumed = False
