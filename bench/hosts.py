@@ -64,6 +64,14 @@ def program(pid: int) -> str:
     return Path(argv[0]).name or "?"
 
 
+def idle(cluster: Cluster, seconds: float = 10.0) -> float:
+    """Cores the whole topology uses with no load at all (heartbeats, polls, checks)."""
+    before = labelled_cpu(cluster)
+    time.sleep(seconds)
+    after = labelled_cpu(cluster)
+    return sum(after.get(label, 0.0) - used for label, used in before.items()) / seconds
+
+
 def run(cluster: Cluster, name: str, clients: int, orders: int) -> tuple[float, dict[str, float], float]:
     """One load: checkouts per second, CPU share per process, and the wall seconds."""
     before = labelled_cpu(cluster)
@@ -78,18 +86,33 @@ def run(cluster: Cluster, name: str, clients: int, orders: int) -> tuple[float, 
     return len(result["order_ids"]) / seconds, shares, seconds
 
 
-def table(rows: list[tuple[str, float, dict[str, float], float]]) -> list[str]:
-    lines = ["| worker hosts | checkouts/s | seconds | CPU, all processes (cores) |", "|---|---|---|---|"]
-    for name, rate, shares, seconds in rows:
-        lines.append(f"| {name} | {rate:.1f} | {seconds:.1f} | {sum(shares.values()):.2f} |")
-    labels = sorted({label for _, _, shares, _ in rows for label in shares})
-    lines += ["", "CPU per process, as a share of one core over each run:", ""]
-    lines.append("| process | " + " | ".join(name for name, *_ in rows) + " |")
-    lines.append("|---|" + "---|" * len(rows))
-    for label in sorted(labels, key=lambda label: -sum(shares.get(label, 0.0) for _, _, shares, _ in rows)):
-        values = [shares.get(label, 0.0) for _, _, shares, _ in rows]
-        if max(values) >= 0.01:
-            lines.append(f"| {label} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
+Row = tuple[str, float, dict[str, float], float, float]
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| worker hosts | checkouts/s | seconds | CPU, all processes (cores) | of which idle (cores) "
+        "| CPU ms per checkout | busiest process | checkouts/s if it had a core of its own |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, rate, shares, seconds, quiet in rows:
+        busiest, share = max(shares.items(), key=lambda item: item[1])
+        lines.append(
+            f"| {name} | {rate:.1f} | {seconds:.1f} | {sum(shares.values()):.2f} | {quiet:.2f} | "
+            f"{1000 * sum(shares.values()) / rate:.0f} | {busiest} ({share:.2f} core) | {rate / share:.0f} |"
+        )
+    labels = sorted({label for _, _, shares, _, _ in rows for label in shares})
+    lines += [
+        "",
+        "CPU ms per checkout, per process (share of one core over the run / checkouts per second):",
+        "",
+    ]
+    lines.append("| process | " + " | ".join(f"{name} worker host(s)" for name, *_ in rows) + " |")
+    lines.append("|---|" + "---:|" * len(rows))
+    for label in sorted(labels, key=lambda label: -sum(row[2].get(label, 0.0) for row in rows)):
+        values = [1000 * shares.get(label, 0.0) / rate for _, rate, shares, _, _ in rows]
+        if max(values) >= 0.5:
+            lines.append(f"| {label} | " + " | ".join(f"{value:.1f}" for value in values) + " |")
     return lines
 
 
@@ -103,7 +126,7 @@ def main() -> int:
         print("bench/hosts.py builds network namespaces: run it as root.", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="bench-hosts-"))
-    rows = []
+    rows: list[Row] = []
     hosts = 0
     with Network(common.ROOT, directory / "logs") as network:
         cluster = Cluster(network, directory)
@@ -116,9 +139,11 @@ def main() -> int:
                 if count == 2:
                     cluster.start_workers(cluster.workers[1])
                     cluster.wait_ready()
-                common.progress(f"{count} worker host(s): {arguments.orders} checkouts")
+                    time.sleep(10)  # the new workers' start (imports, first connections) is not idling
+                common.progress(f"{count} worker host(s): 10 s idle, then {arguments.orders} checkouts")
+                quiet = idle(cluster)
                 rate, shares, seconds = run(cluster, f"load-{count}", arguments.clients, arguments.orders)
-                rows.append((f"{count}", rate, shares, seconds))
+                rows.append((f"{count}", rate, shares, seconds, quiet))
         finally:
             cluster.close()
     lines = [
