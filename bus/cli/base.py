@@ -73,6 +73,20 @@ class Action:
         return "\n".join(["exit codes:", *lines, "", details])
 
 
+def with_verbs(verbs: tuple[Action, ...]) -> Callable[[CommandParser], None]:
+    """The arguments of an action made of verbs (`bus deadletters replay ID`): a subparser each,
+    which runs its verb's handler."""
+
+    def arguments(parser: CommandParser) -> None:
+        subparsers = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+        for verb in verbs:
+            sub = subparsers.add_parser(verb.name, help=verb.help, description=verb.help)
+            verb.arguments(sub)
+            sub.set_defaults(run=verb.run)
+
+    return arguments
+
+
 class Stop(CommandError):
     """End the action with `message` on stderr and exit status `returncode`, without a traceback."""
 

@@ -11,7 +11,7 @@ from bus import deadletters
 from bus.databases import alias_for
 from bus.models import DeadLetter
 
-from .base import Action, Options, Stop, per_process_layer
+from .base import Action, Options, Stop, per_process_layer, with_verbs
 
 NONE_WAITING = "No dead letters are waiting."
 REPLAY_NEEDS_REDIS = (
@@ -98,18 +98,10 @@ VERBS = (
 )
 
 
-def arguments(parser: CommandParser) -> None:
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
-    for verb in VERBS:
-        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help)
-        verb.arguments(sub)
-        sub.set_defaults(run=verb.run)
-
-
 DEADLETTERS = Action(
     "deadletters",
     "list, show, replay or purge dead letters",
     list_letters,
-    arguments,
+    with_verbs(VERBS),
     description="Commands and events that kept failing, kept with their envelope and traceback.",
 )

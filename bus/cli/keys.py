@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from bus import identity
 
-from .base import Action, Options, Stop
+from .base import Action, Options, Stop, with_verbs
 
 
 def new(command: BaseCommand, options: Options) -> None:
@@ -63,19 +63,11 @@ VERBS = (
 )
 
 
-def arguments(parser: CommandParser) -> None:
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
-    for verb in VERBS:
-        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help)
-        verb.arguments(sub)
-        sub.set_defaults(run=verb.run)
-
-
 KEYS = Action(
     "keys",
     "make a signing key pair, or show the keys in use",
     show,
-    arguments,
+    with_verbs(VERBS),
     description=(
         "Ed25519 keys that sign what a process sends (BUS['IDENTITY'], BUS['SIGNING_KEY']) and that "
         "workers check (BUS['TRUSTED_KEYS']): `keys new SERVICE --dir DIR`, `keys show`."

@@ -136,17 +136,6 @@ def offset(cursor: str) -> int:
     return int(cursor.rpartition(":")[2])
 
 
-def report(title: str, rows: list[tuple[str, object]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    print(f"\n### {title}")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-
-
-def seconds_since(began: float) -> str:
-    return f"{time.monotonic() - began:.1f} s"
-
-
 def workers_by_host(cluster: Cluster) -> dict[str, dict[str, int]]:
     """host -> domain -> messages its live worker handled, from the heartbeats (/api/system)."""
     status, body = cluster.get("/api/system")

@@ -30,9 +30,9 @@ from typing import IO, Self
 PREFIX = "dd"  # every namespace and link this module makes starts with it
 
 
-def ip(*arguments: str, namespace: str | None = None, check: bool = True) -> str:
-    """Run `ip ARGS` (inside `namespace` when given) and return what it printed."""
-    command = ["ip", *(["netns", "exec", namespace, "ip"] if namespace else []), *arguments]
+def ip(*arguments: str, check: bool = True) -> str:
+    """Run `ip ARGS` in the runner's namespace and return what it printed."""
+    command = ["ip", *arguments]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")

@@ -11,14 +11,13 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import Checked, check_invariants, wait_terminal
+from tests.chaos.conftest import Checked, check_invariants, report, wait_terminal
 from tests.hosts.conftest import (
     Prober,
     Shop,
     Watcher,
     finish_shopping,
     offset,
-    report,
     shoppers,
     stock_offsets,
     watch,

@@ -15,7 +15,8 @@ import pytest
 
 import bus
 from bus import identity
-from tests.hosts.conftest import Shop, report
+from tests.chaos.conftest import report
+from tests.hosts.conftest import Shop
 from tests.hosts.system import PYTHON, Cluster
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(300)]
