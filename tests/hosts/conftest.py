@@ -29,7 +29,8 @@ from tests.polling import poll
 pytestmark = [pytest.mark.hosts]
 
 
-def _missing() -> str | None:
+def unusable_here() -> str | None:
+    """Why the many-host tests cannot run on this machine, or None."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool in ("ip", "haproxy", "redis-server", "runuser", "unshare"):
@@ -51,7 +52,7 @@ class Shop:
 
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    missing = _missing()
+    missing = unusable_here()
     if missing:
         pytest.fail(f"The many-host tests cannot run here: {missing}.")
     directory = tmp_path_factory.mktemp("hosts")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -66,20 +67,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale(name: str) -> bool:
+    """Whether `name` (a namespace or a link) was made by a run whose process is gone."""
+    owner = re.match(rf"{PREFIX}(\d+)", name)
+    return owner is not None and not _alive(int(owner.group(1)))
+
+
 def clean_stale() -> None:
     """Remove what an earlier run left behind (its pid, in every name, is no longer alive)."""
     for line in ip("netns", "list").splitlines():
         name = line.split()[0]
-        owner = name[len(PREFIX) :].split("-", 1)[0]
-        if name.startswith(PREFIX) and owner.isdigit() and not _alive(int(owner)):
+        if _stale(name):
             for pid in namespace_pids(name):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             ip("netns", "del", name, check=False)
-    for line in ip("-o", "link", "show", "type", "bridge").splitlines():
+    for line in ip("-o", "link").splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        owner = name[len(PREFIX) : -2]
-        if name.startswith(PREFIX) and name.endswith("br") and owner.isdigit() and not _alive(int(owner)):
+        if _stale(name):
             ip("link", "del", name, check=False)
 
 
@@ -181,6 +186,9 @@ class Host:
         for pid in namespace_pids(self.namespace):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # The link first: a namespace is freed only once its last process is gone, and its end of
+        # the link with it; deleting our end removes both at once.
+        ip("link", "del", self.peer, check=False)
         ip("netns", "del", self.namespace, check=False)
 
 
