@@ -115,6 +115,13 @@ class System(UpProcess):
             ).fetchone()
         return int(row[0]), int(row[1])
 
+    def refunds(self) -> int:
+        """Orders refunded so far, read from the orders database file like `undoing_charges`."""
+        path = self.log.parent / "orders.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            row = db.execute("select count(*) from orders_step where name = 'refunded'").fetchone()
+        return int(row[0])
+
     def bus_cli(self, *args: str, timeout: float = 60) -> tuple[int, str, float]:
         """`manage.py bus ARGS` as an operator runs it: exit code, output, seconds taken."""
         began = time.monotonic()

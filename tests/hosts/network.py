@@ -17,6 +17,7 @@ closing is cleaned up by the next one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Self
 
 PREFIX = "dd"  # every namespace and link this module makes starts with it
+_networks = itertools.count()
 
 
 def ip(*arguments: str, check: bool = True) -> str:
@@ -198,7 +200,8 @@ class Network:
     def __init__(self, root: Path, logs: Path) -> None:
         self.root = root
         self.logs = logs
-        self.tag = f"{PREFIX}{os.getpid()}"
+        # The pid says whether the run is alive (clean_stale); the letter tells this process's networks apart.
+        self.tag = f"{PREFIX}{os.getpid()}{chr(ord('a') + next(_networks) % 26)}"
         self.bridge = f"{self.tag}br"
         self.subnet = f"10.{random.randrange(100, 250)}.{random.randrange(0, 250)}"
         self.gateway = f"{self.subnet}.1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts.conftest import unusable_here
-from tests.hosts.network import PREFIX, Host, Network
+from tests.hosts.network import Host, Network
 from tests.polling import poll
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(120)]
@@ -64,7 +63,7 @@ def test_hosts_reach_each_other_faults_cut_them_off_and_close_leaves_nothing(tmp
         namespaces = {host.namespace for host in network.hosts.values()}
     poll(_our_namespaces, lambda ours: not ours & namespaces, what="the namespaces removed", timeout=10)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert f"{PREFIX}{os.getpid()}" not in links
+    assert network.tag not in links
     poll(
         lambda: [pid for pid in started if _alive(pid)],
         lambda alive: not alive,
