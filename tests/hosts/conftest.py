@@ -6,6 +6,7 @@ Needs root (network namespaces), iproute2, haproxy, redis-server and PostgreSQL'
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -164,8 +165,8 @@ class Prober:
             began = time.monotonic()
             try:
                 status, _ = self.cluster.get(self.path, timeout=HANG)
-            except OSError:
-                status = 0  # no answer at all within HANG seconds: a hang
+            except (OSError, http.client.HTTPException, ValueError):
+                status = 0  # no answer within HANG seconds, or a broken one
             self.answers.append((began, status, time.monotonic() - began))
 
     def stop(self) -> None:
@@ -173,11 +174,13 @@ class Prober:
         self.thread.join(HANG + 5)
 
     def recovered_after(self, since: float) -> float | None:
-        """Seconds from `since` to the first success that followed the last failure."""
-        failures = [at for at, status, _ in self.answers if at >= since and status != 200]
-        if not failures:
-            return None
-        later = [at + took for at, status, took in self.answers if at > failures[-1] and status == 200]
+        """Seconds from `since` to the first success that followed the last failure (to the first
+        success, when nothing failed); None while there is none."""
+        answers = [(at, status, took) for at, status, took in self.answers if at >= since]
+        failures = [at for at, status, _ in answers if status != 200]
+        later = [
+            at + took for at, status, took in answers if status == 200 and (not failures or at > failures[-1])
+        ]
         return later[0] - since if later else None
 
 
